@@ -1,0 +1,45 @@
+# Everything installs from scratch: Debian packages, a virtualenv, the package.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := softhsm2 p11-kit
+
+.PHONY: test demo install deps lint bench completions clean
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: deps $(STAMP)
+
+test: install
+	$(VENV)/bin/ruff check hacli tests bench scripts
+	$(PY) -m pytest -q
+
+demo: install
+	@$(PY) scripts/demo.py
+
+lint: install
+	$(VENV)/bin/ruff check hacli tests bench scripts
+
+bench: install
+	$(PY) bench/run_all.py
+
+completions: install
+	$(PY) scripts/gen_completions.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m hacli``."""
+
+from hacli.cli.main import main
+
+main()

@@ -1,0 +1,88 @@
+"""The typed HA model: plain dataclasses, no parsing.
+
+These are what the engine consumes.  :mod:`hacli.conf.model` builds them from a
+lossless :class:`~hacli.conf.document.Document`; applications using
+:mod:`hacli.engine` as a library may also build them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Name of hacli's own section (member module locations, lab settings).
+HACLI_SECTION = "hacli"
+
+RECOVERY_MODES = ("activeBasic", "activeEnhanced")
+
+
+@dataclass(frozen=True)
+class HASettings:
+    """Global HA settings (``HAConfiguration``, ``VirtualToken``, ``LunaSA Client``)."""
+
+    #: ``reconnAtt``: -1 = retry forever, 0 = auto-recovery off, 1..500 attempts.
+    reconn_att: int = -1
+    #: ``AutoReconnectInterval`` in seconds (X of the origin pseudo-code).
+    auto_reconnect_interval: int = 60
+    #: ``HAOnly``: hide member slots from the slot list.
+    ha_only: bool = False
+    #: ``haLogStatus = enabled``.
+    ha_log_enabled: bool = False
+    #: ``haLogPath``: directory of ``haErrorLog.txt``.
+    ha_log_path: str | None = None
+    #: ``logLen``: rotate the HA log past this many bytes.
+    log_len: int = 100_000_000
+    #: ``VirtualTokenActiveRecovery``.
+    recovery_mode: str = "activeBasic"
+    #: ``ReceiveTimeout`` (``LunaSA Client``), milliseconds: the command timeout.
+    receive_timeout_ms: int = 20_000
+
+
+@dataclass(frozen=True)
+class GroupConf:
+    """One HA group: a ``VirtualTokenNN*`` entry plus its ``HASynchronize`` flag."""
+
+    index: int
+    label: str
+    serial: str
+    members: tuple[str, ...]
+    synchronize: bool = False
+
+
+@dataclass(frozen=True)
+class MemberLocation:
+    """Where a member token's PKCS#11 module is, from hacli's own section.
+
+    Members whose ``(library, env)`` are equal share one module instance;
+    different environments (e.g. two p11-kit server addresses) need separate
+    instances, which the engine makes by copying the library.
+    """
+
+    serial: str
+    library: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HAConfig:
+    """Everything the engine needs from a configuration file."""
+
+    settings: HASettings = HASettings()
+    groups: tuple[GroupConf, ...] = ()
+    members: dict[str, MemberLocation] = field(default_factory=dict)
+    #: Library for members not listed in ``members`` (``hacli.DefaultLibrary``).
+    default_library: str | None = None
+    path: str | None = None
+
+    def group(self, label: str) -> GroupConf:
+        """Return the group with this label (case-insensitive); KeyError if none."""
+        for g in self.groups:
+            if g.label.lower() == label.lower():
+                return g
+        raise KeyError(label)
+
+    def location(self, serial: str) -> MemberLocation | None:
+        """Module location of a member, falling back to the default library."""
+        loc = self.members.get(serial)
+        if loc is None and self.default_library:
+            loc = MemberLocation(serial=serial, library=self.default_library)
+        return loc
