@@ -1,0 +1,66 @@
+"""What every command shares: the configuration file, found once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from hacli.conf.document import Document
+    from hacli.conf.model_types import HAConfig
+
+
+@dataclass
+class AppContext:
+    """Per-invocation state, stored as the click context's ``obj``."""
+
+    conf_option: str | None = None
+    _path: Path | None = field(default=None, repr=False)
+
+    @property
+    def path(self) -> Path:
+        """The configuration file, by the discovery order of the README."""
+        if self._path is None:
+            from hacli.conf.store import discover
+
+            self._path = discover(self.conf_option)
+        return self._path
+
+    def load(self) -> Document:
+        """Read and parse the configuration file."""
+        from hacli.conf.store import load
+
+        return load(self.path)
+
+    def config(self) -> HAConfig:
+        """The typed HA model of the configuration file."""
+        from hacli.conf.model import load_config
+
+        return load_config(self.load(), str(self.path))
+
+    @contextmanager
+    def edit(self) -> Iterator[Document]:
+        """Lock, load, yield, write back only if changed (atomically)."""
+        from hacli.conf.store import edit
+
+        with edit(self.path) as doc:
+            yield doc
+
+
+def app(ctx: click.Context | None = None) -> AppContext:
+    """The :class:`AppContext` of the running command."""
+    ctx = ctx or click.get_current_context()
+    obj = ctx.find_object(AppContext)
+    if obj is None:  # commands invoked without the root group (tests)
+        obj = ctx.ensure_object(AppContext)
+    return obj
+
+
+def json_option(f):  # type: ignore[no-untyped-def]
+    """``--json``: machine-readable output (a documented contract)."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)

@@ -1,0 +1,78 @@
+"""The one table from exceptions to messages and exit codes.
+
+Every command runs under :func:`run_guarded`: whatever goes wrong becomes one
+``Error: ...`` line on stderr and an :class:`~hacli.errors.ExitStatus`, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import click
+
+from hacli.errors import (
+    ConfError,
+    ConfValueError,
+    EngineError,
+    ExitStatus,
+    HacliError,
+    LabError,
+    UsageError,
+)
+
+
+def _pkcs11_message(exc: BaseException) -> str:
+    # python-pkcs11 exceptions carry no text; the CKR name is the message.
+    from hacli.engine.ckr import ckr_name, explain
+
+    name = ckr_name(exc)
+    return f"{name}: {explain(name)}"
+
+
+def _is_pkcs11(exc: BaseException) -> bool:
+    mod = sys.modules.get("pkcs11.exceptions")
+    return mod is not None and isinstance(exc, mod.PKCS11Error)
+
+
+def _os_message(e: BaseException) -> str:
+    assert isinstance(e, OSError)
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}"
+
+
+#: (exception classes, exit status, message builder); the first match wins.
+#: PKCS#11 errors are matched by :func:`_is_pkcs11` so that python-pkcs11 is
+#: never imported just to report an error.
+TABLE: list[tuple[tuple[type[BaseException], ...], ExitStatus, Callable[[BaseException], str]]] = [
+    ((click.UsageError,), ExitStatus.USAGE, lambda e: _click_usage(e)),  # type: ignore[arg-type]
+    ((UsageError, ConfValueError), ExitStatus.USAGE, str),
+    ((ConfError, LabError, EngineError, HacliError), ExitStatus.FAILED, str),
+    ((click.ClickException,), ExitStatus.FAILED, lambda e: e.format_message()),  # type: ignore[attr-defined]
+    ((OSError,), ExitStatus.FAILED, _os_message),
+]
+
+
+def _click_usage(e: click.UsageError) -> str:
+    hint = ""
+    if e.ctx is not None:
+        hint = f" (see '{e.ctx.command_path} --help')"
+    return f"{e.format_message()}{hint}"
+
+
+def classify(exc: BaseException) -> tuple[ExitStatus, str]:
+    """The exit status and one-line message for an exception."""
+    if _is_pkcs11(exc):
+        return ExitStatus.FAILED, _pkcs11_message(exc)
+    for classes, status, message in TABLE:
+        if isinstance(exc, classes):
+            return status, " ".join(message(exc).split()) or type(exc).__name__
+    return ExitStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def report(exc: BaseException) -> ExitStatus:
+    """Print the one ``Error:`` line for ``exc`` and return its exit status."""
+    status, text = classify(exc)
+    click.echo(f"Error: {text}", err=True)
+    return status

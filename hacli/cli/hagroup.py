@@ -1,0 +1,308 @@
+"""``hacli hagroup ...``: lunacm's hagroup commands over the configuration file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from hacli.cli import render
+from hacli.cli.context import app, json_option
+from hacli.conf import haedit, spec
+from hacli.conf.model import HACONF, VT, load_groups, load_settings
+from hacli.conf.model_types import RECOVERY_MODES, HASettings
+from hacli.errors import UsageError
+
+
+def settings_dict(s: HASettings) -> dict[str, Any]:
+    """The global HA settings as JSON-ready data."""
+    return {
+        "auto_recovery": s.reconn_att != 0,
+        "recovery_mode": s.recovery_mode,
+        "retry_count": s.reconn_att,
+        "interval": s.auto_reconnect_interval,
+        "ha_log": s.ha_log_enabled,
+        "ha_log_path": s.ha_log_path,
+        "log_len": s.log_len,
+        "ha_only": s.ha_only,
+    }
+
+
+def recovery_line(s: HASettings) -> str:
+    """E.g. ``HA auto recovery: enabled, retry forever, every 60 s``."""
+    if s.reconn_att == 0:
+        return "HA auto recovery: disabled (retry count 0)"
+    tries = "retry forever" if s.reconn_att < 0 else f"at most {s.reconn_att} attempts"
+    return f"HA auto recovery: enabled, {tries}, every {s.auto_reconnect_interval} s"
+
+
+def _report(path: object, as_json: bool, changed: dict[str, Any], lines: list[str]) -> None:
+    if as_json:
+        render.emit_json({"file": str(path), **changed})
+    else:
+        for line in lines:
+            render.echo(line)
+        render.echo(f"Wrote {path}")
+
+
+def _check_interval(interval: int, force: bool) -> None:
+    lo, hi = spec.luna_interval_range()
+    if lo <= interval <= hi:
+        return
+    spec.convert(HACONF, "AutoReconnectInterval", str(interval))  # the hard range first
+    if not force:
+        raise UsageError(
+            f"--interval {interval} is outside Luna's {lo}..{hi} s; "
+            f"add --force to write it anyway (Luna clients need at least {lo})"
+        )
+    render.warn(f"interval {interval} s written with --force; Luna clients need {lo}..{hi} s")
+
+
+def _write_retry(interval: int | None, count: str | None, force: bool, as_json: bool) -> None:
+    if interval is not None:
+        _check_interval(interval, force)
+    ctx = app()
+    with ctx.edit() as doc:
+        haedit.set_retry(doc, interval, count)
+        s = load_settings(doc)
+    _report(ctx.path, as_json, {"settings": settings_dict(s)}, [recovery_line(s)])
+
+
+@click.group()
+def hagroup() -> None:
+    """HA group settings, as lunacm's hagroup commands."""
+
+
+@hagroup.command()
+@click.option("--interval", type=int, metavar="SECONDS",
+              help="Seconds between recovery attempts (60..1200).")
+@click.option("--count", metavar="N",
+              help="Recovery attempts: -1/unlimited = forever, 0 = off, 1..500.")
+@click.option("--force", is_flag=True, help="Write an interval outside 60..1200 anyway.")
+@json_option
+def retry(interval: int | None, count: str | None, force: bool, as_json: bool) -> None:
+    """Set the auto-recovery interval and/or retry count (HAConfiguration).
+
+    \b
+    Example: hacli hagroup retry --interval 60 --count 0
+    """
+    if interval is None and count is None:
+        raise click.UsageError("give --interval and/or --count")
+    _write_retry(interval, count, force, as_json)
+
+
+@hagroup.command("interval")
+@click.option("--interval", "seconds", type=int, required=True, metavar="SECONDS",
+              help="Seconds between recovery attempts (60..1200).")
+@click.option("--force", is_flag=True, help="Write a value outside 60..1200 anyway.")
+@json_option
+def interval_cmd(seconds: int, force: bool, as_json: bool) -> None:
+    """Set the auto-recovery interval (lunacm's separate spelling)."""
+    _write_retry(seconds, None, force, as_json)
+
+
+def _one_of(**flags: bool) -> str:
+    chosen = [name for name, on in flags.items() if on]
+    if len(chosen) != 1:
+        names = " | ".join(f"--{n}" for n in flags)
+        raise click.UsageError(f"give exactly one of {names}")
+    return chosen[0]
+
+
+@hagroup.command()
+@click.option("--enable", is_flag=True, help="Show only the HA virtual slots.")
+@click.option("--disable", is_flag=True, help="Show member slots too.")
+@click.option("--show", is_flag=True, help="Show the current setting.")
+@json_option
+def haonly(enable: bool, disable: bool, show: bool, as_json: bool) -> None:
+    """Hide (or show) member slots: HAOnly."""
+    action = _one_of(enable=enable, disable=disable, show=show)
+    ctx = app()
+    if action == "show":
+        s = load_settings(ctx.load())
+    else:
+        with ctx.edit() as doc:
+            haedit.set_setting(doc, HACONF, "HAOnly", "1" if action == "enable" else "0")
+            s = load_settings(doc)
+    line = f"HA only mode: {'enabled' if s.ha_only else 'disabled'}"
+    if action == "show":
+        _show(as_json, {"ha_only": s.ha_only}, [line])
+    else:
+        _report(ctx.path, as_json, {"ha_only": s.ha_only}, [line])
+
+
+def _show(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
+    if as_json:
+        render.emit_json(data)
+    else:
+        for line in lines:
+            render.echo(line)
+
+
+@hagroup.command()
+@click.option("--mode", type=click.Choice(RECOVERY_MODES, case_sensitive=False),
+              help="activeBasic: recovery inside calls; activeEnhanced: also in the background.")
+@click.option("--show", is_flag=True, help="Show the current mode.")
+@json_option
+def recoverymode(mode: str | None, show: bool, as_json: bool) -> None:
+    """Set or show the recovery mode (VirtualTokenActiveRecovery)."""
+    if (mode is None) == (not show):
+        raise click.UsageError("give exactly one of --mode | --show")
+    ctx = app()
+    if show:
+        s = load_settings(ctx.load())
+        _show(as_json, {"recovery_mode": s.recovery_mode}, [f"HA recovery mode: {s.recovery_mode}"])
+        return
+    canonical = next(m for m in RECOVERY_MODES if m.lower() == str(mode).lower())
+    with ctx.edit() as doc:
+        haedit.set_setting(doc, VT, "VirtualTokenActiveRecovery", canonical)
+    _report(ctx.path, as_json, {"recovery_mode": canonical}, [f"HA recovery mode: {canonical}"])
+
+
+@hagroup.command()
+@click.option("--enable", is_flag=True, help="Log HA events to haLogPath/haErrorLog.txt.")
+@click.option("--disable", is_flag=True, help="Stop logging HA events.")
+@click.option("--path", "log_path", metavar="DIR", help="Directory of haErrorLog.txt.")
+@click.option("--maxlength", type=int, metavar="BYTES", help="Rotate the log past this size.")
+@click.option("--show", is_flag=True, help="Show the HA log settings.")
+@json_option
+def halog(enable: bool, disable: bool, log_path: str | None, maxlength: int | None,
+          show: bool, as_json: bool) -> None:
+    """Configure the HA log (haLogStatus, haLogPath, logLen)."""
+    if enable and disable:
+        raise click.UsageError("give only one of --enable | --disable")
+    changes = enable or disable or log_path is not None or maxlength is not None
+    if show == bool(changes):
+        raise click.UsageError("give --show, or any of --enable | --disable, --path, --maxlength")
+    ctx = app()
+    if show:
+        s = load_settings(ctx.load())
+    else:
+        updates = []
+        if maxlength is not None:
+            updates.append(("logLen", str(maxlength)))
+        if log_path is not None:
+            updates.append(("haLogPath", log_path))
+        if enable or disable:
+            updates.append(("haLogStatus", "enabled" if enable else "disabled"))
+        for key, value in updates:  # validate all before writing any
+            spec.convert(HACONF, key, value)
+        with ctx.edit() as doc:
+            for key, value in updates:
+                haedit.set_setting(doc, HACONF, key, value)
+            s = load_settings(doc)
+    data = {"ha_log": s.ha_log_enabled, "ha_log_path": s.ha_log_path, "log_len": s.log_len}
+    lines = [
+        f"HA logging: {'enabled' if s.ha_log_enabled else 'disabled'}",
+        f"HA log path: {s.ha_log_path or '(not set)'}",
+        f"HA log max length: {s.log_len} bytes",
+    ]
+    if show:
+        _show(as_json, data, lines)
+    else:
+        _report(ctx.path, as_json, data, lines)
+
+
+def _members_arg(value: str) -> list[str]:
+    return [m.strip() for m in value.split(",")]
+
+
+def _group_dict(g: Any) -> dict[str, Any]:
+    return {
+        "label": g.label,
+        "serial": g.serial,
+        "synchronization": g.synchronize,
+        "members": [{"serial": m} for m in g.members],
+    }
+
+
+@hagroup.command()
+@click.option("--label", required=True, help="Group label.")
+@click.option("--serial", help="Group serial (default: 1 + the first member's serial).")
+@click.option("--members", required=True, metavar="SN[,SN...]", help="Member serial numbers.")
+@json_option
+def creategroup(label: str, serial: str | None, members: str, as_json: bool) -> None:
+    """Create an HA group (VirtualTokenNN entries plus HASynchronize)."""
+    ctx = app()
+    with ctx.edit() as doc:
+        g = haedit.create_group(doc, label, _members_arg(members), serial)
+    _report(ctx.path, as_json, {"group": _group_dict(g)},
+            [f"Created HA group {g.label} (serial {g.serial}) with members {', '.join(g.members)}"])
+
+
+@hagroup.command()
+@click.option("--group", "label", required=True, help="Group label.")
+@click.option("--serial", required=True, help="Serial number of the member to add.")
+@json_option
+def addmember(label: str, serial: str, as_json: bool) -> None:
+    """Add a member to an HA group."""
+    ctx = app()
+    with ctx.edit() as doc:
+        g = haedit.add_member(doc, label, serial)
+    _report(ctx.path, as_json, {"group": _group_dict(g)},
+            [f"Added {serial.strip()} to {g.label}; members: {', '.join(g.members)}"])
+
+
+@hagroup.command()
+@click.option("--group", "label", required=True, help="Group label.")
+@click.option("--serial", required=True, help="Serial number of the member to remove.")
+@json_option
+def removemember(label: str, serial: str, as_json: bool) -> None:
+    """Remove a member from an HA group."""
+    ctx = app()
+    with ctx.edit() as doc:
+        g = haedit.remove_member(doc, label, serial)
+    _report(ctx.path, as_json, {"group": _group_dict(g)},
+            [f"Removed {serial} from {g.label}; members: {', '.join(g.members)}"])
+
+
+@hagroup.command()
+@click.option("--label", required=True, help="Label of the group to delete.")
+@json_option
+def deletegroup(label: str, as_json: bool) -> None:
+    """Delete an HA group (the other groups are renumbered densely)."""
+    ctx = app()
+    with ctx.edit() as doc:
+        g = haedit.delete_group(doc, label)
+    _report(ctx.path, as_json, {"deleted": _group_dict(g)}, [f"Deleted HA group {g.label}"])
+
+
+@hagroup.command()
+@json_option
+def listgroups(as_json: bool) -> None:
+    """List the HA settings and every group, like lunacm's listgroups."""
+    ctx = app()
+    doc = ctx.load()
+    s = load_settings(doc)
+    groups = load_groups(doc)
+    if as_json:
+        render.emit_json({
+            "file": str(ctx.path),
+            "settings": settings_dict(s),
+            "groups": [_group_dict(g) for g in groups],
+        })
+        return
+    retries = "unlimited" if s.reconn_att < 0 else str(s.reconn_att)
+    render.fields([
+        ("HA auto recovery", "enabled" if s.reconn_att != 0 else "disabled"),
+        ("HA recovery mode", s.recovery_mode),
+        ("Maximum auto recovery retry", retries),
+        ("Auto recovery poll interval", f"{s.auto_reconnect_interval} seconds"),
+        ("HA logging", "enabled" if s.ha_log_enabled else "disabled"),
+        ("Only Show HA Slots", "yes" if s.ha_only else "no"),
+    ])
+    if not groups:
+        render.echo("")
+        render.echo("No HA groups are configured (hacli hagroup creategroup ...).")
+    for g in groups:
+        render.echo("")
+        render.fields([
+            ("HA Group Label", g.label),
+            ("HA Group Number", g.serial),
+            ("Synchronization", "enabled" if g.synchronize else "disabled"),
+            ("Group Members", ", ".join(g.members)),
+        ])
+        render.echo("")
+        render.table(["#", "Member S/N"], [[i + 1, m] for i, m in enumerate(g.members)])
+    render.echo("")
+    render.echo(f"({ctx.path})")

@@ -1,0 +1,153 @@
+"""Build the typed HA model (:mod:`hacli.conf.model_types`) from a document.
+
+Luna's HA settings live in four sections: ``VirtualToken`` (the groups),
+``HASynchronize`` (per-group synchronisation), ``HAConfiguration`` (recovery,
+logging, HAOnly) and ``LunaSA Client`` (``ReceiveTimeout``).  hacli's own
+section ``hacli`` says where each member's PKCS#11 module is.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from hacli.conf import spec
+from hacli.conf.model_types import (
+    HACLI_SECTION,
+    GroupConf,
+    HAConfig,
+    HASettings,
+    MemberLocation,
+)
+from hacli.errors import ConfValueError
+
+if TYPE_CHECKING:
+    from hacli.conf.document import Document
+
+VT = "VirtualToken"
+HASYNC = "HASynchronize"
+HACONF = "HAConfiguration"
+CLIENT = "LunaSA Client"
+
+GROUP_KEY = re.compile(r"^VirtualToken(\d\d)(Label|SN|Members)$", re.IGNORECASE)
+MEMBER_KEY = re.compile(r"^Member(\d\d)(Serial|Library|Environment)$", re.IGNORECASE)
+
+
+def _where(doc: Document, section: str, key: str) -> str:
+    line = doc.line_of(section, key)
+    path = getattr(doc, "path", None) or "<config>"
+    return f"{path}:{line}" if line else str(path)
+
+
+def typed(doc: Document, section: str, key: str) -> object:
+    """The value of a spec'd setting, typed, or its default when absent."""
+    setting = spec.lookup(section, key)
+    assert setting is not None, f"{section}/{key} is not in ha.spec"
+    raw = doc.get(section, key)
+    if raw is None:
+        return setting.default
+    return spec.convert(section, key, raw, where=_where(doc, section, key))
+
+
+def split_members(raw: str) -> tuple[str, ...]:
+    """``"a, b,c"`` -> ``("a", "b", "c")``; empty items dropped."""
+    return tuple(m.strip() for m in raw.split(",") if m.strip())
+
+
+def group_indexes(doc: Document) -> list[int]:
+    """The NN of every ``VirtualTokenNN*`` key, sorted."""
+    found = set()
+    if doc.has_section(VT):
+        for key in doc.keys(VT):
+            m = GROUP_KEY.match(key)
+            if m:
+                found.add(int(m.group(1)))
+    return sorted(found)
+
+
+def sync_enabled(doc: Document, label: str) -> bool:
+    """``HASynchronize``: ``<label> = 1`` enables automatic synchronisation."""
+    raw = doc.get(HASYNC, label) if doc.has_section(HASYNC) else None
+    return raw is not None and raw.strip().lower() in ("1", "yes", "true", "enabled")
+
+
+def load_groups(doc: Document) -> tuple[GroupConf, ...]:
+    """Every HA group of the document, in ``VirtualTokenNN`` order."""
+    groups = []
+    for n in group_indexes(doc):
+        label = (doc.get(VT, f"VirtualToken{n:02d}Label") or "").strip()
+        members = split_members(doc.get(VT, f"VirtualToken{n:02d}Members") or "")
+        serial = (doc.get(VT, f"VirtualToken{n:02d}SN") or "").strip()
+        if not label:
+            raise ConfValueError(
+                f"{_where(doc, VT, f'VirtualToken{n:02d}Members')}: [{VT}] group "
+                f"VirtualToken{n:02d} has no VirtualToken{n:02d}Label"
+            )
+        if not serial and members:
+            serial = "1" + members[0]
+        groups.append(GroupConf(n, label, serial, members, sync_enabled(doc, label)))
+    return tuple(groups)
+
+
+def load_settings(doc: Document) -> HASettings:
+    """The global HA settings, typed, with the spec's defaults."""
+    log_path = str(typed(doc, HACONF, "haLogPath")) or None
+    return HASettings(
+        reconn_att=int(typed(doc, HACONF, "reconnAtt")),  # type: ignore[arg-type]
+        auto_reconnect_interval=int(typed(doc, HACONF, "AutoReconnectInterval")),  # type: ignore[arg-type]
+        ha_only=bool(typed(doc, HACONF, "HAOnly")),
+        ha_log_enabled=typed(doc, HACONF, "haLogStatus") == "enabled",
+        ha_log_path=log_path,
+        log_len=int(typed(doc, HACONF, "logLen")),  # type: ignore[arg-type]
+        recovery_mode=str(typed(doc, VT, "VirtualTokenActiveRecovery")),
+        receive_timeout_ms=int(typed(doc, CLIENT, "ReceiveTimeout")),  # type: ignore[arg-type]
+    )
+
+
+def parse_environment(raw: str) -> dict[str, str]:
+    """``"A=1, B=x=y"`` -> ``{"A": "1", "B": "x=y"}`` (split at the first ``=``)."""
+    env = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfValueError(f"environment entry {item!r} is not NAME=VALUE")
+        env[name.strip()] = value.strip()
+    return env
+
+
+def load_members(doc: Document) -> dict[str, MemberLocation]:
+    """Member module locations from the ``hacli`` section, by serial."""
+    if not doc.has_section(HACLI_SECTION):
+        return {}
+    by_index: dict[int, dict[str, str]] = {}
+    for key, value in doc.items(HACLI_SECTION):
+        m = MEMBER_KEY.match(key)
+        if m:
+            by_index.setdefault(int(m.group(1)), {})[m.group(2).lower()] = value.strip()
+    members = {}
+    for n, fields in sorted(by_index.items()):
+        serial = fields.get("serial")
+        library = fields.get("library")
+        if not serial or not library:
+            raise ConfValueError(
+                f"{_where(doc, HACLI_SECTION, f'Member{n:02d}Serial')}: [{HACLI_SECTION}] "
+                f"Member{n:02d} needs both Member{n:02d}Serial and Member{n:02d}Library"
+            )
+        env = parse_environment(fields.get("environment", ""))
+        members[serial] = MemberLocation(serial=serial, library=library, env=env)
+    return members
+
+
+def load_config(doc: Document, path: str | None = None) -> HAConfig:
+    """The typed :class:`HAConfig` of a document (raises ConfValueError)."""
+    default_library = str(typed(doc, HACLI_SECTION, "DefaultLibrary")) or None
+    return HAConfig(
+        settings=load_settings(doc),
+        groups=load_groups(doc),
+        members=load_members(doc),
+        default_library=default_library,
+        path=path or getattr(doc, "path", None),
+    )

@@ -1,0 +1,155 @@
+"""The configspec (``ha.spec``) as an API: types, ranges, defaults and help.
+
+configobj's ``validate`` module does the checking; the custom checks below add
+Luna's spellings (``unlimited`` for -1, ``0``/``1`` flags, the interval's Luna
+range).  Everything that knows a setting's type or default asks this module.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from hacli.errors import ConfValueError
+
+RETRY_WORDS = ("unlimited", "infinite")
+MAX_RETRY_COUNT = 500
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of the spec: its canonical spelling, check string and help."""
+
+    section: str
+    key: str
+    check: str
+    help: str
+
+    @property
+    def default(self) -> Any:
+        """The typed default value."""
+        return _validator().get_default_value(self.check)
+
+    @property
+    def allowed(self) -> str:
+        """The allowed values in words, for error messages."""
+        name, args, kwargs, _default = _validator()._parse_with_caching(self.check)
+        if name == "retry_count":
+            return f"-1 (or {'/'.join(RETRY_WORDS)}) = forever, 0 = off, 1..{MAX_RETRY_COUNT}"
+        if name == "interval":
+            return (
+                f"seconds, {kwargs['min']}..{kwargs['max']} "
+                f"(Luna clients: {kwargs['luna_min']}..{kwargs['luna_max']})"
+            )
+        if name == "integer":
+            return f"an integer {kwargs.get('min', '')}..{kwargs.get('max', '')}"
+        if name == "option":
+            return " or ".join(args)
+        if name == "flag":
+            return "0 or 1"
+        return "a string"
+
+
+def _retry_count(value: Any) -> int:
+    text = str(value).strip().lower()
+    if text in RETRY_WORDS:
+        return -1
+    try:
+        n = int(text)
+    except ValueError:
+        raise _fail("not a number") from None
+    if n < -1 or n > MAX_RETRY_COUNT:
+        raise _fail("out of range")
+    return n
+
+
+def _interval(value: Any, min: str, max: str, luna_min: str, luna_max: str) -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise _fail("not a number") from None
+    if not int(min) <= n <= int(max):
+        raise _fail("out of range")
+    return n
+
+
+def _flag(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "yes", "true", "on", "enabled"):
+        return True
+    if text in ("0", "no", "false", "off", "disabled", ""):
+        return False
+    raise _fail("not a flag")
+
+
+def _fail(reason: str) -> Exception:
+    from validate import VdtValueError
+
+    return VdtValueError(reason)
+
+
+@functools.cache
+def _validator() -> Any:
+    from validate import Validator
+
+    return Validator({"retry_count": _retry_count, "interval": _interval, "flag": _flag})
+
+
+@functools.cache
+def settings() -> tuple[Setting, ...]:
+    """Every setting of the spec, in spec order."""
+    from configobj import ConfigObj
+
+    text = resources.files("hacli.conf").joinpath("ha.spec").read_text(encoding="utf-8")
+    spec = ConfigObj(text.splitlines(), _inspec=True, list_values=False)
+    out = []
+    for section in spec.sections:
+        sec = spec[section]
+        for key in sec.scalars:
+            help_text = " ".join(c.lstrip("# ").strip() for c in sec.comments.get(key, []))
+            out.append(Setting(section, key, sec[key], help_text))
+    return tuple(out)
+
+
+def lookup(section: str, key: str) -> Setting | None:
+    """The spec entry for ``section``/``key`` (case-insensitive), or None."""
+    for s in settings():
+        if s.section.lower() == section.lower() and s.key.lower() == key.lower():
+            return s
+    return None
+
+
+def spec_sections() -> list[str]:
+    """Section names the spec knows, canonical spelling."""
+    return list(dict.fromkeys(s.section for s in settings()))
+
+
+def convert(section: str, key: str, value: str, *, where: str = "") -> Any:
+    """Check ``value`` against the spec and return it typed.
+
+    Raises :class:`ConfValueError` naming ``where`` (file:line), the section,
+    the key and the allowed values.
+    """
+    from validate import ValidateError
+
+    setting = lookup(section, key)
+    if setting is None:
+        return value
+    try:
+        return _validator().check(setting.check, value)
+    except ValidateError:
+        prefix = f"{where}: " if where else ""
+        raise ConfValueError(
+            f"{prefix}[{setting.section}] {setting.key} = {value!r} is invalid; "
+            f"allowed: {setting.allowed}"
+        ) from None
+
+
+def luna_interval_range() -> tuple[int, int]:
+    """Luna's documented (floor, ceiling) for AutoReconnectInterval."""
+    setting = lookup("HAConfiguration", "AutoReconnectInterval")
+    assert setting is not None
+    _n, _a, kwargs, _d = _validator()._parse_with_caching(setting.check)
+    return int(kwargs["luna_min"]), int(kwargs["luna_max"])
