@@ -1,0 +1,188 @@
+"""`hacli hagroup ...` on real files: exactly the lines that must change, change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from clihelpers import EXAMPLE, assert_one_error_line, run, run_process
+
+NO_HACONF = EXAMPLE.read_bytes()
+assert b"HAConfiguration" not in NO_HACONF
+
+WITH_HACONF = (
+    b"Chrystoki2 = {\n   LibUNIX64 = /usr/lib/libCryptoki2_64.so;\n}\n"
+    b"HAConfiguration = {\n\treconnAtt = 3;\n\tAutoReconnectInterval  =  120;\n"
+    b"\thaLogStatus = disabled;\n}\n# trailing comment\n"
+)
+
+CRLF_INI = (
+    b"; crystoki.ini from a Windows client\r\n[Chrystoki2]\r\nLibNT=C:\\Program Files\\"
+    b"SafeNet\\LunaClient\\cryptoki.dll\r\n\r\n[VirtualToken]\r\nVirtualToken00Label=grp\r\n"
+    b"VirtualToken00SN=1111\r\nVirtualToken00Members=111,222\r\n"
+)
+
+
+def write(tmp_path: Path, data: bytes, name: str = "Chrystoki.conf") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_retry_adds_section_with_only_the_given_keys(tmp_path: Path) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    res = run("--conf", str(conf), "hagroup", "retry", "--interval", "60", "--count", "0")
+    assert res.code == 0, res.err
+    assert "HA auto recovery: disabled" in res.out
+    assert str(conf) in res.out
+    old = NO_HACONF.decode().splitlines()
+    new = conf.read_text().splitlines()
+    assert new[: len(old)] == old  # nothing before changed
+    added = [line.strip() for line in new[len(old):] if line.strip()]
+    assert added == [
+        "HAConfiguration = {", "AutoReconnectInterval = 60;", "reconnAtt = 0;", "}",
+    ]
+
+
+def test_retry_on_existing_section_changes_only_affected_lines(tmp_path: Path) -> None:
+    conf = write(tmp_path, WITH_HACONF)
+    res = run("--conf", str(conf), "hagroup", "retry", "--count", "unlimited")
+    assert res.code == 0, res.err
+    assert "retry forever, every 120 s" in res.out
+    old, new = WITH_HACONF.decode().splitlines(), conf.read_text().splitlines()
+    assert len(old) == len(new)
+    diff = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
+    assert diff == [("\treconnAtt = 3;", "\treconnAtt = -1;")]
+
+
+def test_interval_keeps_odd_spacing(tmp_path: Path) -> None:
+    conf = write(tmp_path, WITH_HACONF)
+    assert run("--conf", str(conf), "hagroup", "interval", "--interval", "300").code == 0
+    assert b"\tAutoReconnectInterval  =  300;\n" in conf.read_bytes()
+
+
+def test_crlf_ini_stays_crlf(tmp_path: Path) -> None:
+    conf = write(tmp_path, CRLF_INI, "crystoki.ini")
+    res = run("--conf", str(conf), "hagroup", "retry", "--interval", "90", "--count", "5")
+    assert res.code == 0, res.err
+    data = conf.read_bytes()
+    assert data.startswith(CRLF_INI)
+    tail = data[len(CRLF_INI):]
+    assert b"[HAConfiguration]\r\n" in tail
+    assert b"AutoReconnectInterval=90\r\n" in tail and b"reconnAtt=5\r\n" in tail
+    assert b"\n" not in data.replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--count", "501"],
+        ["--count", "-2"],
+        ["--count", "lots"],
+        ["--interval", "59"],
+        ["--interval", "1201"],
+        ["--interval", "0", "--force"],
+        ["--interval", "abc"],
+        ["--interval", "60", "--count", "9999"],  # one bad value: nothing written
+        [],
+    ],
+)
+def test_retry_refuses_bad_values_and_leaves_file_untouched(
+    tmp_path: Path, args: list[str]
+) -> None:
+    conf = write(tmp_path, WITH_HACONF)
+    res = run("--conf", str(conf), "hagroup", "retry", *args)
+    assert_one_error_line(res, 2)
+    assert conf.read_bytes() == WITH_HACONF
+
+
+def test_interval_outside_luna_range_needs_force(tmp_path: Path) -> None:
+    conf = write(tmp_path, WITH_HACONF)
+    res = run("--conf", str(conf), "hagroup", "retry", "--interval", "5", "--force")
+    assert res.code == 0
+    assert "Warning:" in res.err and "at least 60" not in res.out
+    assert b"AutoReconnectInterval  =  5;" in conf.read_bytes()
+
+
+def test_group_lifecycle_keeps_numbering_dense(tmp_path: Path) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    c = ["--conf", str(conf), "hagroup"]
+    assert run(*c, "creategroup", "--label", "second", "--members", "111,222").code == 0
+    assert run(*c, "creategroup", "--label", "third", "--serial", "999",
+               "--members", "333").code == 0
+    assert run(*c, "addmember", "--group", "THIRD", "--serial", "444").code == 0
+    assert run(*c, "removemember", "--group", "second", "--serial", "111").code == 0
+    listing = json.loads(run(*c, "listgroups", "--json").out)
+    assert [(g["label"], g["serial"], [m["serial"] for m in g["members"]])
+            for g in listing["groups"]] == [
+        ("myHAgroup", "1599447001", ["599447001", "78665001"]),
+        ("second", "1111", ["222"]),
+        ("third", "999", ["333", "444"]),
+    ]
+    assert run(*c, "deletegroup", "--label", "second").code == 0
+    text = conf.read_text()
+    assert "VirtualToken01Label = third;" in text
+    assert "VirtualToken02" not in text
+    assert "second" not in text  # its HASynchronize entry went with it
+    groups = json.loads(run(*c, "listgroups", "--json").out)["groups"]
+    assert [g["label"] for g in groups] == ["myHAgroup", "third"]
+    assert all(g["synchronization"] for g in groups)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["creategroup", "--label", "myhagroup", "--members", "1"], "already exists"),
+        (["creategroup", "--label", "x", "--members", "1,1"], "more than once"),
+        (["addmember", "--group", "nosuch", "--serial", "1"], "no HA group"),
+        (["addmember", "--group", "myHAgroup", "--serial", "599447001"], "already a member"),
+        (["removemember", "--group", "myHAgroup", "--serial", "42"], "not a member"),
+        (["deletegroup", "--label", "nosuch"], "myHAgroup"),
+        (["creategroup", "--label", "bad;label", "--members", "1"], "not a valid"),
+    ],
+)
+def test_group_errors_exit_2_and_change_nothing(tmp_path: Path, args: list[str],
+                                                needle: str) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    res = run("--conf", str(conf), "hagroup", *args)
+    assert_one_error_line(res, 2)
+    assert needle in res.err
+    assert conf.read_bytes() == NO_HACONF
+
+
+def test_haonly_recoverymode_halog(tmp_path: Path) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    c = ["--conf", str(conf), "hagroup"]
+    assert "disabled" in run(*c, "haonly", "--show").out
+    assert run(*c, "haonly", "--enable").code == 0
+    assert json.loads(run(*c, "haonly", "--show", "--json").out) == {"ha_only": True}
+    assert run(*c, "recoverymode", "--mode", "activeenhanced").code == 0
+    assert "activeEnhanced" in run(*c, "recoverymode", "--show").out
+    assert "VirtualTokenActiveRecovery = activeEnhanced;" in conf.read_text()
+    res = run(*c, "halog", "--enable", "--path", "/var/log/ha", "--maxlength", "4096")
+    assert res.code == 0, res.err
+    shown = json.loads(run(*c, "halog", "--show", "--json").out)
+    assert shown == {"ha_log": True, "ha_log_path": "/var/log/ha", "log_len": 4096}
+    before = conf.read_bytes()
+    assert_one_error_line(run(*c, "halog", "--maxlength", "10"), 2)
+    assert_one_error_line(run(*c, "haonly", "--enable", "--disable"), 2)
+    assert_one_error_line(run(*c, "recoverymode", "--mode", "lazy"), 2)
+    assert conf.read_bytes() == before
+
+
+def test_listgroups_human(tmp_path: Path) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    out = run("--conf", str(conf), "hagroup", "listgroups").out
+    assert "HA auto recovery : enabled" in out
+    assert "HA Group Label : myHAgroup" in out
+    assert "599447001" in out and "78665001" in out
+
+
+def test_installed_hacli_hagroup(tmp_path: Path) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    res = run_process("--conf", str(conf), "hagroup", "retry", "--interval", "60", "--count", "0")
+    assert res.code == 0, res.err
+    assert "reconnAtt = 0;" in conf.read_text()
+    res = run_process("--conf", str(conf), "hagroup", "retry", "--count", "x")
+    assert_one_error_line(res, 2)
