@@ -111,7 +111,22 @@ def test_discovery_order_and_not_found(tmp_path: Path) -> None:
     assert json.loads(res.out)["groups"][0]["label"] == "ini"
     res = run_process("--conf", str(tmp_path / "missing.conf"), "hagroup", "listgroups", env=env)
     assert_one_error_line(res, 1)
+    assert "missing.conf" in res.err
+
+
+def test_nothing_found_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hacli.conf.store as store
+
+    monkeypatch.setattr(store, "SYSTEM_CONF", tmp_path / "etc" / "Chrystoki.conf")
+    env = {"ChrystokiConfigurationPath": str(tmp_path / "luna"),
+           "XDG_DATA_HOME": str(tmp_path / "xdg"), "HACLI_CONF": None}
+    res = run("hagroup", "listgroups", env=env)  # type: ignore[arg-type]
+    assert_one_error_line(res, 1)
     assert "--conf" in res.err
+    assert str(tmp_path / "etc" / "Chrystoki.conf") in res.err
+    assert str(tmp_path / "xdg" / "hacli" / "lab") in res.err
 
 
 def test_conf_path_that_is_a_directory(tmp_path: Path) -> None:
