@@ -189,11 +189,16 @@ def _decode(data: bytes, path: str | None) -> str:
 
 
 def _detect_syntax(pairs: list[tuple[str, str]], path: str | None) -> str:
+    # The first section header decides: a stray key before it must not decide
+    # the syntax, or its error message would be about the wrong syntax.
     for text, _ in pairs:
         s = text.strip()
-        if s and not s.startswith(("#", ";", "//")):
-            return "ini" if s.startswith("[") else "brace"
-    # Nothing but comments: the file name is the only hint left.
+        if s.startswith("["):
+            return "ini"
+        m = _BRACE_HEADER.fullmatch(text)
+        if m and _BRACE_TRAILER.fullmatch(m["trailer"]) and not s.startswith(("#", ";", "//")):
+            return "brace"
+    # No header at all: the file name is the only hint left.
     return "ini" if path and path.lower().endswith(".ini") else "brace"
 
 
@@ -206,8 +211,8 @@ def _check_structure(lines: list[_Line], syntax: str, path: str | None) -> None:
             if open_at is not None:
                 outer = lines[open_at].name
                 raise ConfParseError(
-                    f"section {line.name!r} opened inside section {outer!r} "
-                    f"(missing '}}' after line {open_at + 1}?)",
+                    f"section {line.name!r} starts inside section {outer!r} "
+                    f"(line {open_at + 1}): missing '}}'?",
                     path,
                     i + 1,
                 )
@@ -259,7 +264,7 @@ class Document:
 
     @classmethod
     def parse(cls, data: bytes | str, path: str | None = None) -> Document:
-        """Parse a whole file; the syntax is detected from its first significant line.
+        """Parse a whole file; the syntax is detected from its first section header.
 
         ``path`` only labels errors.  Raises :class:`~hacli.errors.ConfParseError`
         (with the 1-based line number) for anything that is not a valid file.
