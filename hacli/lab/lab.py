@@ -903,8 +903,8 @@ class Lab:
         if state is not None and state.get("created_dir"):
             shutil.rmtree(self.directory)
             return
-        for path in self._own_entries():
+        for path in [*self._own_entries(), self.lock_file]:
             if path.is_dir():
                 shutil.rmtree(path)
             else:
-                path.unlink()
+                path.unlink(missing_ok=True)

@@ -1,0 +1,382 @@
+"""The lab with real processes: SoftHSM2 tokens behind p11-kit servers, no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hacli.errors import LabError, UsageError
+from hacli.lab import FAILED, HUNG, RUNNING, Lab, LabUsageError
+from hacli.lab.procs import group_pids, proc_cmdline, proc_state, wait_until
+
+pytestmark = pytest.mark.lab
+
+STATUS_KEYS = {"dir", "conf", "group", "softhsm2_conf", "pin_file", "members"}
+MEMBER_KEYS = {"serial", "label", "state", "pid"}
+
+
+def _states(lab: Lab) -> list[str]:
+    return [m.state for m in lab.status().members]
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_up_creates_tokens_conf_and_private_pin_files(lab: Lab) -> None:
+    status = lab.status()
+    assert set(status.as_dict()) == STATUS_KEYS
+    assert all(set(m) == MEMBER_KEYS for m in status.as_dict()["members"])
+    assert json.loads(status.to_json()) == status.as_dict()
+    assert status.dir == str(lab.directory)
+    assert status.conf == str(lab.conf_path) and lab.conf_path.is_file()
+    assert status.softhsm2_conf == str(lab.softhsm2_conf)
+    assert status.pin_file == str(lab.pin_file)
+    assert status.group == "labgroup"
+    assert [m.label for m in status.members] == ["member0", "member1"]
+    assert all(m.state == RUNNING and m.pid for m in status.members)
+    assert len({m.serial for m in status.members}) == 2
+
+    for secret in (lab.pin_file, lab.so_pin_file):
+        mode = stat.S_IMODE(secret.stat().st_mode)
+        assert mode == 0o600, f"{secret} has mode {mode:o}"
+        assert len(secret.read_text()) >= 16
+    assert lab.pin() != lab.so_pin()
+
+    assert f"directories.tokendir = {lab.tokens_dir}" in lab.softhsm2_conf.read_text()
+    for m in lab.members():
+        assert m.socket == lab.directory / f"m{m.index}" / "p11kit.sock"
+        assert stat.S_ISSOCK(m.socket.stat().st_mode)
+        assert m.env == {"P11_KIT_SERVER_ADDRESS": f"unix:path={m.socket}"}
+
+
+def test_chrystoki_conf_describes_the_group(lab: Lab) -> None:
+    text = lab.conf_path.read_text()
+    s0, s1 = (m.serial for m in lab.members())
+    for line in (
+        "ReceiveTimeout = 3000;",
+        "VirtualToken00Label = labgroup;",
+        f"VirtualToken00SN = 1{s0};",
+        f"VirtualToken00Members = {s0},{s1};",
+        "VirtualTokenActiveRecovery = activeBasic;",
+        "labgroup = 1;",
+        "AutoReconnectInterval = 5;",
+        "reconnAtt = -1;",
+        "haLogStatus = enabled;",
+        f"haLogPath = {lab.log_dir};",
+        "logLen = 1000000;",
+        f"Member00Serial = {s0};",
+        f"Member01Serial = {s1};",
+        f"Member00Library = {lab.client_library};",
+        f"Member01Environment = P11_KIT_SERVER_ADDRESS=unix:path={lab.directory}/m1/p11kit.sock;",
+        f"LabDir = {lab.directory};",
+    ):
+        assert line in text, line
+    for section in ("LunaSA Client", "VirtualToken", "HASynchronize", "HAConfiguration", "hacli"):
+        assert f"\n{section} = {{\n" in text
+    assert text.count("{") == text.count("}") == 5
+    assert lab.group_serial == "1" + s0 == lab.status().group_serial
+    assert lab.log_dir.is_dir()
+
+
+def test_three_member_lab(lab3: Lab) -> None:
+    members = lab3.members()
+    assert [m.label for m in members] == ["member0", "member1", "member2"]
+    assert f"VirtualToken00Members = {','.join(m.serial for m in members)};" in (
+        lab3.conf_path.read_text()
+    )
+    assert lab3.list_tokens() == [[{"label": m.label, "serial": m.serial}] for m in members]
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+def test_each_socket_serves_exactly_its_own_token(lab: Lab, member_client) -> None:
+    members = lab.members()
+    assert lab.list_tokens() == [[{"label": m.label, "serial": m.serial}] for m in members]
+    # the same through python-pkcs11, as the engine will see it
+    for m in members:
+        client = member_client(lab, m.label, login=False)
+        seen = client.call("[(t.label, t.serial.decode()) for t in lib.get_tokens()]")
+        assert seen == {"value": repr([(m.label, m.serial)])}
+
+
+def test_softhsm2_conf_opens_every_token_directly(lab: Lab) -> None:
+    from hacli.lab import find_tools
+
+    out = subprocess.run(
+        ["softhsm2-util", "--show-slots"],
+        env={**os.environ, "SOFTHSM2_CONF": str(lab.softhsm2_conf)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for m in lab.members():
+        assert m.serial in out and m.label in out
+    assert find_tools().softhsm2.endswith("libsofthsm2.so")
+
+
+def test_server_processes_are_own_groups_with_member_uri(lab: Lab) -> None:
+    for m, st in zip(lab.members(), lab.status().members, strict=True):
+        assert os.getpgid(st.pid) == st.pid  # group leader of its own group
+        assert os.getsid(st.pid) == st.pid
+        assert m.uri in proc_cmdline(st.pid)
+
+
+# --------------------------------------------------------------------------- fail / hang / restore
+
+
+def test_fail_makes_calls_fail_and_restore_keeps_keys(healthy_lab: Lab, member_client) -> None:
+    lab = healthy_lab
+    m0 = lab.members()[0]
+    old_pid = lab.status().member(m0.serial).pid
+    client = member_client(lab, m0.serial)
+    made = client.call(
+        "session.generate_key(KeyType.AES, 128, label='before-crash', store=True).label"
+    )
+    assert made == {"value": "'before-crash'"}
+
+    status = lab.fail(m0.serial)
+    assert status.state == FAILED and status.pid is None
+    assert lab.status().member(m0.serial).state == FAILED
+    assert lab.status().member("member1").state == RUNNING
+    assert not group_pids(old_pid)  # server and its connection child are gone
+    assert client.call("session.generate_random(128)") == {"error": "DeviceError"}
+    assert lab.list_tokens(m0.serial) == [[]]  # a new client sees no token
+    assert lab.fail(m0.serial).state == FAILED  # failing again is harmless
+
+    restored = lab.restore(m0.label)
+    assert restored.state == RUNNING and restored.pid not in (None, old_pid)
+    assert lab.list_tokens(m0.serial) == [[{"label": m0.label, "serial": m0.serial}]]
+    # The old connection died with the server: its calls keep failing with
+    # DeviceError until the client re-initialises its module; then the old
+    # session handle is invalid and a new login works.
+    assert client.call("session.generate_random(128)") == {"error": "DeviceError"}
+    assert client.call("lib.reinitialize()") == {"value": "None"}
+    assert client.call("session.generate_random(128)") == {"error": "SessionHandleInvalid"}
+    assert client.call("login()") == {"value": "None"}
+    assert client.call("len(session.generate_random(128))") == {"value": "16"}
+    # and a new client finds the key made before the crash
+    fresh = member_client(lab, m0.serial)
+    found = fresh.call(
+        "[k.label for k in session.get_objects({Attribute.LABEL: 'before-crash'})]"
+    )
+    assert found == {"value": "['before-crash']"}
+    fresh.call("session.get_key(label='before-crash').destroy()")
+
+
+def test_hang_blocks_calls_until_restore(healthy_lab: Lab, member_client) -> None:
+    lab = healthy_lab
+    m1 = lab.members()[1]
+    client = member_client(lab, m1.label)
+    assert "value" in client.call("session.generate_random(128)")
+    pid = lab.status().member(m1.label).pid
+
+    assert lab.hang(m1.serial).state == HUNG
+    assert lab.status().member(m1.serial) == lab.status().member(m1.serial)
+    assert lab.status().member(m1.serial).state == HUNG
+    assert lab.status().member(m1.serial).pid == pid
+    assert all(proc_state(p) == "T" for p in group_pids(pid))
+    assert client.call("len(session.generate_random(128))", timeout=0.3) == {"blocked": True}
+    # a frozen member must not freeze the others (they share a token directory)
+    other = member_client(lab, "member0")
+    assert other.call("len(session.generate_random(128))") == {"value": "16"}
+    with pytest.raises(LabError, match="did not answer"):
+        lab.list_tokens(m1.serial, timeout=0.5)
+
+    assert lab.restore(m1.serial).state == RUNNING
+    assert lab.status().member(m1.serial).pid == pid  # resumed, not restarted
+    assert client.join(10.0) == {"value": "16"}
+
+
+def test_hang_of_failed_member_is_refused(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    lab.fail("member0")
+    with pytest.raises(LabError, match="not running"):
+        lab.hang("member0")
+
+
+def test_fail_a_hung_member(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    pid = lab.status().member("member1").pid
+    lab.hang("member1")
+    assert lab.fail("member1").state == FAILED
+    assert not group_pids(pid)
+
+
+def test_unknown_member_lists_valid_ones(lab: Lab) -> None:
+    serials = [m.serial for m in lab.members()]
+    for call in (lab.fail, lab.hang, lab.restore, lab.member):
+        with pytest.raises(LabUsageError) as info:
+            call("nosuchmember")
+        assert all(s in str(info.value) for s in serials)
+        assert isinstance(info.value, UsageError) and isinstance(info.value, LabError)
+        assert "\n" not in str(info.value)
+
+
+def test_restore_of_running_member_changes_nothing(lab: Lab) -> None:
+    before = lab.status()
+    assert lab.restore("member0").pid == before.member("member0").pid
+    assert lab.status() == before
+
+
+# --------------------------------------------------------------------------- up / down
+
+
+def test_up_twice_is_harmless(lab: Lab) -> None:
+    before = lab.status()
+    again = lab.up()
+    assert again.started == () and not again.created
+    assert again.members == before.members
+    assert lab.up(2).members == before.members
+    with pytest.raises(LabUsageError, match="has 2 members"):
+        lab.up(3)
+
+
+def test_up_restarts_a_lab_whose_processes_died(healthy_lab: Lab, member_client) -> None:
+    lab = healthy_lab
+    before = lab.status()
+    conf_before = lab.conf_path.read_bytes()
+    for m in before.members:  # as a reboot would: every process gone, files kept
+        os.killpg(m.pid, signal.SIGKILL)
+    assert wait_until(lambda: _states(lab) == [FAILED, FAILED], 10)
+
+    after = lab.up()
+    assert set(after.started) == {m.serial for m in before.members}
+    assert [m.serial for m in after.members] == [m.serial for m in before.members]
+    assert all(m.state == RUNNING for m in after.members)
+    assert {m.pid for m in after.members}.isdisjoint({m.pid for m in before.members})
+    assert lab.conf_path.read_bytes() == conf_before  # kept as it was
+    assert lab.list_tokens() == [[{"label": m.label, "serial": m.serial}] for m in after.members]
+    assert "value" in member_client(lab, "member1").call("session.generate_random(8)")
+
+
+def test_up_resumes_hung_member(healthy_lab: Lab) -> None:
+    lab = healthy_lab
+    pid = lab.status().member("member0").pid
+    lab.hang("member0")
+    after = lab.up()
+    assert after.started == (lab.member("member0").serial,)
+    assert after.member("member0").state == RUNNING and after.member("member0").pid == pid
+
+
+def test_down_leaves_no_process_and_up_restores_tokens(tmp_path: Path, member_client) -> None:
+    lab = Lab(tmp_path / "lab", timeout=10.0)
+    first = lab.up(members=1)
+    assert first.created and lab.exists()
+    serial = first.members[0].serial
+    pid = first.members[0].pid
+    client = member_client(lab, serial)  # a connection: p11-kit-remote child in the group
+    client.call("session.generate_key(KeyType.AES, 128, label='kept', store=True)")
+    assert len(group_pids(pid)) >= 2
+    lab.hang(serial)  # down must also end stopped processes
+
+    lab.down()
+    assert not group_pids(pid)
+    assert not [p for p in _all_pids() if lab.members()[0].uri in proc_cmdline(p)]
+    assert lab.status().members[0].state == FAILED
+    assert lab.exists() and lab.tokens_dir.is_dir()
+    lab.down()  # down twice is harmless
+
+    again = lab.up()
+    assert [m.serial for m in again.members] == [serial]
+    fresh = member_client(lab, serial)
+    assert fresh.call("session.get_key(label='kept').label") == {"value": "'kept'"}
+
+    lab.down(purge=True)
+    assert not lab.directory.exists()
+    assert not lab.exists()
+    lab.down(purge=True)  # nothing left to remove: harmless
+    with pytest.raises(LabError, match="no lab"):
+        lab.down()
+
+
+def test_purge_keeps_files_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    lab = Lab(tmp_path, timeout=10.0)
+    lab.up(members=1)
+    lab.down(purge=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "lab.lock") == ["notes.txt"]
+
+
+def test_status_without_a_lab(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "none")
+    assert not lab.exists()
+    with pytest.raises(LabError, match="no lab in"):
+        lab.status()
+    with pytest.raises(LabError, match="no lab in"):
+        lab.fail("member0")
+
+
+def test_partial_lab_is_refused_then_purged(tmp_path: Path) -> None:
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "pin").write_text("x")
+    lab = Lab(tmp_path)
+    with pytest.raises(LabError, match="part of a lab"):
+        lab.up()
+    assert (tmp_path / "pin").read_text() == "x"  # not touched
+    lab.down(purge=True)
+    assert not (tmp_path / "tokens").exists() and not (tmp_path / "pin").exists()
+
+
+def test_bad_member_count_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(LabUsageError):
+        Lab(tmp_path / "a").up(members=0)
+    with pytest.raises(LabUsageError, match=r"Chrystoki\.conf cannot hold"):
+        Lab(tmp_path / "a;b").up()
+    with pytest.raises(LabUsageError, match="too long"):
+        Lab(tmp_path / ("x" * 120)).up()
+    assert not (tmp_path / "a").exists()
+
+
+def test_two_commands_at_once_do_not_corrupt_the_lab(tmp_path: Path) -> None:
+    directory = tmp_path / "lab"
+    code = (
+        "import sys; from hacli.lab import Lab; "
+        "s = Lab(sys.argv[1]).up(2); print(int(s.created))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60)[0].decode().strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(outs) == ["0", "1"]  # one created the lab, the other found it up
+    lab = Lab(directory)
+    try:
+        state = json.loads(lab.state_file.read_text())
+        assert len(state["members"]) == 2
+        assert _states(lab) == [RUNNING, RUNNING]
+        servers = [p for p in _all_pids() if str(directory) in " ".join(proc_cmdline(p))]
+        assert len(servers) == 2  # no duplicate servers
+    finally:
+        lab.down(purge=True)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_pins_never_leave_the_pin_files(lab: Lab) -> None:
+    secrets = [lab.pin(), lab.so_pin()]
+    texts = [
+        lab.state_file.read_text(),
+        lab.conf_path.read_text(),
+        lab.softhsm2_conf.read_text(),
+        lab.status().to_json(),
+        repr(lab.status()),
+        *(p.read_text() for p in lab.directory.glob("m*/server.log")),
+        *(" ".join(proc_cmdline(m.pid)) for m in lab.status().members),
+    ]
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text
+
+
+def _all_pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
