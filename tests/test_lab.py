@@ -164,9 +164,7 @@ def test_fail_makes_calls_fail_and_restore_keeps_keys(healthy_lab: Lab, member_c
     assert client.call("len(session.generate_random(128))") == {"value": "16"}
     # and a new client finds the key made before the crash
     fresh = member_client(lab, m0.serial)
-    found = fresh.call(
-        "[k.label for k in session.get_objects({Attribute.LABEL: 'before-crash'})]"
-    )
+    found = fresh.call("[k.label for k in session.get_objects({Attribute.LABEL: 'before-crash'})]")
     assert found == {"value": "['before-crash']"}
     fresh.call("session.get_key(label='before-crash').destroy()")
 
@@ -338,8 +336,7 @@ def test_bad_member_count_and_directory(tmp_path: Path) -> None:
 def test_two_commands_at_once_do_not_corrupt_the_lab(tmp_path: Path) -> None:
     directory = tmp_path / "lab"
     code = (
-        "import sys; from hacli.lab import Lab; "
-        "s = Lab(sys.argv[1]).up(2); print(int(s.created))"
+        "import sys; from hacli.lab import Lab; s = Lab(sys.argv[1]).up(2); print(int(s.created))"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE)

@@ -456,11 +456,18 @@ class Lab:
         with self._errors():
             tools = find_tools()
             self._check_path()
+            fresh = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with self._locked():
-                if self.exists():
-                    return self._restart(members, tools)
-                return self._create(members or DEFAULT_MEMBERS, tools)
+            try:
+                with self._locked():
+                    if self.exists():
+                        return self._restart(members, tools)
+                    return self._create(members or DEFAULT_MEMBERS, tools)
+            except BaseException:
+                # A lab that could not be made leaves no trace, not even its directory.
+                if fresh and not self.exists():
+                    shutil.rmtree(self.directory, ignore_errors=True)
+                raise
 
     def down(self, purge: bool = False) -> None:
         """Stop every process of the lab; tokens stay on disk for the next :meth:`up`.
