@@ -377,3 +377,29 @@ def test_pins_never_leave_the_pin_files(lab: Lab) -> None:
 
 def _all_pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+@pytest.fixture
+def fresh_tools(monkeypatch: pytest.MonkeyPatch):
+    """Let a test point the lab at other binaries (the lookup is cached per process)."""
+    from hacli.lab import find_tools
+
+    find_tools.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    find_tools.cache_clear()
+
+
+def test_missing_softhsm_is_one_clear_error(tmp_path: Path, fresh_tools) -> None:
+    fresh_tools.setenv("HACLI_SOFTHSM2_MODULE", str(tmp_path / "nope.so"))
+    with pytest.raises(LabError, match=r"HACLI_SOFTHSM2_MODULE=.* is not a file"):
+        Lab(tmp_path / "lab").up()
+    assert not (tmp_path / "lab").exists()
+
+
+def test_server_that_will_not_start_leaves_no_trace(tmp_path: Path, fresh_tools) -> None:
+    fresh_tools.setenv("HACLI_P11KIT", "/bin/false")  # exits at once, like a broken p11-kit
+    lab = Lab(tmp_path / "lab", timeout=5.0)
+    with pytest.raises(LabError, match="p11-kit server of member0 exited"):
+        lab.up()
+    assert not lab.directory.exists()
