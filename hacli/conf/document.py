@@ -22,8 +22,9 @@ Rules worth knowing (they are choices, Luna documents none of them):
 
 * Look-ups of sections and keys are case-insensitive; the file's spelling is kept.
 * Duplicate keys: the *last* occurrence wins (``get`` reads it, ``set`` rewrites
-  it, ``items`` reports its value at the place of the first one); ``remove_key``
-  removes every occurrence so the key is really gone.  Sections that appear
+  it, ``keys``/``items`` list the key once, spelled and valued as its last
+  occurrence, at the place of its first); ``remove_key`` removes every
+  occurrence so the key is really gone.  Sections that appear
   twice are treated as one (their entries merged in file order).
 * Brace entries end at the first ``;``; whatever follows it on the line must be
   blank or a comment (``#``, ``//`` or ``;``), which is kept byte for byte.  So a

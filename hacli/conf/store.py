@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -78,7 +77,7 @@ def save(doc: Document, path: str | os.PathLike[str]) -> None:
     _check_dir_writable(directory, path)
     _remove_stale_temps(directory, target.name)
 
-    tmp = directory / f".{target.name}.hacli-{os.getpid()}-{secrets.token_hex(4)}{_TMP_SUFFIX}"
+    tmp = directory / f".{target.name}.hacli-{os.getpid()}-{os.urandom(4).hex()}{_TMP_SUFFIX}"
     try:
         # O_EXCL: never follow or reuse something already there; 0o666 lets the
         # kernel apply the umask for new files.
