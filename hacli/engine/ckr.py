@@ -264,6 +264,8 @@ def is_member_failure(error: BaseException) -> bool:
     """
     if isinstance(error, TimeoutError | ConnectionError | OSError):
         return True
+    if not isinstance(error, px.PKCS11Error) and not hasattr(error, "ckr"):
+        return False  # a Python error (bad argument, bug): never the member's fault
     return ckr_name(error) in MEMBER_FAILURE_CODES
 
 

@@ -11,6 +11,7 @@ a PIN: it only ever receives labels, serials, event names and CKR names.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import threading
@@ -78,10 +79,9 @@ class HALog:
         while target.exists():
             target = self.path.with_name(f"{LOG_NAME}.{stamp}.{n}")
             n += 1
-        try:
+        # another process may have rotated it first
+        with contextlib.suppress(FileNotFoundError):
             os.replace(self.path, target)
-        except FileNotFoundError:  # another process rotated it first
-            pass
 
 
 class NullLog:

@@ -27,6 +27,7 @@ Facts this module is built on (BRIEF section 4):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -271,10 +272,9 @@ class ModuleInstance:
     def _reinitialize(self) -> Any:
         if self.lib is None:
             return self._load()
-        try:
+        # a dead connection may refuse C_Finalize; we initialise anew anyway
+        with contextlib.suppress(pkcs11.PKCS11Error):
             self.lib.finalize()
-        except pkcs11.PKCS11Error:
-            pass  # a dead connection may refuse C_Finalize; we initialise anew anyway
         with ENV_GATE.enter(self.env):
             self.lib.initialize()
         self.generation += 1
@@ -283,15 +283,11 @@ class ModuleInstance:
     def _unload(self) -> None:
         lib, self.lib = self.lib, None
         if lib is not None:
-            try:
+            with contextlib.suppress(Exception):
                 lib.unload()
-            except Exception:
-                pass
         if self.copy_path:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.copy_path)
-            except OSError:
-                pass
 
     def load(self, timeout: float) -> Any:
         """Load (once) and initialise the module; returns the python-pkcs11 lib."""
@@ -312,24 +308,62 @@ class ModuleInstance:
         if self.abandoned:
             self.closed = True
             if self.copy_path:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(self.copy_path)
-                except OSError:
-                    pass
             return
-        try:
+        with contextlib.suppress(Exception):
             self.call(self._unload, timeout=timeout, operation="C_Finalize")
-        except Exception:
-            pass
         self.closed = True
         self._queue.put(_STOP)
         if not self.abandoned:
             self._thread.join(timeout)
 
 
-def module_key(library: str, env: Mapping[str, str] | None) -> tuple[str, tuple[tuple[str, str], ...]]:
+def module_key(library: str,
+               env: Mapping[str, str] | None) -> tuple[str, tuple[tuple[str, str], ...]]:
     """Members with equal keys share one module instance."""
     return (os.path.realpath(library), tuple(sorted((env or {}).items())))
 
 
-__all__ = ["ENV_GATE", "ENV_LEASE", "ModuleInstance", "module_key"]
+
+
+class InstanceRegistry:
+    """The module instances of an engine: one current instance per module key.
+
+    Members with equal ``(library, env)`` share the current instance; when it
+    is abandoned (a stuck call) the next :meth:`current` makes a fresh one.
+    """
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self._lock = threading.Lock()
+        self._current: dict[Any, ModuleInstance] = {}
+        self._all: list[ModuleInstance] = []
+
+    def current(self, library: str, env: Mapping[str, str] | None,
+                name: str = "") -> ModuleInstance:
+        key = module_key(library, env)
+        with self._lock:
+            inst = self._current.get(key)
+            if inst is None or not inst.usable:
+                inst = ModuleInstance(library, env, self.workdir, name)
+                self._current[key] = inst
+                self._all.append(inst)
+            return inst
+
+    def instances(self) -> list[ModuleInstance]:
+        with self._lock:
+            return list(self._all)
+
+    def close(self, timeout: float = 2.0) -> None:
+        with self._lock:
+            instances, self._all, self._current = self._all, [], {}
+        threads = [threading.Thread(target=i.close, args=(timeout,), daemon=True)
+                   for i in instances]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout + 1.0)
+
+
+__all__ = ["ENV_GATE", "ENV_LEASE", "InstanceRegistry", "ModuleInstance", "module_key"]

@@ -1,0 +1,216 @@
+"""The engine: HA groups built from an :class:`~hacli.conf.model_types.HAConfig`."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from hacli.conf.model_types import HAConfig
+from hacli.engine import halog
+from hacli.engine.exceptions import CKRError
+from hacli.engine.group import HAGroup
+from hacli.engine.member import MAPPER, Member, open_connection
+from hacli.engine.module import InstanceRegistry, ModuleInstance
+from hacli.engine.policy import Clock
+from hacli.engine.session import VirtualSession
+from hacli.engine.types import HA_SLOT_DESCRIPTION, GroupStatus, SlotInfo, TokenInfo
+from hacli.errors import UsageError
+
+
+class Engine:
+    """Several real PKCS#11 tokens as virtual HA slots, one per configured group.
+
+    :param config: the typed configuration (groups, members' module locations,
+        HA settings).
+    :param groups: labels of the groups to start (default: all).
+    :param clock: monotonic clock for the recovery policy (tests inject one).
+
+    Construction connects every member in parallel, each bounded by the command
+    timeout (``ReceiveTimeout``); members that cannot be reached start down.
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, config: HAConfig, groups: Iterable[str] | None = None, *,
+                 clock: Clock = time.monotonic):
+        self.config = config
+        self.settings = config.settings
+        self._workdir = tempfile.mkdtemp(prefix="hacli-engine-")
+        self._registry = InstanceRegistry(self._workdir)
+        self._ids = itertools.count(1)
+        self._closed = False
+        s = self.settings
+        self.log: halog.HALog | halog.NullLog = (
+            halog.HALog(s.ha_log_path, s.log_len) if s.ha_log_enabled and s.ha_log_path
+            else halog.NullLog())
+        timeout = max(0.001, s.receive_timeout_ms / 1000.0)
+        wanted = None if groups is None else {g.lower() for g in groups}
+        confs = [g for g in config.groups if wanted is None or g.label.lower() in wanted]
+        if wanted is not None:
+            missing = wanted - {g.label.lower() for g in confs}
+            if missing:
+                raise UsageError(f"no HA group named {sorted(missing)[0]!r}")
+        self._members: dict[str, Member] = {}
+        self.groups: list[HAGroup] = []
+        try:
+            for conf in confs:
+                ms = []
+                for serial in conf.members:
+                    if serial in self._members:
+                        raise UsageError(f"member {serial} is listed in more than one HA group")
+                    m = Member(serial, config.location(serial), timeout)
+                    self._members[serial] = m
+                    ms.append(m)
+                self.groups.append(HAGroup(conf, ms, settings=s, registry=self._registry,
+                                           all_members=self._members.values, log=self.log,
+                                           ids=self._ids, clock=clock))
+            self._number_slots()
+            threads = [threading.Thread(target=g.start, daemon=True) for g in self.groups]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<Engine groups={[g.label for g in self.groups]}>"
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- groups, members, slots ------------------------------------------------
+    def group(self, label: str | None = None) -> HAGroup:
+        """The group with this label (case-insensitive); the only one if None."""
+        if label is None:
+            if len(self.groups) != 1:
+                raise UsageError("several HA groups: name one")
+            return self.groups[0]
+        for g in self.groups:
+            if g.label.lower() == label.lower():
+                return g
+        raise UsageError(f"no HA group named {label!r}")
+
+    def member(self, serial: str) -> Member:
+        try:
+            return self._members[serial]
+        except KeyError:
+            raise UsageError(f"no member with serial {serial!r}") from None
+
+    def group_of(self, serial: str) -> HAGroup:
+        m = self.member(serial)
+        return next(g for g in self.groups if m in g.members)
+
+    def _number_slots(self) -> None:
+        n = len(self._members) if not self.settings.ha_only else 0
+        for i, g in enumerate(self.groups):
+            g.slot_id = n + i + 1
+
+    def slots(self) -> list[SlotInfo]:
+        """Member slots first (hidden with ``HAOnly``), then one HA virtual slot per group."""
+        out: list[SlotInfo] = []
+        if not self.settings.ha_only:
+            sid = 1
+            for g in self.groups:
+                for m in g.members:
+                    out.append(SlotInfo(slot_id=sid, description="Member Slot", kind="member",
+                                        token_label="", token_serial=m.serial, group=g.label,
+                                        present=m.alive))
+                    sid += 1
+        for g in self.groups:
+            out.append(SlotInfo(slot_id=g.slot_id or 0, description=HA_SLOT_DESCRIPTION,
+                                kind="ha", token_label=g.label, token_serial=g.serial,
+                                group=g.label, present=any(m.alive for m in g.members)))
+        return out
+
+    def slot(self, slot_id: int) -> SlotInfo:
+        for s in self.slots():
+            if s.slot_id == slot_id:
+                return s
+        raise CKRError("CKR_SLOT_ID_INVALID", "C_GetSlotInfo")
+
+    def open_session(self, slot_id: int, rw: bool = True) -> VirtualSession:
+        """Open a session on a slot of :meth:`slots`: a virtual HA session, or
+        for a member slot a session pinned to that member (through the engine)."""
+        s = self.slot(slot_id)
+        g = self.group(s.group)
+        if s.kind == "ha":
+            return g.open_session(rw=rw)
+        return g.open_session(rw=rw, member=s.token_serial)
+
+    def token_info(self, slot_id: int) -> TokenInfo:
+        s = self.slot(slot_id)
+        g = self.group(s.group)
+        if s.kind == "ha":
+            return g.token_info()
+        m = self.member(s.token_serial)
+        tok = g.execute("C_GetTokenInfo", lambda mm, c: c.token.slot.get_token(), only=m)
+        return TokenInfo(label=tok.label, serial=m.serial, manufacturer_id=tok.manufacturer_id,
+                         model=tok.model, flags=int(tok.flags),
+                         hardware_version=tok.hardware_version,
+                         firmware_version=tok.firmware_version)
+
+    # -- status ------------------------------------------------------------
+    def status(self, probe: bool = True) -> list[GroupStatus]:
+        """Status of every group, no PIN needed (probes the members)."""
+        results: dict[str, GroupStatus] = {}
+
+        def one(g: HAGroup) -> None:
+            results[g.label] = g.status(probe=probe)
+
+        threads = [threading.Thread(target=one, args=(g,), daemon=True) for g in self.groups]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return [results[g.label] for g in self.groups]
+
+    # -- direct member access (bypasses the HA layer) ---------------------------
+    @contextlib.contextmanager
+    def direct_session(self, serial: str, pin: str | None = None, rw: bool = True) -> Iterator[Any]:
+        """A raw python-pkcs11 session on one member, bypassing the HA layer.
+
+        Loads a private instance of the member's module (separate login state),
+        so the HA layer's cost can be measured against it (``multitoken
+        --slot SERIAL``).  The session is not protected by the command timeout.
+        """
+        loc = self.config.location(serial)
+        if loc is None:
+            raise UsageError(f"no module location for member {serial!r}")
+        timeout = max(0.001, self.settings.receive_timeout_ms / 1000.0)
+        inst = ModuleInstance(loc.library, loc.env, self._workdir, f"direct-{serial}")
+        try:
+            inst.load(timeout)
+            conn = inst.call(open_connection, inst, serial, None, timeout=timeout)
+            session = conn.work
+            if pin is not None:
+                session = inst.call(lambda: conn.token.open(rw=rw, user_pin=pin,
+                                                            attribute_mapper=MAPPER),
+                                    timeout=timeout)
+            yield session
+        finally:
+            inst.close(timeout)
+
+    # -- shutdown ------------------------------------------------------------
+    def close(self) -> None:
+        """Stop background threads, close sessions, unload every module instance
+        and remove the temporary library copies.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for g in self.groups:
+            g.stop()
+        self._registry.close()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+__all__ = ["Engine"]

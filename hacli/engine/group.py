@@ -1,0 +1,881 @@
+"""An HA group: several member tokens behind one virtual slot.
+
+:class:`HAGroup` does balancing, failover, recovery and replication; the
+application talks to it through :class:`~hacli.engine.session.VirtualSession`
+objects.  Virtual object handles map to one real handle per member; real
+handles and sessions come and go behind them (see docs/engine.md).
+
+Locking: ``self._lock`` guards member state, counters and the object registry
+and is never held while calling into a member; calls into a member are
+serialised by its module instance's worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.defaults import DEFAULT_KEY_CAPABILITIES
+
+from hacli.conf.model_types import GroupConf, HASettings
+from hacli.engine import halog
+from hacli.engine.ckr import ckr_name, is_member_failure
+from hacli.engine.exceptions import CKRError, GroupDownError
+from hacli.engine.member import (
+    MAPPER,
+    TRANSPORT_LABEL,
+    Connection,
+    Member,
+    MemberState,
+    open_connection,
+)
+from hacli.engine.module import InstanceRegistry
+from hacli.engine.policy import Clock, RecoveryPolicy
+from hacli.engine.types import GroupStatus, MemberStatus, TokenInfo
+
+WRAP_MECHANISM = Mechanism.AES_KEY_WRAP_PAD
+
+
+class _Secret:
+    """Holds the user PIN for re-login after recovery; never shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+class _NotOnMember(Exception):
+    """The object does not exist on this member (try another one)."""
+
+
+@dataclass(eq=False)
+class VObject:
+    """A virtual object: one identity, one real handle per member."""
+
+    handle: int
+    ident: dict[Any, Any]
+    cls: Any
+    owner: int | None = None  # virtual session owning a session object
+    real: dict[str, tuple[int, int]] = field(default_factory=dict)  # serial -> (conn id, handle)
+    replicable: bool = True
+
+    @property
+    def is_token_object(self) -> bool:
+        return bool(self.ident.get(Attribute.TOKEN, False))
+
+
+# Attributes that identify an object on a member (a search template).
+_IDENT_KEY = (Attribute.KEY_TYPE, Attribute.ID, Attribute.LABEL, Attribute.TOKEN)
+_IDENT_DATA = (Attribute.LABEL, Attribute.APPLICATION, Attribute.TOKEN)
+_IDENT_CERT = (Attribute.CERTIFICATE_TYPE, Attribute.ID, Attribute.LABEL, Attribute.TOKEN)
+
+# Attributes copied to replicas, per class (values for non-secret objects).
+_COPY_COMMON = (Attribute.TOKEN, Attribute.PRIVATE, Attribute.LABEL)
+_COPY = {
+    ObjectClass.SECRET_KEY: (Attribute.ID, Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.SIGN,
+                             Attribute.VERIFY, Attribute.WRAP, Attribute.UNWRAP, Attribute.DERIVE,
+                             Attribute.SENSITIVE, Attribute.EXTRACTABLE,
+                             Attribute.WRAP_WITH_TRUSTED),
+    ObjectClass.PRIVATE_KEY: (Attribute.ID, Attribute.SIGN, Attribute.DECRYPT, Attribute.UNWRAP,
+                              Attribute.DERIVE, Attribute.SENSITIVE, Attribute.EXTRACTABLE,
+                              Attribute.WRAP_WITH_TRUSTED),
+    ObjectClass.PUBLIC_KEY: (Attribute.KEY_TYPE, Attribute.ID, Attribute.VERIFY, Attribute.ENCRYPT,
+                             Attribute.WRAP, Attribute.DERIVE, Attribute.MODULUS,
+                             Attribute.PUBLIC_EXPONENT, Attribute.EC_PARAMS, Attribute.EC_POINT),
+    ObjectClass.DATA: (Attribute.APPLICATION, Attribute.VALUE, Attribute.OBJECT_ID),
+    ObjectClass.CERTIFICATE: (Attribute.CERTIFICATE_TYPE, Attribute.ID, Attribute.SUBJECT,
+                              Attribute.ISSUER, Attribute.SERIAL_NUMBER, Attribute.VALUE),
+}
+_WRAPPED_CLASSES = (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY)
+
+
+def _read_attrs(obj: Any, attrs: Iterable[Any]) -> dict[Any, Any]:
+    """Read what the object has of ``attrs`` (one at a time: tokens differ)."""
+    out: dict[Any, Any] = {}
+    for a in attrs:
+        try:
+            out[a] = obj[a]
+        except pkcs11.PKCS11Error as e:
+            if is_member_failure(e):
+                raise
+        except (KeyError, ValueError, NotImplementedError):
+            pass
+    return out
+
+
+def _ident_of(obj: Any) -> dict[Any, Any]:
+    cls = obj[Attribute.CLASS]
+    if cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+        names = _IDENT_KEY
+    elif cls == ObjectClass.DATA:
+        names = _IDENT_DATA
+    elif cls == ObjectClass.CERTIFICATE:
+        names = _IDENT_CERT
+    else:
+        names = (Attribute.LABEL, Attribute.TOKEN)
+    ident = {Attribute.CLASS: cls}
+    ident.update(_read_attrs(obj, names))
+    return ident
+
+
+def _capability_attrs(cls: Any, caps: int) -> dict[Any, bool]:
+    from pkcs11.constants import MechanismFlag as F
+
+    table = {
+        ObjectClass.SECRET_KEY: {Attribute.ENCRYPT: F.ENCRYPT, Attribute.DECRYPT: F.DECRYPT,
+                                 Attribute.SIGN: F.SIGN, Attribute.VERIFY: F.VERIFY,
+                                 Attribute.WRAP: F.WRAP, Attribute.UNWRAP: F.UNWRAP,
+                                 Attribute.DERIVE: F.DERIVE},
+        ObjectClass.PUBLIC_KEY: {Attribute.ENCRYPT: F.ENCRYPT, Attribute.VERIFY: F.VERIFY,
+                                 Attribute.WRAP: F.WRAP},
+        ObjectClass.PRIVATE_KEY: {Attribute.DECRYPT: F.DECRYPT, Attribute.SIGN: F.SIGN,
+                                  Attribute.UNWRAP: F.UNWRAP, Attribute.DERIVE: F.DERIVE},
+    }[cls]
+    return {a: bool(caps & flag) for a, flag in table.items()}
+
+
+def _ha_key_attrs(template: dict[Any, Any], operation: str) -> dict[Any, Any]:
+    """Secret and private keys made through a group must be replicable under the
+    transport key only: extractable, but only wrapped by a trusted key."""
+    if template.get(Attribute.EXTRACTABLE) is False:
+        raise CKRError("CKR_TEMPLATE_INCONSISTENT", operation,
+                       detail="keys of an HA group must be replicable (CKA_EXTRACTABLE "
+                              "is set, restricted by CKA_WRAP_WITH_TRUSTED)")
+    out = dict(template)
+    out[Attribute.EXTRACTABLE] = True
+    out[Attribute.WRAP_WITH_TRUSTED] = True
+    return out
+
+
+class HAGroup:
+    """The virtual slot of one HA group (built by :class:`~hacli.engine.Engine`).
+
+    Thread-safe: any number of application threads may use one group.
+    """
+
+    def __init__(self, conf: GroupConf, members: Sequence[Member], *, settings: HASettings,
+                 registry: InstanceRegistry, all_members: Callable[[], Iterable[Member]],
+                 log: halog.HALog | halog.NullLog, ids: itertools.count[int],
+                 clock: Clock = time.monotonic, slot_id: int | None = None):
+        self.conf = conf
+        self.label = conf.label
+        self.serial = conf.serial
+        self.slot_id = slot_id
+        self.members: tuple[Member, ...] = tuple(members)
+        self.settings = settings
+        self.timeout = max(0.001, settings.receive_timeout_ms / 1000.0)
+        self.policy = RecoveryPolicy(settings.reconn_att, settings.auto_reconnect_interval, clock)
+        self.clock = clock
+        self._registry = registry
+        self._all_members = all_members
+        self._log = log
+        self._ids = ids
+        self._lock = threading.RLock()
+        self._recover_lock = threading.Lock()
+        self._rr = 0
+        self._pin: _Secret | None = None
+        self._objects: dict[int, VObject] = {}
+        self._by_real: dict[tuple[str, int, int], VObject] = {}
+        self._sessions: dict[int, Any] = {}
+        self._stop = threading.Event()
+        self._bg: threading.Thread | None = None
+        self._last_sync = clock()
+
+    def __repr__(self) -> str:
+        alive = sum(m.alive for m in self.members)
+        return f"<HAGroup {self.label} serial={self.serial} {alive}/{len(self.members)} alive>"
+
+    # ------------------------------------------------------------------
+    # start / stop
+    def start(self) -> None:
+        """Connect every member (in parallel, each bounded by the timeout)."""
+        threads = [threading.Thread(target=self._initial_connect, args=(m,), daemon=True)
+                   for m in self.members]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.settings.recovery_mode == "activeEnhanced":
+            self._bg = threading.Thread(target=self._background, daemon=True,
+                                        name=f"hacli-recovery-{self.label}")
+            self._bg.start()
+
+    def _initial_connect(self, m: Member) -> None:
+        try:
+            self._connect(m)
+        except Exception as e:
+            self._mark_failed(m, e)
+
+    def stop(self) -> None:
+        """Stop the background recovery thread (if any)."""
+        self._stop.set()
+        if self._bg is not None:
+            self._bg.join(5.0)
+            self._bg = None
+
+    def _background(self) -> None:
+        # activeEnhanced: run the same policy without application calls.
+        period = max(0.05, min(0.5, self.policy.interval / 4.0))
+        while not self._stop.wait(period):
+            with contextlib.suppress(Exception):
+                self.recovery_tick()
+
+    # ------------------------------------------------------------------
+    # members: connect, fail, recover
+    def _connect(self, m: Member) -> None:
+        """(Re)connect one member: instance, sessions, login.  Raises on failure."""
+        loc = m.location
+        if loc is None:
+            raise CKRError("CKR_TOKEN_NOT_PRESENT", "connect", m.serial,
+                           detail="no module location configured for this member")
+        inst = self._registry.current(loc.library, loc.env, m.serial)
+        if inst.lib is None:
+            inst.load(self.timeout)
+        elif inst is m.instance or m.instance is None:
+            peers = [o for o in self._all_members()
+                     if o is not m and o.alive and o.conn is not None and o.conn.instance is inst]
+            if not peers and m.instance is not None:
+                inst.reinitialize(self.timeout)
+        pin = self._pin.get() if self._pin is not None else None
+        conn = inst.call(open_connection, inst, m.serial, pin, timeout=self.timeout,
+                         operation="C_OpenSession")
+        with self._lock:
+            m.instance = inst
+            m.conn = conn
+            m.state = MemberState.ALIVE
+            m.down_since = None
+            m.failure_reported = False
+            m.last_error = None
+        self.policy.member_up(m.serial)
+
+    def _mark_failed(self, m: Member, error: BaseException | str) -> None:
+        ckr = ckr_name(error)
+        with self._lock:
+            if m.state is MemberState.DOWN and m.conn is None and m.last_error is not None:
+                return
+            was_alive = m.state is MemberState.ALIVE
+            m.state = MemberState.DOWN
+            m.conn = None
+            m.down_since = self.clock()
+            m.failure_reported = False
+            m.last_error = ckr
+            m.failures += 1
+            m.needs_sync = m.needs_sync or was_alive
+            for vs in self._sessions.values():
+                vs._member_failed(m)
+        self.policy.member_down(m.serial)
+        self._log.event(self.label, m.serial, halog.FAILED, ckr)
+
+    def recovery_tick(self) -> bool:
+        """The origin pseudo-code; run before every call through the group.
+
+        Returns True when a member was recovered.
+        """
+        if not self.policy.disconnected and not self._sync_due():
+            return False
+        if not self._recover_lock.acquire(blocking=False):
+            return False  # another thread is recovering right now
+        try:
+            serial = self.policy.due()
+            if serial is None:
+                if self._sync_due():
+                    self._sync_all()
+                return False
+            m = self._member(serial)
+            ok = self._recover(m)
+            self.policy.record(serial, ok)
+            return ok
+        finally:
+            self._recover_lock.release()
+
+    def _recover(self, m: Member) -> bool:
+        try:
+            self._connect(m)
+        except Exception as e:
+            self._log.event(self.label, m.serial, halog.RECOVERY_FAILED, ckr_name(e))
+            with self._lock:
+                m.conn = None
+                m.state = MemberState.DOWN
+            return False
+        m.recoveries += 1
+        self._log.event(self.label, m.serial, halog.RECOVERED, None)
+        self._sync_member(m)
+        return True
+
+    def recover_now(self, serial: str | None = None) -> bool:
+        """Attempt recovery of one down member immediately (``hagroup recover``)."""
+        with self._recover_lock:
+            down = self.policy.disconnected
+            if serial is None:
+                if not down:
+                    return False
+                serial = min(down.items(), key=lambda kv: kv[1])[0]
+            m = self._member(serial)
+            if m.alive:
+                return True
+            ok = self._recover(m)
+            self.policy.record(m.serial, ok)
+            return ok
+
+    def _member(self, serial: Any) -> Member:
+        for m in self.members:
+            if m.serial == serial:
+                return m
+        raise CKRError("CKR_ARGUMENTS_BAD", "member", str(serial),
+                       detail="not a member of this group")
+
+    # ------------------------------------------------------------------
+    # synchronisation (needs-sync members)
+    def _sync_due(self) -> bool:
+        return (any(m.alive and m.needs_sync for m in self.members)
+                and self.clock() - self._last_sync > self.policy.interval)
+
+    def _sync_all(self) -> None:
+        self._last_sync = self.clock()
+        for m in self.members:
+            if m.alive and m.needs_sync:
+                self._sync_member(m)
+
+    def _sync_member(self, m: Member) -> bool:
+        """Replay what ``m`` missed; True when it is complete."""
+        self._last_sync = self.clock()
+        complete = True
+        with self._lock:
+            journal, m.journal = m.journal, []
+            objects = list(self._objects.values())
+        for entry in journal:
+            kind, ident, attrs = entry
+            try:
+                if kind == "destroy":
+                    m.run(self._destroy_matching, ident, operation="C_DestroyObject")
+                elif kind == "set":
+                    vobj = self._objects.get(ident)
+                    if vobj is not None:
+                        m.run(lambda conn, v=vobj, a=attrs: self._set_on(m, conn, v, a),
+                              operation="C_SetAttributeValue")
+            except _NotOnMember:
+                pass
+            except Exception as e:
+                if is_member_failure(e):
+                    with self._lock:
+                        m.journal = [entry, *m.journal]
+                    self._mark_failed(m, e)
+                    return False
+        for vobj in objects:
+            if not vobj.replicable or vobj.ident.get(Attribute.LABEL) == TRANSPORT_LABEL:
+                continue
+            try:
+                self._replicate(vobj, m)
+            except Exception as e:
+                if is_member_failure(e) and not m.alive:
+                    return False
+                complete = False
+        with self._lock:
+            m.needs_sync = not complete or bool(m.journal)
+        if complete:
+            self._log.event(self.label, m.serial, halog.SYNCHRONIZED, None)
+        return complete
+
+    @staticmethod
+    def _destroy_matching(conn: Connection, ident: dict[Any, Any]) -> int:
+        n = 0
+        for obj in list(conn.work.get_objects(ident)):
+            obj.destroy()
+            conn.objects.pop(obj.handle, None)
+            n += 1
+        return n
+
+    # ------------------------------------------------------------------
+    # balancing and execution
+    def _pick(self, tried: set[Member], only: Member | None) -> Member | None:
+        with self._lock:
+            cands = [(i, m) for i, m in enumerate(self.members)
+                     if m.alive and m.conn is not None and m not in tried
+                     and (only is None or m is only)]
+            if not cands:
+                return None
+            n = len(self.members)
+            # least busy; on a tie the next one after the last pick (round robin)
+            low = min(m.in_flight for _, m in cands)
+            best = min((c for c in cands if c[1].in_flight == low),
+                       key=lambda c: (c[0] - self._rr) % n)
+            self._rr = (best[0] + 1) % n
+            best[1].in_flight += 1
+            return best[1]
+
+    def _done(self, m: Member, ok: bool) -> None:
+        with self._lock:
+            m.in_flight -= 1
+            if ok:
+                m.ops += 1
+
+    def _request_error(self, e: BaseException, operation: str, m: Member | None) -> BaseException:
+        if isinstance(e, CKRError):
+            return e
+        if isinstance(e, pkcs11.PKCS11Error):
+            err = CKRError(ckr_name(e), operation, m.serial if m else None)
+            err.__cause__ = e
+            return err
+        if isinstance(e, AttributeError):
+            # python-pkcs11 objects lack e.g. .sign when the key may not sign
+            return CKRError("CKR_KEY_FUNCTION_NOT_PERMITTED", operation)
+        if isinstance(e, TypeError | ValueError):
+            return CKRError("CKR_ARGUMENTS_BAD", operation, detail=str(e))
+        return e
+
+    def execute(self, operation: str, fn: Callable[..., Any], vobjs: Sequence[VObject] = (),
+                only: Member | None = None) -> Any:
+        """Run ``fn(member, conn, *real_objects)`` on one member, failing over.
+
+        The recovery policy runs first.  Member failures mark the member down
+        and the call moves on; request errors go straight to the caller.
+        """
+        self.recovery_tick()
+        tried: set[Member] = set()
+        missing = False
+        while True:
+            m = self._pick(tried, only)
+            if m is None:
+                if missing:
+                    keys = (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+                    code = ("CKR_KEY_HANDLE_INVALID" if any(v.cls in keys for v in vobjs)
+                            else "CKR_OBJECT_HANDLE_INVALID")
+                    raise CKRError(code, operation)
+                raise GroupDownError(operation, self.label)
+            ok = False
+            try:
+                def task(conn: Connection, m: Member = m) -> Any:
+                    objs = [self._resolve(m, conn, v) for v in vobjs]
+                    return fn(m, conn, *objs)
+
+                result = m.run(task, operation=operation)
+                ok = True
+                return result
+            except _NotOnMember:
+                tried.add(m)
+                missing = True
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(m, e)
+                    tried.add(m)
+                    continue
+                raise self._request_error(e, operation, m) from e
+            finally:
+                self._done(m, ok)
+
+    def on_each(self, operation: str, fn: Callable[..., Any], vobj: VObject | None = None,
+                only: Member | None = None) -> dict[str, Any]:
+        """Run ``fn(member, conn[, obj])`` on every alive member; returns serial -> result.
+
+        Members that fail are marked down (and need sync); members without the
+        object are skipped; the first request error is raised after the others ran.
+        """
+        self.recovery_tick()
+        results: dict[str, Any] = {}
+        first_error: BaseException | None = None
+        targets = [m for m in self.members if m.alive and (only is None or m is only)]
+        if not targets:
+            raise GroupDownError(operation, self.label)
+        for m in targets:
+            try:
+                def task(conn: Connection, m: Member = m) -> Any:
+                    if vobj is None:
+                        return fn(m, conn)
+                    return fn(m, conn, self._resolve(m, conn, vobj))
+
+                results[m.serial] = m.run(task, operation=operation)
+                with self._lock:
+                    m.ops += 1
+            except _NotOnMember:
+                continue
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(m, e)
+                    continue
+                first_error = first_error or self._request_error(e, operation, m)
+        if first_error is not None:
+            raise first_error
+        if not results and not any(m.alive for m in targets):
+            raise GroupDownError(operation, self.label)
+        return results
+
+    # ------------------------------------------------------------------
+    # virtual objects
+    def vobject(self, handle: int, operation: str = "") -> VObject:
+        with self._lock:
+            v = self._objects.get(int(handle))
+        if v is None:
+            raise CKRError("CKR_OBJECT_HANDLE_INVALID", operation)
+        return v
+
+    def _map(self, m: Member, conn: Connection, vobj: VObject, obj: Any) -> None:
+        with self._lock:
+            if m.conn is not conn:
+                return  # stale connection (an abandoned call): touch nothing
+            old = vobj.real.get(m.serial)
+            if old is not None:
+                self._by_real.pop((m.serial, old[0], old[1]), None)
+            vobj.real[m.serial] = (conn.id, obj.handle)
+            self._by_real[(m.serial, conn.id, obj.handle)] = vobj
+        conn.remember(obj)
+
+    def _resolve(self, m: Member, conn: Connection, vobj: VObject) -> Any:
+        """The python-pkcs11 object behind ``vobj`` on ``m`` (worker thread)."""
+        ent = vobj.real.get(m.serial)
+        if ent is not None and ent[0] == conn.id:
+            obj = conn.objects.get(ent[1])
+            if obj is not None:
+                return obj
+        candidates = list(conn.work.get_objects(vobj.ident))
+        with self._lock:
+            free = [c for c in candidates
+                    if self._by_real.get((m.serial, conn.id, c.handle)) in (None, vobj)]
+        if not free:
+            raise _NotOnMember()
+        self._map(m, conn, vobj, free[0])
+        return free[0]
+
+    def _register(self, m: Member, conn: Connection, obj: Any, ident: dict[Any, Any],
+                  owner: int | None) -> VObject:
+        with self._lock:
+            existing = self._by_real.get((m.serial, conn.id, obj.handle))
+            if existing is not None:
+                return existing
+            v = VObject(handle=next(self._ids), ident=ident, cls=ident.get(Attribute.CLASS),
+                        owner=None if ident.get(Attribute.TOKEN) else owner)
+            self._objects[v.handle] = v
+        self._map(m, conn, v, obj)
+        return v
+
+    def _forget(self, vobj: VObject) -> None:
+        with self._lock:
+            self._objects.pop(vobj.handle, None)
+            for serial, (cid, h) in vobj.real.items():
+                self._by_real.pop((serial, cid, h), None)
+
+    # ------------------------------------------------------------------
+    # replication
+    def _export(self, conn: Connection, obj: Any, cls: Any) -> dict[str, Any]:
+        attrs = _read_attrs(obj, _COPY_COMMON + _COPY.get(cls, ()))
+        attrs[Attribute.CLASS] = cls
+        if cls in _WRAPPED_CLASSES:
+            attrs[Attribute.KEY_TYPE] = obj[Attribute.KEY_TYPE]
+            if conn.transport is None:
+                raise CKRError("CKR_KEY_NOT_WRAPPABLE", "replicate",
+                               detail="no transport key on the source member")
+            blob = conn.transport.wrap_key(obj, mechanism=WRAP_MECHANISM)
+            return {"attrs": attrs, "wrapped": blob}
+        return {"attrs": attrs, "wrapped": None}
+
+    @staticmethod
+    def _import(conn: Connection, export: dict[str, Any]) -> Any:
+        attrs = dict(export["attrs"])
+        if export["wrapped"] is None:
+            return conn.work.create_object(attrs)
+        if conn.transport is None:
+            raise CKRError("CKR_UNWRAPPING_KEY_HANDLE_INVALID", "replicate",
+                           detail="no transport key on the target member")
+        cls = attrs.pop(Attribute.CLASS)
+        key_type = attrs.pop(Attribute.KEY_TYPE)
+        return conn.transport.unwrap_key(cls, key_type, export["wrapped"],
+                                         mechanism=WRAP_MECHANISM,
+                                         store=bool(attrs.pop(Attribute.TOKEN, False)),
+                                         template=attrs)
+
+    def _replicate(self, vobj: VObject, dst: Member, src: Member | None = None) -> bool:
+        """Make ``vobj`` exist on ``dst`` (no-op when it does).  True if copied."""
+        try:
+            dst.run(lambda conn: self._resolve(dst, conn, vobj), operation="C_FindObjects")
+            return False
+        except _NotOnMember:
+            pass
+        except Exception as e:
+            if is_member_failure(e):
+                self._mark_failed(dst, e)
+            raise
+        sources = [src] if src is not None else [m for m in self.members
+                                                 if m.alive and m is not dst
+                                                 and m.serial in vobj.real]
+        last: BaseException | None = None
+        for s in sources:
+            try:
+                export = s.run(lambda conn, s=s: self._export(conn, self._resolve(s, conn, vobj),
+                                                              vobj.cls),
+                               operation="C_WrapKey")
+            except _NotOnMember as e:
+                last = e
+                continue
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(s, e)
+                    last = e
+                    continue
+                if ckr_name(e) in ("CKR_KEY_UNEXTRACTABLE", "CKR_KEY_NOT_WRAPPABLE"):
+                    vobj.replicable = False
+                raise
+            try:
+                dst.run(lambda conn, x=export: self._map(dst, conn, vobj, self._import(conn, x)),
+                        operation="C_UnwrapKey")
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(dst, e)
+                raise
+            return True
+        raise CKRError("CKR_DEVICE_ERROR", "replicate", dst.serial,
+                       detail="no member holding the object is available") from last
+
+    def replicate_created(self, vobjs: Sequence[VObject], primary: Member,
+                          only: Member | None) -> None:
+        """Copy freshly created objects from ``primary`` to every other alive member."""
+        if only is not None:
+            return
+        for m in self.members:
+            if m is primary:
+                continue
+            if not m.alive:
+                with self._lock:
+                    m.needs_sync = True
+                continue
+            for v in vobjs:
+                try:
+                    self._replicate(v, m, primary)
+                except Exception as e:
+                    with self._lock:
+                        m.needs_sync = True
+                    known = isinstance(e, CKRError | pkcs11.PKCS11Error)
+                    if not is_member_failure(e) and not known:
+                        raise
+                    if not m.alive:
+                        break
+
+    def create(self, operation: str, fn: Callable[..., list[Any]], vobjs: Sequence[VObject] = (),
+               owner: int | None = None, only: Member | None = None) -> list[VObject]:
+        """Create objects on one member with ``fn(member, conn, *objs) -> [pkcs11 objects]``,
+        register them, then replicate them to the other members."""
+        def task(m: Member, conn: Connection, *objs: Any) -> tuple[Member, list[VObject]]:
+            created = fn(m, conn, *objs)
+            return m, [self._register(m, conn, o, _ident_of(o), owner) for o in created]
+
+        primary, out = self.execute(operation, task, vobjs, only)
+        self.replicate_created(out, primary, only)
+        return out
+
+    def destroy(self, vobj: VObject, only: Member | None = None) -> None:
+        """Destroy an object on every member (journaled for members that are down)."""
+        def task(m: Member, conn: Connection, obj: Any) -> None:
+            obj.destroy()
+            conn.objects.pop(obj.handle, None)
+
+        self.on_each("C_DestroyObject", task, vobj, only)
+        if only is None:
+            with self._lock:
+                for m in self.members:
+                    if not m.alive:
+                        m.journal.append(("destroy", dict(vobj.ident), None))
+                        m.needs_sync = True
+        self._forget(vobj)
+
+    def _set_on(self, m: Member, conn: Connection, vobj: VObject, attrs: dict[Any, Any]) -> None:
+        obj = self._resolve(m, conn, vobj)
+        for k, v in attrs.items():
+            obj[k] = v
+
+    def set_attributes(self, vobj: VObject, attrs: dict[Any, Any],
+                       only: Member | None = None) -> None:
+        """Set attributes on every member (journaled for members that are down)."""
+        def task(m: Member, conn: Connection, obj: Any) -> None:
+            for k, v in attrs.items():
+                obj[k] = v
+
+        self.on_each("C_SetAttributeValue", task, vobj, only)
+        with self._lock:
+            for k in (Attribute.LABEL, Attribute.ID):
+                if k in attrs and k in vobj.ident:
+                    vobj.ident[k] = attrs[k]
+            if only is None:
+                for m in self.members:
+                    if not m.alive:
+                        m.journal.append(("set", vobj.handle, dict(attrs)))
+                        m.needs_sync = True
+
+    # ------------------------------------------------------------------
+    # login
+    @property
+    def logged_in(self) -> bool:
+        return self._pin is not None
+
+    def login(self, pin: str) -> None:
+        """Log in to every alive member with the same PIN (kept only to re-login
+        recovered members; never shown)."""
+        self.recovery_tick()
+        if self._pin is not None:
+            raise CKRError("CKR_USER_ALREADY_LOGGED_IN", "C_Login")
+        done: list[Member] = []
+
+        def task(conn: Connection) -> None:
+            if conn.login is None:
+                conn.login = conn.token.open(rw=True, user_pin=pin, attribute_mapper=MAPPER)
+
+        for m in [m for m in self.members if m.alive]:
+            try:
+                m.run(task, operation="C_Login")
+                done.append(m)
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(m, e)
+                    continue
+                for d in done:
+                    self._logout_member(d)
+                raise self._request_error(e, "C_Login", m) from e
+        if not done:
+            raise GroupDownError("C_Login", self.label)
+        self._pin = _Secret(pin)
+
+    def _logout_member(self, m: Member) -> None:
+        def task(conn: Connection) -> None:
+            if conn.login is not None:
+                s, conn.login = conn.login, None
+                s.close()
+
+        try:
+            m.run(task, operation="C_Logout")
+        except Exception as e:
+            if is_member_failure(e):
+                self._mark_failed(m, e)
+
+    def logout(self) -> None:
+        """Log out of every member and forget the PIN."""
+        self.recovery_tick()
+        if self._pin is None:
+            raise CKRError("CKR_USER_NOT_LOGGED_IN", "C_Logout")
+        self._pin = None
+        for m in self.members:
+            if m.alive:
+                self._logout_member(m)
+
+    # ------------------------------------------------------------------
+    # sessions
+    def open_session(self, rw: bool = True, member: str | None = None) -> Any:
+        """Open a virtual session (``member``: pin it to one member, no failover)."""
+        from hacli.engine.session import VirtualSession
+
+        self.recovery_tick()
+        only = self._member(member) if member is not None else None
+        if only is None and not any(m.alive for m in self.members):
+            raise GroupDownError("C_OpenSession", self.label)
+        vs = VirtualSession(self, next(self._ids), rw=rw, only=only)
+        with self._lock:
+            self._sessions[vs.handle] = vs
+        return vs
+
+    def _session_closed(self, vs: Any) -> None:
+        with self._lock:
+            self._sessions.pop(vs.handle, None)
+            owned = [v for v in self._objects.values() if v.owner == vs.handle]
+        for v in owned:
+            try:
+                self.destroy(v)
+            except Exception:
+                self._forget(v)
+
+    def sessions(self) -> list[Any]:
+        with self._lock:
+            return list(self._sessions.values())
+
+    # ------------------------------------------------------------------
+    # status and info
+    def status(self, probe: bool = True) -> GroupStatus:
+        """HA status (no PIN needed).  Probes alive members (C_GetTokenInfo).
+
+        The first report after a member failed shows ``CKR_DEVICE_ERROR`` for
+        it, later ones ``CKR_TOKEN_NOT_PRESENT`` until it is back.
+        """
+        self.recovery_tick()
+        if probe:
+            threads = [threading.Thread(target=self._probe, args=(m,), daemon=True)
+                       for m in self.members if m.alive]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        now = self.clock()
+        out = []
+        with self._lock:
+            for m in self.members:
+                if m.alive:
+                    code = "CKR_OK"
+                elif not m.failure_reported:
+                    code = "CKR_DEVICE_ERROR"
+                    m.failure_reported = True
+                else:
+                    code = "CKR_TOKEN_NOT_PRESENT"
+                out.append(MemberStatus(
+                    serial=m.serial, status=code, alive=m.alive, needs_sync=m.needs_sync,
+                    last_error=m.last_error, ops=m.ops,
+                    down_for=None if m.down_since is None or m.alive else now - m.down_since))
+            any_alive = any(m.alive for m in self.members)
+        return GroupStatus(label=self.label, serial=self.serial,
+                           status="CKR_OK" if any_alive else "CKR_DEVICE_ERROR",
+                           members=tuple(out), logged_in=self.logged_in,
+                           recovery_attempts=self.policy.attempts)
+
+    def _probe(self, m: Member) -> None:
+        try:
+            m.run(lambda conn: conn.token.slot.get_token(), operation="C_GetTokenInfo")
+        except Exception as e:
+            if is_member_failure(e):
+                self._mark_failed(m, e)
+
+    def token_info(self) -> TokenInfo:
+        """Token info of the virtual slot (label and serial of the group)."""
+        def task(m: Member, conn: Connection) -> Any:
+            return conn.token.slot.get_token()
+
+        tok = self.execute("C_GetTokenInfo", task)
+        return TokenInfo(label=self.label, serial=self.serial, manufacturer_id="hacli",
+                         model="HA virtual token", flags=int(tok.flags),
+                         hardware_version=tok.hardware_version,
+                         firmware_version=tok.firmware_version,
+                         members=tuple(m.serial for m in self.members))
+
+    def op_counts(self) -> dict[str, int]:
+        """Operations served per member (for ``multitoken``)."""
+        with self._lock:
+            return {m.serial: m.ops for m in self.members}
+
+    def member_states(self) -> dict[str, MemberState]:
+        with self._lock:
+            return {m.serial: m.state for m in self.members}
+
+    def close(self) -> None:
+        """Stop background work and close virtual sessions (engine.close does the rest)."""
+        self.stop()
+        for vs in self.sessions():
+            with contextlib.suppress(Exception):
+                vs.close()
+
+
+def random_id() -> bytes:
+    """A CKA_ID for objects created without one, so replicas can be matched."""
+    return os.urandom(16)
+
+
+__all__ = ["DEFAULT_KEY_CAPABILITIES", "WRAP_MECHANISM", "HAGroup", "KeyType", "VObject",
+           "random_id"]

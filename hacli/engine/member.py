@@ -1,0 +1,181 @@
+"""Members: one real PKCS#11 token each, reached through a module instance.
+
+A :class:`Member` holds the engine-side state of one token (alive/down, counters,
+needs-sync) and, while alive, a :class:`Connection`: the python-pkcs11 token and
+sessions of one module generation.  Everything in a connection is touched only
+on its module instance's worker thread (``Member.run``), so no lock guards it;
+a call that was abandoned after a timeout can only ever touch its own, by then
+discarded, connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pkcs11
+from pkcs11 import Attribute, ObjectClass
+from pkcs11.attributes import AttributeMapper
+
+from hacli.conf.model_types import MemberLocation
+from hacli.engine.exceptions import ModuleUnavailable
+from hacli.engine.module import ModuleInstance
+
+T = TypeVar("T")
+
+#: Label and CKA_ID of the group transport key (see docs/engine.md).
+TRANSPORT_LABEL = "hacli-transport"
+TRANSPORT_ID = b"hacli-transport"
+
+
+class MemberState(enum.Enum):
+    """Whether a member is in service."""
+
+    ALIVE = "alive"
+    DOWN = "down"
+
+
+class HAMapper(AttributeMapper):
+    """An AttributeMapper whose default templates set only what applies.
+
+    python-pkcs11's defaults put every capability attribute on every key;
+    SoftHSM2 then refuses e.g. ``CKA_ENCRYPT`` on an unwrapped private key.
+    The engine always passes complete templates itself.
+    """
+
+    @staticmethod
+    def _common(t: dict[Any, Any], id_: bytes | None, label: str | None,
+                store: bool) -> dict[Any, Any]:
+        if id_:
+            t[Attribute.ID] = id_
+        if label:
+            t[Attribute.LABEL] = label
+        t[Attribute.TOKEN] = bool(store)
+        return t
+
+    def public_key_template(self, *, capabilities: Any, id_: Any, label: Any,
+                         store: Any) -> dict[Any, Any]:
+        return self._common({Attribute.CLASS: ObjectClass.PUBLIC_KEY}, id_, label, store)
+
+    def private_key_template(self, *, capabilities: Any, id_: Any, label: Any,
+                         store: Any) -> dict[Any, Any]:
+        return self._common({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.PRIVATE: True,
+                             Attribute.SENSITIVE: True}, id_, label, store)
+
+    def secret_key_template(self, *, capabilities: Any, id_: Any, label: Any,
+                         store: Any) -> dict[Any, Any]:
+        return self._common({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.PRIVATE: True,
+                             Attribute.SENSITIVE: True}, id_, label, store)
+
+    def generic_key_template(self, base_template: dict[Any, Any], *, capabilities: Any, id_: Any,
+                             label: Any, store: Any) -> dict[Any, Any]:
+        return self._common(dict(base_template), id_, label, store)
+
+
+MAPPER = HAMapper()
+
+_conn_ids = itertools.count(1)
+
+
+class Connection:
+    """A member's live python-pkcs11 state on one module generation.
+
+    ``work`` is a R/W session (no PIN of its own) that every single-part
+    operation, object management call and search uses: the instance's worker
+    serialises calls, so one session per member is enough.  ``login`` is the
+    session opened with the user PIN; closing it logs the token out.
+    """
+
+    def __init__(self, instance: ModuleInstance, token: Any, work: Any):
+        self.id = next(_conn_ids)
+        self.instance = instance
+        self.generation = instance.generation
+        self.token = token
+        self.work = work
+        self.login: Any = None
+        #: real handle -> python-pkcs11 Object bound to ``work``
+        self.objects: dict[int, Any] = {}
+        self.transport: Any = None
+
+    def remember(self, obj: Any) -> Any:
+        self.objects[obj.handle] = obj
+        return obj
+
+    def find_transport(self) -> Any:
+        found = list(self.work.get_objects({Attribute.LABEL: TRANSPORT_LABEL,
+                                            Attribute.CLASS: ObjectClass.SECRET_KEY}))
+        self.transport = found[0] if found else None
+        return self.transport
+
+
+def open_connection(instance: ModuleInstance, serial: str, pin: str | None) -> Connection:
+    """Find the token ``serial`` on ``instance`` and open its sessions (worker only)."""
+    lib = instance.lib
+    if lib is None:
+        raise ModuleUnavailable(serial, "module not loaded")
+    for slot in lib.get_slots(token_present=True):
+        try:
+            token = slot.get_token()
+        except (pkcs11.TokenNotPresent, pkcs11.TokenNotRecognised):
+            continue
+        if token.serial.decode("ascii", "replace").strip() == serial:
+            break
+    else:
+        raise pkcs11.TokenNotPresent()
+    work = token.open(rw=True, attribute_mapper=MAPPER)
+    conn = Connection(instance, token, work)
+    if pin is not None:
+        conn.login = token.open(rw=True, user_pin=pin, attribute_mapper=MAPPER)
+    conn.find_transport()
+    return conn
+
+
+class Member:
+    """One member token of an HA group.
+
+    State fields (``state``, ``conn``, counters) are guarded by the owning
+    group's lock; the connection's contents only by the worker thread.
+    """
+
+    def __init__(self, serial: str, location: MemberLocation | None, timeout: float):
+        self.serial = serial
+        self.location = location
+        self.timeout = timeout
+        self.state = MemberState.DOWN
+        self.instance: ModuleInstance | None = None
+        self.conn: Connection | None = None
+        self.down_since: float | None = time.monotonic()
+        #: True once a status report has shown CKR_DEVICE_ERROR for this failure.
+        self.failure_reported = False
+        self.last_error: str | None = None
+        self.needs_sync = False
+        #: Changes this member missed that are not visible in the object registry
+        #: (destroys, attribute changes), replayed by synchronisation.
+        self.journal: list[tuple[str, Any, Any]] = []
+        self.in_flight = 0
+        self.ops = 0
+        self.failures = 0
+        self.recoveries = 0
+
+    def __repr__(self) -> str:
+        return f"<Member {self.serial} {self.state.value}>"
+
+    @property
+    def alive(self) -> bool:
+        return self.state is MemberState.ALIVE
+
+    def run(self, fn: Callable[..., T], *args: Any, operation: str = "",
+            timeout: float | None = None) -> T:
+        """Run ``fn(conn, *args)`` on this member's worker, bounded by the command timeout."""
+        conn = self.conn
+        if conn is None or not conn.instance.usable:
+            raise ModuleUnavailable(self.serial)
+        return conn.instance.call(fn, conn, *args, timeout=timeout or self.timeout,
+                                  operation=operation)
+
+
+__all__ = ["MAPPER", "TRANSPORT_ID", "TRANSPORT_LABEL", "Connection", "HAMapper", "Member",
+           "MemberState", "open_connection"]

@@ -1,0 +1,323 @@
+"""Virtual sessions: what an application (or the CKDemo-style menu) talks to.
+
+A :class:`VirtualSession` has an integer handle and hands out integer object
+handles; both stay valid across failover and recovery.  Every call runs the
+recovery policy, then goes to a member chosen by the balancer (single-part
+operations), to every member (object creation, destruction, attribute
+changes: replicated), or to the one member the session is pinned to
+(``HAGroup.open_session(member=...)``: direct member access, no failover).
+
+Errors are :class:`~hacli.engine.exceptions.CKRError` with the ``CKR_*`` name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11.defaults import DEFAULT_KEY_CAPABILITIES
+from pkcs11.util import ec as _ec
+
+from hacli.engine.exceptions import CKRError
+from hacli.engine.group import _capability_attrs, _ha_key_attrs, _ident_of, random_id
+from hacli.engine.types import SessionInfo, TokenInfo
+
+if TYPE_CHECKING:
+    from hacli.engine.group import HAGroup
+    from hacli.engine.member import Connection, Member
+
+Template = Mapping[Any, Any]
+
+
+class VirtualSession:
+    """A session on a virtual HA slot (or pinned to one member).
+
+    Use as a context manager to close it.  Thread-safe for independent calls;
+    like a PKCS#11 session, a find operation belongs to one caller at a time.
+    """
+
+    def __init__(self, group: HAGroup, handle: int, rw: bool = True, only: Member | None = None):
+        self.group = group
+        self.handle = handle
+        self.rw = rw
+        self.only = only
+        self.closed = False
+        self._found: list[int] | None = None
+
+    def __repr__(self) -> str:
+        pin = f" member={self.only.serial}" if self.only else ""
+        return f"<VirtualSession {self.handle} group={self.group.label}{pin}>"
+
+    def __enter__(self) -> VirtualSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- session management ------------------------------------------------
+    def _check(self, operation: str) -> None:
+        if self.closed:
+            raise CKRError("CKR_SESSION_HANDLE_INVALID", operation)
+
+    def _writable(self, template: Template, operation: str) -> None:
+        if not self.rw and template.get(Attribute.TOKEN):
+            raise CKRError("CKR_SESSION_READ_ONLY", operation)
+
+    def _member_failed(self, member: Member) -> None:
+        """Called by the group when a member fails (hook for multi-part state)."""
+
+    def close(self) -> None:
+        """Close the session; its session objects are destroyed on every member."""
+        if self.closed:
+            return
+        self.closed = True
+        self.group._session_closed(self)
+
+    def info(self) -> SessionInfo:
+        """Session info (state, R/W, login)."""
+        self._check("C_GetSessionInfo")
+        return SessionInfo(handle=self.handle, slot_id=self.group.slot_id, group=self.group.label,
+                           rw=self.rw, logged_in=self.group.logged_in,
+                           member=self.only.serial if self.only else None)
+
+    def login(self, pin: str) -> None:
+        """Log the user in (on every member of the group)."""
+        self._check("C_Login")
+        self.group.login(pin)
+
+    def logout(self) -> None:
+        """Log the user out (of every member)."""
+        self._check("C_Logout")
+        self.group.logout()
+
+    def token_info(self) -> TokenInfo:
+        self._check("C_GetTokenInfo")
+        return self.group.token_info()
+
+    def mechanisms(self) -> list[Any]:
+        """Mechanisms of the slot (those of the member that answers)."""
+        self._check("C_GetMechanismList")
+        return sorted(self._run("C_GetMechanismList",
+                                lambda m, c: set(c.token.slot.get_mechanisms())), key=int)
+
+    def mechanism_info(self, mechanism: Any) -> Any:
+        self._check("C_GetMechanismInfo")
+        return self._run("C_GetMechanismInfo",
+                         lambda m, c: c.token.slot.get_mechanism_info(mechanism))
+
+    # -- plumbing --------------------------------------------------------
+    def _run(self, operation: str, fn: Any, handles: Sequence[int] = ()) -> Any:
+        self._check(operation)
+        vobjs = [self.group.vobject(h, operation) for h in handles]
+        return self.group.execute(operation, fn, vobjs, self.only)
+
+    def _create(self, operation: str, fn: Any, handles: Sequence[int] = ()) -> list[int]:
+        self._check(operation)
+        vobjs = [self.group.vobject(h, operation) for h in handles]
+        created = self.group.create(operation, fn, vobjs, owner=self.handle, only=self.only)
+        return [v.handle for v in created]
+
+    # -- objects -----------------------------------------------------------
+    def create_object(self, template: Template) -> int:
+        """C_CreateObject; replicated to every member."""
+        t = dict(template)
+        self._writable(t, "C_CreateObject")
+        cls = t.get(Attribute.CLASS)
+        if cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
+            t = _ha_key_attrs(t, "C_CreateObject")
+        if cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            t.setdefault(Attribute.ID, random_id())
+        return self._create("C_CreateObject", lambda m, c: [c.work.create_object(t)])[0]
+
+    def copy_object(self, handle: int, template: Template | None = None) -> int:
+        """C_CopyObject; the copy is replicated to every member."""
+        t = dict(template or {})
+        self._writable(t, "C_CopyObject")
+        return self._create("C_CopyObject", lambda m, c, o: [o.copy(t)], [handle])[0]
+
+    def destroy_object(self, handle: int) -> None:
+        """C_DestroyObject on every member."""
+        self._check("C_DestroyObject")
+        self.group.destroy(self.group.vobject(handle, "C_DestroyObject"), self.only)
+
+    def find_objects(self, template: Template | None = None) -> list[int]:
+        """Find objects matching ``template``; the search runs on one member."""
+        t = dict(template or {})
+
+        def task(m: Member, conn: Connection) -> list[int]:
+            out = []
+            for obj in conn.work.get_objects(t):
+                v = self.group._register(m, conn, obj, _ident_of(obj), self.handle)
+                out.append(v.handle)
+            return out
+
+        return self._run("C_FindObjects", task)
+
+    def find_objects_init(self, template: Template | None = None) -> None:
+        """CKDemo-style find: init runs the search (on one member) ..."""
+        if self._found is not None:
+            raise CKRError("CKR_OPERATION_ACTIVE", "C_FindObjectsInit")
+        self._found = self.find_objects(template)
+
+    def find_objects_next(self, max_count: int = 10) -> list[int]:
+        """... next returns up to ``max_count`` handles ..."""
+        if self._found is None:
+            raise CKRError("CKR_OPERATION_NOT_INITIALIZED", "C_FindObjects")
+        out, self._found = self._found[:max_count], self._found[max_count:]
+        return out
+
+    def find_objects_final(self) -> None:
+        """... final ends it."""
+        if self._found is None:
+            raise CKRError("CKR_OPERATION_NOT_INITIALIZED", "C_FindObjectsFinal")
+        self._found = None
+
+    def get_attributes(self, handle: int, attributes: Iterable[Any]) -> dict[Any, Any]:
+        """C_GetAttributeValue (one member answers)."""
+        keys = list(attributes)
+        return self._run("C_GetAttributeValue", lambda m, c, o: o.get_attributes(keys), [handle])
+
+    def get_attribute(self, handle: int, attribute: Any) -> Any:
+        return self._run("C_GetAttributeValue", lambda m, c, o: o[attribute], [handle])
+
+    def set_attributes(self, handle: int, attributes: Template) -> None:
+        """C_SetAttributeValue on every member."""
+        self._check("C_SetAttributeValue")
+        self.group.set_attributes(self.group.vobject(handle, "C_SetAttributeValue"),
+                                  dict(attributes), self.only)
+
+    def object_class(self, handle: int) -> Any:
+        return self.group.vobject(handle).cls
+
+    # -- key generation ------------------------------------------------------
+    def generate_key(self, key_type: KeyType, bits: int | None = None, *, label: str | None = None,
+                     id: bytes | None = None, token: bool = False, capabilities: int | None = None,
+                     template: Template | None = None, mechanism: Any = None) -> int:
+        """Generate a secret key once and copy it to every member."""
+        caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
+        t = _capability_attrs(ObjectClass.SECRET_KEY, caps)
+        t.update(template or {})
+        t[Attribute.TOKEN] = token
+        self._writable(t, "C_GenerateKey")
+        t = _ha_key_attrs(t, "C_GenerateKey")
+        kid = id or t.pop(Attribute.ID, None) or random_id()
+
+        def task(m: Member, c: Connection) -> list[Any]:
+            return [c.work.generate_key(key_type, bits, id=kid, label=label, store=token,
+                                        template=t, mechanism=mechanism)]
+
+        return self._create("C_GenerateKey", task)[0]
+
+    def generate_keypair(self, key_type: KeyType, bits: int | None = None, *,
+                         curve: str | None = None, label: str | None = None,
+                         id: bytes | None = None, token: bool = False,
+                         capabilities: int | None = None,
+                         public_template: Template | None = None,
+                         private_template: Template | None = None,
+                         mechanism: Any = None) -> tuple[int, int]:
+        """Generate a key pair once and copy it to every member: (public, private)."""
+        caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
+        pub = _capability_attrs(ObjectClass.PUBLIC_KEY, caps)
+        pub.update(public_template or {})
+        priv = _capability_attrs(ObjectClass.PRIVATE_KEY, caps)
+        priv.update(private_template or {})
+        pub[Attribute.TOKEN] = priv[Attribute.TOKEN] = token
+        if key_type == KeyType.EC:
+            if curve is None and Attribute.EC_PARAMS not in pub:
+                curve = "secp256r1"
+            if curve is not None:
+                pub[Attribute.EC_PARAMS] = _ec.encode_named_curve_parameters(curve)
+        self._writable(priv, "C_GenerateKeyPair")
+        priv = _ha_key_attrs(priv, "C_GenerateKeyPair")
+        kid = id or priv.pop(Attribute.ID, None) or random_id()
+
+        def task(m: Member, c: Connection) -> list[Any]:
+            return list(c.work.generate_keypair(key_type, bits, id=kid, label=label, store=token,
+                                                public_template=pub, private_template=priv,
+                                                mechanism=mechanism))
+
+        pub_h, priv_h = self._create("C_GenerateKeyPair", task)
+        return pub_h, priv_h
+
+    # -- single-part cryptography (load balanced) -----------------------------
+    def sign(self, key: int, data: bytes, mechanism: Any = None,
+             mechanism_param: Any = None) -> bytes:
+        return self._run("C_Sign", lambda m, c, k: k.sign(
+            data, mechanism=mechanism, mechanism_param=mechanism_param), [key])
+
+    def verify(self, key: int, data: bytes, signature: bytes, mechanism: Any = None,
+               mechanism_param: Any = None) -> bool:
+        """True when the signature is valid (CKR_SIGNATURE_INVALID -> False)."""
+        return self._run("C_Verify", lambda m, c, k: k.verify(
+            data, signature, mechanism=mechanism, mechanism_param=mechanism_param), [key])
+
+    def encrypt(self, key: int, data: bytes, mechanism: Any = None,
+                mechanism_param: Any = None) -> bytes:
+        return self._run("C_Encrypt", lambda m, c, k: k.encrypt(
+            data, mechanism=mechanism, mechanism_param=mechanism_param), [key])
+
+    def decrypt(self, key: int, data: bytes, mechanism: Any = None,
+                mechanism_param: Any = None) -> bytes:
+        return self._run("C_Decrypt", lambda m, c, k: k.decrypt(
+            data, mechanism=mechanism, mechanism_param=mechanism_param), [key])
+
+    def digest(self, data: bytes, mechanism: Any = pkcs11.Mechanism.SHA256,
+               mechanism_param: Any = None) -> bytes:
+        return self._run("C_Digest", lambda m, c: c.work.digest(
+            data, mechanism=mechanism, mechanism_param=mechanism_param))
+
+    def generate_random(self, nbytes: int) -> bytes:
+        return self._run("C_GenerateRandom", lambda m, c: c.work.generate_random(nbytes * 8))
+
+    def seed_random(self, seed: bytes) -> None:
+        self._run("C_SeedRandom", lambda m, c: c.work.seed_random(seed))
+
+    def wrap_key(self, wrapping_key: int, key: int, mechanism: Any = None,
+                 mechanism_param: Any = None) -> bytes:
+        return self._run("C_WrapKey", lambda m, c, w, k: w.wrap_key(
+            k, mechanism=mechanism, mechanism_param=mechanism_param), [wrapping_key, key])
+
+    def unwrap_key(self, unwrapping_key: int, wrapped: bytes, object_class: ObjectClass,
+                   key_type: KeyType, *, label: str | None = None, id: bytes | None = None,
+                   token: bool = False, capabilities: int | None = None,
+                   template: Template | None = None, mechanism: Any = None,
+                   mechanism_param: Any = None) -> int:
+        """C_UnwrapKey on one member; the new key is copied to every member."""
+        caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
+        t = _capability_attrs(object_class, caps)
+        t.update(template or {})
+        t[Attribute.TOKEN] = token
+        self._writable(t, "C_UnwrapKey")
+        t = _ha_key_attrs(t, "C_UnwrapKey")
+        kid = id or t.pop(Attribute.ID, None) or random_id()
+
+        def task(m: Member, c: Connection, u: Any) -> list[Any]:
+            return [u.unwrap_key(object_class, key_type, wrapped, id=kid, label=label,
+                                 store=token, template=t, mechanism=mechanism,
+                                 mechanism_param=mechanism_param)]
+
+        return self._create("C_UnwrapKey", task, [unwrapping_key])[0]
+
+    def derive_key(self, base_key: int, key_type: KeyType, bits: int, *, mechanism: Any = None,
+                   mechanism_param: Any = None, label: str | None = None,
+                   id: bytes | None = None, token: bool = False,
+                   capabilities: int | None = None, template: Template | None = None) -> int:
+        """C_DeriveKey (e.g. ECDH1_DERIVE) on one member; the result is copied to every member."""
+        caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
+        t = _capability_attrs(ObjectClass.SECRET_KEY, caps)
+        t.update(template or {})
+        t[Attribute.TOKEN] = token
+        self._writable(t, "C_DeriveKey")
+        t = _ha_key_attrs(t, "C_DeriveKey")
+        kid = id or t.pop(Attribute.ID, None) or random_id()
+
+        def task(m: Member, c: Connection, b: Any) -> list[Any]:
+            return [b.derive_key(key_type, bits, id=kid, label=label, store=token, template=t,
+                                 mechanism=mechanism, mechanism_param=mechanism_param)]
+
+        return self._create("C_DeriveKey", task, [base_key])[0]
+
+
+__all__ = ["VirtualSession"]
