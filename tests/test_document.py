@@ -401,6 +401,36 @@ def test_remove_key_removes_one_line() -> None:
     assert not doc.remove_key("Nope", "x")
 
 
+def test_rename_key_keeps_the_line_layout() -> None:
+    data = fixture("unix_comments_odd_spacing.conf")
+    doc = Document.parse(data)
+    assert doc.rename_key("lunasa client", "RECEIVETIMEOUT", "CommandTimeout")
+    assert changed(data, doc.dumps()) == [
+        (
+            15,
+            b"   ReceiveTimeout  = 20000;      # milliseconds; also hacli's command timeout\n",
+            b"   CommandTimeout  = 20000;      # milliseconds; also hacli's command timeout\n",
+        )
+    ]
+    assert doc.get("LunaSA Client", "CommandTimeout") == "20000"
+    assert doc.get("LunaSA Client", "ReceiveTimeout") is None
+    assert not doc.rename_key("LunaSA Client", "ReceiveTimeout", "X")
+    with pytest.raises(ConfValueError, match="exists already"):
+        doc.rename_key("LunaSA Client", "CommandTimeout", "ServerName00")
+    with pytest.raises(ConfValueError):
+        doc.rename_key("LunaSA Client", "CommandTimeout", "#x")
+    assert doc.get("LunaSA Client", "CommandTimeout") == "20000"
+    doc.rename_key("LunaSA Client", "CommandTimeout", "commandtimeout")  # a change of case
+    assert doc.keys("LunaSA Client")[0] == "commandtimeout"
+
+
+def test_rename_repeated_key_moves_the_effective_value() -> None:
+    doc = Document.parse(fixture("windows_duplicates.ini"))
+    assert doc.rename_key("VirtualToken", "VirtualToken00Label", "VirtualToken01Label")
+    assert doc.get("VirtualToken", "VirtualToken01Label") == "second"
+    assert doc.get("VirtualToken", "VirtualToken00Label") is None
+
+
 def test_remove_section_brace() -> None:
     doc = Document.parse(fixture("unix_full.conf"))
     assert doc.remove_section("hasynchronize")

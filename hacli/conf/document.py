@@ -370,6 +370,27 @@ class Document:
         if not self._find(section):
             self._add_section(section, [])
 
+    def rename_key(self, section: str, old: str, new: str) -> bool:
+        """Rename a key where it stands (value, spacing and comment kept); False if absent.
+
+        Every occurrence of a repeated key is renamed, so the effective value
+        moves with it.  Renaming onto another key that exists raises
+        :class:`~hacli.errors.ConfValueError` rather than create a duplicate.
+        """
+        self._check_key(new)
+        found = self._key_lines(section, old)
+        if not found:
+            return False
+        if new.casefold() != old.casefold() and self._key_lines(section, new):
+            raise ConfValueError(f"cannot rename {old!r} to {new!r}: {new!r} exists already")
+        for i in found:
+            line = _copy.copy(self._lines[i])
+            indent = line.prefix[: len(line.prefix) - len(line.prefix.lstrip())]
+            line.prefix = indent + new + line.prefix[len(indent) + len(line.name) :]
+            line.name = new
+            self._lines[i] = self._verified(line, new, line.value)
+        return True
+
     def remove_key(self, section: str, key: str) -> bool:
         """Delete the key's line (every occurrence); False if it was not there."""
         found = self._key_lines(section, key)
