@@ -25,7 +25,8 @@ from hacli.errors import (
 
 def _pkcs11_message(exc: BaseException) -> str:
     # python-pkcs11 exceptions carry no text; the CKR name is the message.
-    from hacli.engine.ckr import ckr_name, explain
+    from hacli.cli.ckrtext import explain
+    from hacli.engine.ckr import ckr_name
 
     name = ckr_name(exc)
     return f"{name}: {explain(name)}"

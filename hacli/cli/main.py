@@ -21,6 +21,8 @@ from hacli.cli.context import AppContext
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "hagroup": ("hacli.cli.hagroup", "hagroup", "HA group settings, as lunacm's hagroup commands."),
     "conf": ("hacli.cli.conf", "conf", "Show, get, set and check configuration values."),
+    "ha": ("hacli.cli.ha", "ha", "Live HA status of the configured groups."),
+    "lab": ("hacli.cli.lab", "lab", "Member HSMs as processes, to crash, freeze and restore."),
 }
 
 

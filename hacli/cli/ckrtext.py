@@ -1,0 +1,60 @@
+"""Plain-words explanations of ``CKR_*`` codes, for error lines and the menu."""
+
+from __future__ import annotations
+
+EXPLANATIONS: dict[str, str] = {
+    "CKR_OK": "Doing great, no errors",
+    "CKR_ARGUMENTS_BAD": "an argument to the call was wrong",
+    "CKR_ATTRIBUTE_READ_ONLY": "that attribute cannot be set or changed",
+    "CKR_ATTRIBUTE_SENSITIVE": "that attribute is sensitive and cannot be read",
+    "CKR_ATTRIBUTE_TYPE_INVALID": "the token does not know that attribute for this object",
+    "CKR_ATTRIBUTE_VALUE_INVALID": "an attribute value is not acceptable",
+    "CKR_DATA_INVALID": "the data is not valid for this operation",
+    "CKR_DATA_LEN_RANGE": "the data has the wrong length for this operation",
+    "CKR_DEVICE_ERROR": "the HSM failed or could not be reached",
+    "CKR_DEVICE_MEMORY": "the HSM is out of memory",
+    "CKR_DEVICE_REMOVED": "the HSM was removed during the call",
+    "CKR_ENCRYPTED_DATA_INVALID": "the ciphertext is not valid",
+    "CKR_ENCRYPTED_DATA_LEN_RANGE": "the ciphertext has the wrong length",
+    "CKR_FUNCTION_FAILED": "the HSM could not carry out the function",
+    "CKR_FUNCTION_NOT_SUPPORTED": "this function is not supported here",
+    "CKR_GENERAL_ERROR": "an unrecoverable error occurred",
+    "CKR_KEY_HANDLE_INVALID": "no key has that handle",
+    "CKR_KEY_SIZE_RANGE": "the key size is outside what the mechanism supports",
+    "CKR_KEY_TYPE_INCONSISTENT": "the key type does not fit the mechanism",
+    "CKR_KEY_FUNCTION_NOT_PERMITTED": "the key's attributes do not allow this use",
+    "CKR_KEY_NOT_WRAPPABLE": "the key may not be wrapped (not extractable, or wrap-with-trusted)",
+    "CKR_KEY_UNEXTRACTABLE": "the key is not extractable",
+    "CKR_MECHANISM_INVALID": "the token does not support that mechanism",
+    "CKR_MECHANISM_PARAM_INVALID": "the mechanism's parameters are wrong",
+    "CKR_OBJECT_HANDLE_INVALID": "no object has that handle",
+    "CKR_OPERATION_ACTIVE": "another operation is already active in this session",
+    "CKR_OPERATION_NOT_INITIALIZED": "no operation of that kind was started",
+    "CKR_PIN_INCORRECT": "the PIN is wrong",
+    "CKR_PIN_LEN_RANGE": "the PIN is too short or too long",
+    "CKR_PIN_LOCKED": "the PIN is locked after too many wrong attempts",
+    "CKR_SESSION_CLOSED": "the session was closed",
+    "CKR_SESSION_HANDLE_INVALID": "no session has that handle",
+    "CKR_SESSION_READ_ONLY": "the session is read-only",
+    "CKR_SIGNATURE_INVALID": "the signature does not verify",
+    "CKR_SIGNATURE_LEN_RANGE": "the signature has the wrong length",
+    "CKR_SLOT_ID_INVALID": "no slot has that number",
+    "CKR_TEMPLATE_INCOMPLETE": "the template lacks a required attribute",
+    "CKR_TEMPLATE_INCONSISTENT": "the template's attributes contradict each other",
+    "CKR_TOKEN_NOT_PRESENT": "the token is not present (the member is out of service)",
+    "CKR_TOKEN_NOT_RECOGNIZED": "the token is not recognised",
+    "CKR_USER_ALREADY_LOGGED_IN": "already logged in",
+    "CKR_USER_NOT_LOGGED_IN": "log in first",
+    "CKR_USER_PIN_NOT_INITIALIZED": "the user PIN was never set",
+    "CKR_USER_TYPE_INVALID": "unknown user type",
+    "CKR_WRAPPED_KEY_INVALID": "the wrapped key is not valid",
+    "CKR_WRAPPING_KEY_HANDLE_INVALID": "no wrapping key has that handle",
+    "CKR_RANDOM_NO_RNG": "the token has no random number generator",
+    "CKR_BUFFER_TOO_SMALL": "the output buffer is too small",
+    "CKR_CRYPTOKI_NOT_INITIALIZED": "the PKCS#11 library is not initialised",
+}
+
+
+def explain(name: str) -> str:
+    """A short plain-words explanation of a ``CKR_*`` name."""
+    return EXPLANATIONS.get(name, "see the PKCS#11 specification")

@@ -1,0 +1,120 @@
+"""``hacli lab ...``: member HSMs as processes, to crash, freeze and restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from hacli.cli import render
+from hacli.cli.context import json_option
+
+if TYPE_CHECKING:
+    from hacli.lab import Lab, LabStatus, MemberStatus
+
+
+def dir_option(f):  # type: ignore[no-untyped-def]
+    """``--dir DIR``: the lab directory (default: the XDG data directory + hacli/lab)."""
+    return click.option(
+        "--dir", "directory", metavar="DIR", type=click.Path(file_okay=False),
+        help="Lab directory (default: $XDG_DATA_HOME/hacli/lab).",
+    )(f)
+
+
+def open_lab(directory: str | None) -> Lab:
+    """The lab in ``directory`` or in the default place."""
+    from hacli.conf.store import default_lab_dir
+    from hacli.lab import Lab
+
+    return Lab(Path(directory) if directory else default_lab_dir())
+
+
+def _status_rows(status: LabStatus) -> list[list[object]]:
+    return [[m.label, m.serial, m.state, m.pid or "-"] for m in status.members]
+
+
+def show_status(status: LabStatus, as_json: bool, headline: str | None = None) -> None:
+    """Render a lab status (the brief's JSON contract, or a table)."""
+    if as_json:
+        render.emit_json(status.as_dict())
+        return
+    if headline:
+        render.echo(headline)
+    render.table(["Member", "Serial", "State", "PID"], _status_rows(status),
+                 title=f"Lab {status.dir} — HA group {status.group} ({status.group_serial})")
+    render.echo(f"Configuration: {status.conf}")
+    render.echo(f"Token access:  SOFTHSM2_CONF={status.softhsm2_conf}  (PIN in {status.pin_file})")
+
+
+@click.group()
+def lab() -> None:
+    """Member HSMs as processes (SoftHSM2 behind p11-kit server)."""
+
+
+@lab.command()
+@click.option("--members", type=click.IntRange(1, 8), default=None,
+              help="Number of members of a new lab (default 2).")
+@dir_option
+@json_option
+def up(members: int | None, directory: str | None, as_json: bool) -> None:
+    """Create the lab (or start what is down) and its HA group."""
+    the_lab = open_lab(directory)
+    status = the_lab.up(members)
+    if status.created:
+        _provision(the_lab)
+        headline = f"Lab created with {len(status.members)} members."
+    elif status.started:
+        headline = f"Lab started again: {', '.join(status.started)}."
+    else:
+        headline = "Lab is already up; nothing changed."
+    show_status(status, as_json, headline)
+
+
+def _provision(the_lab: Lab) -> None:
+    """Give the lab group its transport key (needs the SO PIN, kept in the lab)."""
+    from hacli.conf.model import load_config
+    from hacli.conf.store import load
+    from hacli.engine import provision_transport_key
+
+    config = load_config(load(the_lab.conf_path), str(the_lab.conf_path))
+    provision_transport_key(config, the_lab.group_label, the_lab.so_pin(), the_lab.pin())
+
+
+@lab.command()
+@click.option("--purge", is_flag=True, help="Also remove the lab's tokens and files.")
+@dir_option
+def down(purge: bool, directory: str | None) -> None:
+    """Stop every lab process (tokens are kept unless --purge)."""
+    the_lab = open_lab(directory)
+    the_lab.down(purge=purge)
+    render.echo(f"Lab in {the_lab.directory} is down{' and removed' if purge else ''}.")
+
+
+@lab.command()
+@dir_option
+@json_option
+def status(directory: str | None, as_json: bool) -> None:
+    """Show the lab's members and their processes."""
+    show_status(open_lab(directory).status(), as_json)
+
+
+def _member_command(verb: str, doc: str):  # type: ignore[no-untyped-def]
+    @click.argument("member")
+    @dir_option
+    @json_option
+    def command(member: str, directory: str | None, as_json: bool) -> None:
+        result: MemberStatus = getattr(open_lab(directory), verb)(member)
+        if as_json:
+            render.emit_json(result.as_dict())
+        else:
+            pid = f" (pid {result.pid})" if result.pid else ""
+            render.echo(f"{result.label} ({result.serial}) is {result.state}{pid}.")
+
+    command.__doc__ = doc
+    return lab.command(verb)(command)
+
+
+fail = _member_command("fail", "Crash a member: SIGKILL its process group (serial or label).")
+hang = _member_command("hang", "Freeze a member: SIGSTOP its process group (calls into it block).")
+restore = _member_command("restore", "Bring a member back: SIGCONT, or restart its server.")
