@@ -74,6 +74,8 @@ class VObject:
     cls: Any
     owner: int | None = None  # virtual session owning a session object
     real: dict[str, tuple[int, int]] = field(default_factory=dict)  # serial -> (conn id, handle)
+    #: serial -> conn id on which the object was looked for and is absent
+    absent: dict[str, int] = field(default_factory=dict)
     replicable: bool = True
 
     @property
@@ -358,6 +360,7 @@ class HAGroup:
         self._last_sync = self.clock()
         complete = True
         with self._lock:
+            had_work = m.needs_sync or bool(m.journal)
             journal, m.journal = m.journal, []
             objects = list(self._objects.values())
         for entry in journal:
@@ -389,7 +392,7 @@ class HAGroup:
                 complete = False
         with self._lock:
             m.needs_sync = not complete or bool(m.journal)
-        if complete:
+        if complete and had_work:
             self._log.event(self.label, m.serial, halog.SYNCHRONIZED, None)
         return complete
 
@@ -404,11 +407,13 @@ class HAGroup:
 
     # ------------------------------------------------------------------
     # balancing and execution
-    def _pick(self, tried: set[Member], only: Member | None) -> Member | None:
+    def _pick(self, tried: set[Member], only: Member | None,
+              vobjs: Sequence[VObject] = ()) -> Member | None:
         with self._lock:
             cands = [(i, m) for i, m in enumerate(self.members)
                      if m.alive and m.conn is not None and m not in tried
-                     and (only is None or m is only)]
+                     and (only is None or m is only)
+                     and not any(v.absent.get(m.serial) == m.conn.id for v in vobjs)]
             if not cands:
                 return None
             n = len(self.members)
@@ -449,11 +454,15 @@ class HAGroup:
         """
         self.recovery_tick()
         tried: set[Member] = set()
-        missing = False
+        missing = failed = False
         while True:
-            m = self._pick(tried, only)
+            m = self._pick(tried, only, vobjs)
             if m is None:
-                if missing:
+                if vobjs and not failed and not any(
+                        m.alive and all(v.absent.get(m.serial) != m.conn.id for v in vobjs)
+                        for m in self.members if m.conn is not None):
+                    missing = True
+                if missing and not failed:
                     keys = (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
                     code = ("CKR_KEY_HANDLE_INVALID" if any(v.cls in keys for v in vobjs)
                             else "CKR_OBJECT_HANDLE_INVALID")
@@ -475,6 +484,7 @@ class HAGroup:
                 if is_member_failure(e):
                     self._mark_failed(m, e)
                     tried.add(m)
+                    failed = True
                     continue
                 raise self._request_error(e, operation, m) from e
             finally:
@@ -533,6 +543,7 @@ class HAGroup:
             if old is not None:
                 self._by_real.pop((m.serial, old[0], old[1]), None)
             vobj.real[m.serial] = (conn.id, obj.handle)
+            vobj.absent.pop(m.serial, None)
             self._by_real[(m.serial, conn.id, obj.handle)] = vobj
         conn.remember(obj)
 
@@ -543,12 +554,16 @@ class HAGroup:
             obj = conn.objects.get(ent[1])
             if obj is not None:
                 return obj
+        if vobj.absent.get(m.serial) == conn.id:
+            raise _NotOnMember()
         candidates = list(conn.work.get_objects(vobj.ident))
         with self._lock:
             free = [c for c in candidates
                     if self._by_real.get((m.serial, conn.id, c.handle)) in (None, vobj)]
-        if not free:
-            raise _NotOnMember()
+            if not free:
+                if m.conn is conn:
+                    vobj.absent[m.serial] = conn.id
+                raise _NotOnMember()
         self._map(m, conn, vobj, free[0])
         return free[0]
 
@@ -676,6 +691,60 @@ class HAGroup:
         primary, out = self.execute(operation, task, vobjs, only)
         self.replicate_created(out, primary, only)
         return out
+
+    def can_wrap(self, only: Member | None = None) -> bool:
+        """True when every alive member can carry the transport wrap mechanism."""
+        with self._lock:
+            conns = [m.conn for m in self.members
+                     if m.alive and m.conn is not None and (only is None or m is only)]
+        return all(c.can_wrap and c.transport is not None for c in conns)
+
+    def create_by_value(self, operation: str, generate: Callable[..., list[dict[Any, Any]]],
+                        templates: Sequence[dict[Any, Any]], owner: int | None = None,
+                        only: Member | None = None) -> list[VObject]:
+        """Generate once, then create the same objects on every member from values.
+
+        The fallback when members cannot carry ``CKM_AES_KEY_WRAP_PAD`` (see
+        docs/engine.md, "Replication"): ``generate(member, conn)`` makes the key
+        material once on one member as non-sensitive session objects, returns
+        their values and destroys them; the final (sensitive) objects are then
+        created from ``templates`` + values on every alive member.
+        """
+        values = self.execute(operation, generate, (), only)
+        full = [{**t, **v} for t, v in zip(templates, values, strict=True)]
+        vobjs: list[VObject] | None = None
+        targets = [m for m in self.members if m.alive and (only is None or m is only)]
+        first_error: BaseException | None = None
+        for m in targets:
+            def task(conn: Connection, m: Member = m,
+                     known: list[VObject] | None = vobjs) -> list[VObject]:
+                objs = [conn.work.create_object(t) for t in full]
+                if known is None:
+                    return [self._register(m, conn, o, _ident_of(o), owner) for o in objs]
+                for v, o in zip(known, objs, strict=True):
+                    self._map(m, conn, v, o)
+                return known
+
+            try:
+                vobjs = m.run(task, operation=operation)
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(m, e)
+                    continue
+                if vobjs is None:
+                    first_error = self._request_error(e, operation, m)
+                    break
+                with self._lock:
+                    m.needs_sync = True
+        full.clear()
+        if vobjs is None:
+            raise first_error or GroupDownError(operation, self.label)
+        if only is None:
+            with self._lock:
+                for m in self.members:
+                    if not m.alive:
+                        m.needs_sync = True
+        return vobjs
 
     def destroy(self, vobj: VObject, only: Member | None = None) -> None:
         """Destroy an object on every member (journaled for members that are down)."""

@@ -99,6 +99,9 @@ class Connection:
         #: real handle -> python-pkcs11 Object bound to ``work``
         self.objects: dict[int, Any] = {}
         self.transport: Any = None
+        #: False when the module cannot carry CKM_AES_KEY_WRAP_PAD (p11-kit 0.24
+        #: RPC filters it out): replication then uses value transfer.
+        self.can_wrap = True
 
     def remember(self, obj: Any) -> Any:
         self.objects[obj.handle] = obj
@@ -130,6 +133,10 @@ def open_connection(instance: ModuleInstance, serial: str, pin: str | None) -> C
     if pin is not None:
         conn.login = token.open(rw=True, user_pin=pin, attribute_mapper=MAPPER)
     conn.find_transport()
+    try:
+        conn.can_wrap = pkcs11.Mechanism.AES_KEY_WRAP_PAD in token.slot.get_mechanisms()
+    except pkcs11.FunctionNotSupported:
+        conn.can_wrap = True
     return conn
 
 

@@ -30,6 +30,35 @@ if TYPE_CHECKING:
 
 Template = Mapping[Any, Any]
 
+# Values read from a temporary key to create the same key on every member when
+# the members cannot carry the transport wrap mechanism (value transfer).
+_SECRET_VALUES = (Attribute.VALUE,)
+_PRIVATE_VALUES = {
+    KeyType.RSA: (Attribute.MODULUS, Attribute.PUBLIC_EXPONENT, Attribute.PRIVATE_EXPONENT,
+                  Attribute.PRIME_1, Attribute.PRIME_2, Attribute.EXPONENT_1,
+                  Attribute.EXPONENT_2, Attribute.COEFFICIENT),
+    KeyType.EC: (Attribute.EC_PARAMS, Attribute.VALUE),
+}
+_PUBLIC_VALUES = {
+    KeyType.RSA: (Attribute.MODULUS, Attribute.PUBLIC_EXPONENT),
+    KeyType.EC: (Attribute.EC_PARAMS, Attribute.EC_POINT),
+}
+_TEMP = {Attribute.TOKEN: False, Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}
+
+
+def _final(cls: Any, key_type: Any, kid: bytes, label: str | None, token: bool,
+           attrs: Template) -> dict[Any, Any]:
+    t: dict[Any, Any] = {Attribute.CLASS: cls, Attribute.KEY_TYPE: key_type, Attribute.ID: kid,
+                         Attribute.TOKEN: token}
+    if cls != ObjectClass.PUBLIC_KEY:
+        t[Attribute.PRIVATE] = True
+        t[Attribute.SENSITIVE] = True
+    if label:
+        t[Attribute.LABEL] = label
+    t.update(attrs)
+    t.pop(Attribute.EC_PARAMS, None) if cls == ObjectClass.PRIVATE_KEY else None
+    return t
+
 
 class VirtualSession:
     """A session on a virtual HA slot (or pinned to one member).
@@ -204,6 +233,19 @@ class VirtualSession:
         t = _ha_key_attrs(t, "C_GenerateKey")
         kid = id or t.pop(Attribute.ID, None) or random_id()
 
+        if not self.group.can_wrap(self.only):
+            def gen(m: Member, c: Connection) -> list[dict[Any, Any]]:
+                tmp = c.work.generate_key(key_type, bits, template=_TEMP, mechanism=mechanism)
+                try:
+                    return [{Attribute.VALUE: tmp[Attribute.VALUE]}]
+                finally:
+                    tmp.destroy()
+
+            self._check("C_GenerateKey")
+            final = _final(ObjectClass.SECRET_KEY, key_type, kid, label, token, t)
+            return self.group.create_by_value("C_GenerateKey", gen, [final], self.handle,
+                                              self.only)[0].handle
+
         def task(m: Member, c: Connection) -> list[Any]:
             return [c.work.generate_key(key_type, bits, id=kid, label=label, store=token,
                                         template=t, mechanism=mechanism)]
@@ -232,6 +274,25 @@ class VirtualSession:
         self._writable(priv, "C_GenerateKeyPair")
         priv = _ha_key_attrs(priv, "C_GenerateKeyPair")
         kid = id or priv.pop(Attribute.ID, None) or random_id()
+
+        if not self.group.can_wrap(self.only) and key_type in _PRIVATE_VALUES:
+            def gen(m: Member, c: Connection) -> list[dict[Any, Any]]:
+                tpub, tpriv = c.work.generate_keypair(
+                    key_type, bits, public_template={**pub, Attribute.TOKEN: False},
+                    private_template={Attribute.SIGN: True, **_TEMP}, mechanism=mechanism)
+                try:
+                    return [{a: tpub[a] for a in _PUBLIC_VALUES[key_type]},
+                            {a: tpriv[a] for a in _PRIVATE_VALUES[key_type]}]
+                finally:
+                    tpub.destroy()
+                    tpriv.destroy()
+
+            self._check("C_GenerateKeyPair")
+            pub_final = _final(ObjectClass.PUBLIC_KEY, key_type, kid, label, token, pub)
+            priv_final = _final(ObjectClass.PRIVATE_KEY, key_type, kid, label, token, priv)
+            pv, kv = self.group.create_by_value("C_GenerateKeyPair", gen, [pub_final, priv_final],
+                                                self.handle, self.only)
+            return pv.handle, kv.handle
 
         def task(m: Member, c: Connection) -> list[Any]:
             return list(c.work.generate_keypair(key_type, bits, id=kid, label=label, store=token,

@@ -76,6 +76,10 @@ def _fingerprint(session: Any, key: Any) -> bytes:
         Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True})
     try:
         return key.wrap_key(probe, mechanism=WRAP)
+    except pkcs11.MechanismInvalid:
+        # the module cannot carry the wrap mechanism (p11-kit 0.24 RPC): no
+        # fingerprint; the key is still "present"
+        return b"?"
     finally:
         probe.destroy()
 
@@ -138,7 +142,7 @@ def provision_transport_key(config: HAConfig, group_label: str, so_pin: str,
             fp = inst.call(check, timeout=timeout)
             if fp is not None:
                 have[serial] = fp
-        if len(set(have.values())) > 1:
+        if len(set(have.values()) - {b"?"}) > 1:
             raise EngineError(f"members of {group.label!r} hold different transport keys: "
                               f"{', '.join(sorted(have))}")
         missing = [s for s in sessions if s not in have]
@@ -159,8 +163,13 @@ def provision_transport_key(config: HAConfig, group_label: str, so_pin: str,
                 inst.call(lambda so=so: so.create_object(template), timeout=timeout)
                 result[serial] = "created"
             del value, template
+        elif set(have.values()) == {b"?"}:
+            # cannot wrap through these modules: a joining member cannot get
+            # the existing value, and replication uses value transfer anyway
+            for serial in missing:
+                result[serial] = "unsupported: CKR_MECHANISM_INVALID"
         else:
-            src = next(iter(have))
+            src = next(s for s, fp in have.items() if fp != b"?")
             src_inst, src_so = sessions[src]
             for serial in missing:
                 inst, so = sessions[serial]
