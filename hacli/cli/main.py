@@ -20,6 +20,7 @@ from hacli.cli.context import AppContext
 #: here so that listing commands does not import their modules.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "hagroup": ("hacli.cli.hagroup", "hagroup", "HA group settings, as lunacm's hagroup commands."),
+    "ckdemo": ("hacli.cli.menu", "ckdemo", "The CKDemo-style numbered menu (also: hacli alone)."),
     "conf": ("hacli.cli.conf", "conf", "Show, get, set and check configuration values."),
     "ha": ("hacli.cli.ha", "ha", "Live HA status of the configured groups."),
     "lab": ("hacli.cli.lab", "lab", "Member HSMs as processes, to crash, freeze and restore."),
@@ -45,7 +46,11 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--conf",
     "conf_path",
@@ -56,7 +61,7 @@ class LazyGroup(click.Group):
 )
 @click.version_option(__version__, "-V", "--version", prog_name="hacli")
 @click.pass_context
-def cli(ctx: click.Context, conf_path: str | None) -> None:
+def cli(ctx: click.Context, conf_path: str | None) -> Any:
     """Manage and demonstrate PKCS#11 high-availability (HA) groups.
 
     lunacm-style commands edit the HA sections of Chrystoki.conf / crystoki.ini.
@@ -64,6 +69,10 @@ def cli(ctx: click.Context, conf_path: str | None) -> None:
     changed); `ha status` also 3 degraded, 4 group down.
     """
     ctx.obj = AppContext(conf_option=conf_path)
+    if ctx.invoked_subcommand is None:
+        # `hacli` alone opens the CKDemo-style menu, as CKDemo does.
+        return ctx.invoke(LazyGroup.get_command(cli, ctx, "ckdemo"))  # type: ignore[arg-type]
+    return None
 
 
 def main(argv: list[str] | None = None) -> Any:
