@@ -240,12 +240,17 @@ def ckr_name(error: BaseException | int | str | None) -> str:
             return name
     if isinstance(error, px.PKCS11Error):
         text = str(error)
-        if "not initialized" in text.lower():
+        low = text.lower()
+        if "not initialized" in low:
             return "CKR_CRYPTOKI_NOT_INITIALIZED"
+        if "buffer was too small" in low:
+            return "CKR_BUFFER_TOO_SMALL"
         m = _UNMAPPED_RE.search(text)
         if m:
             return ckr_name(int(m.group(1), 16))
-        return "CKR_GENERAL_ERROR"
+        # python-pkcs11 raising its base class for a non-code condition: a
+        # request problem, never evidence that the member is gone
+        return "CKR_FUNCTION_FAILED"
     if isinstance(error, TimeoutError | OSError | ConnectionError):
         return "CKR_DEVICE_ERROR"
     return "CKR_GENERAL_ERROR"

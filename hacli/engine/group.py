@@ -42,6 +42,8 @@ from hacli.engine.policy import Clock, RecoveryPolicy
 from hacli.engine.types import GroupStatus, MemberStatus, TokenInfo
 
 WRAP_MECHANISM = Mechanism.AES_KEY_WRAP_PAD
+#: Errors after which the shared work session may still have an operation active.
+_LEAVES_OPERATION_ACTIVE = ("CKR_BUFFER_TOO_SMALL", "CKR_OPERATION_ACTIVE")
 
 
 class _Secret:
@@ -472,7 +474,12 @@ class HAGroup:
             try:
                 def task(conn: Connection, m: Member = m) -> Any:
                     objs = [self._resolve(m, conn, v) for v in vobjs]
-                    return fn(m, conn, *objs)
+                    try:
+                        return fn(m, conn, *objs)
+                    except pkcs11.PKCS11Error as e:
+                        if ckr_name(e) in _LEAVES_OPERATION_ACTIVE:
+                            conn.rotate_work_session()
+                        raise
 
                 result = m.run(task, operation=operation)
                 ok = True

@@ -99,6 +99,7 @@ class Connection:
         #: real handle -> python-pkcs11 Object bound to ``work``
         self.objects: dict[int, Any] = {}
         self.transport: Any = None
+        self.retired: list[Any] = []
         #: False when the module cannot carry CKM_AES_KEY_WRAP_PAD (p11-kit 0.24
         #: RPC filters it out): replication then uses value transfer.
         self.can_wrap = True
@@ -106,6 +107,15 @@ class Connection:
     def remember(self, obj: Any) -> Any:
         self.objects[obj.handle] = obj
         return obj
+
+    def rotate_work_session(self) -> None:
+        """Replace ``work`` after an error that can leave an operation active
+        (``CKR_BUFFER_TOO_SMALL``): the old session stays open, so session
+        objects it created live on; objects are looked up again by identity."""
+        self.retired.append(self.work)
+        self.work = self.token.open(rw=True, attribute_mapper=MAPPER)
+        self.objects.clear()
+        self.find_transport()
 
     def find_transport(self) -> Any:
         found = list(self.work.get_objects({Attribute.LABEL: TRANSPORT_LABEL,
