@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ckdemo": ("hacli.cli.menu", "ckdemo", "The CKDemo-style numbered menu (also: hacli alone)."),
     "conf": ("hacli.cli.conf", "conf", "Show, get, set and check configuration values."),
     "ha": ("hacli.cli.ha", "ha", "Live HA status of the configured groups."),
+    "multitoken": ("hacli.cli.multitoken", "multitoken",
+                   "Load an HA slot or one member, after Luna's multitoken."),
     "lab": ("hacli.cli.lab", "lab", "Member HSMs as processes, to crash, freeze and restore."),
 }
 

@@ -1,0 +1,166 @@
+"""Where the load goes: an HA group's virtual slot, or one member directly.
+
+Both targets offer the same small interface to the modes, so a mode is
+written once and the HA layer's cost is measured against the bare member in
+one run.  Keys are addressed by an opaque ``key`` value: a virtual handle on
+the HA slot, a python-pkcs11 object on a member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from pkcs11 import Attribute, KeyType, ObjectClass
+
+
+class Target(Protocol):
+    """What a mode needs from the slot under load."""
+
+    name: str
+
+    def find_key(self, label: str, cls: ObjectClass) -> Any | None: ...
+    def generate_key(self, key_type: KeyType, bits: int, label: str) -> Any: ...
+    def generate_keypair(self, key_type: KeyType, label: str, bits: int | None = None,
+                         curve: str | None = None) -> tuple[Any, Any]: ...
+    def worker(self) -> contextlib.AbstractContextManager[Any]: ...
+    def mechanisms(self) -> set[Any]: ...
+    def member_ops(self) -> dict[str, int]: ...
+
+
+class HATarget:
+    """The virtual slot of an HA group: one virtual session per worker thread."""
+
+    def __init__(self, engine: Any, label: str | None, pin: str):
+        self.engine = engine
+        self.group = engine.group(label)
+        self.name = "ha"
+        self._setup = self.group.open_session()
+        self._setup.login(pin)
+
+    def find_key(self, label: str, cls: ObjectClass) -> Any | None:
+        found = self._setup.find_objects({Attribute.LABEL: label, Attribute.CLASS: cls})
+        return found[0] if found else None
+
+    def generate_key(self, key_type: KeyType, bits: int, label: str) -> Any:
+        return self._setup.generate_key(key_type, bits, label=label, token=True)
+
+    def generate_keypair(self, key_type: KeyType, label: str, bits: int | None = None,
+                         curve: str | None = None) -> tuple[Any, Any]:
+        return self._setup.generate_keypair(key_type, bits, curve=curve, label=label, token=True)
+
+    @contextlib.contextmanager
+    def worker(self) -> Iterator[Any]:
+        session = self.group.open_session()
+        try:
+            yield _HAOps(session)
+        finally:
+            session.close()
+
+    def mechanisms(self) -> set[Any]:
+        return set(self._setup.mechanisms())
+
+    def member_ops(self) -> dict[str, int]:
+        return {m.serial: m.ops for m in self.group.status(probe=False).members}
+
+    def close(self) -> None:
+        self._setup.close()
+
+
+class _HAOps:
+    """Operations of one worker on a virtual session."""
+
+    def __init__(self, session: Any):
+        self.s = session
+
+    def sign(self, key: Any, data: bytes, mechanism: Any) -> bytes:
+        return self.s.sign(key, data, mechanism=mechanism)
+
+    def verify(self, key: Any, data: bytes, sig: bytes, mechanism: Any) -> bool:
+        return bool(self.s.verify(key, data, sig, mechanism=mechanism))
+
+    def encrypt(self, key: Any, data: bytes, mechanism: Any, param: Any) -> bytes:
+        return self.s.encrypt(key, data, mechanism=mechanism, mechanism_param=param)
+
+    def decrypt(self, key: Any, data: bytes, mechanism: Any, param: Any) -> bytes:
+        return self.s.decrypt(key, data, mechanism=mechanism, mechanism_param=param)
+
+    def random(self, nbytes: int) -> bytes:
+        return self.s.generate_random(nbytes)
+
+
+class DirectTarget:
+    """One member through its own module instance, bypassing the HA layer.
+
+    Calls into one module instance are serialised (SoftHSM2 runs without
+    locking under python-pkcs11), exactly as the engine serialises them, so
+    the comparison with the HA slot measures the HA layer and nothing else.
+    """
+
+    def __init__(self, engine: Any, serial: str, pin: str):
+        self.name = serial
+        self._serial = serial
+        self._cm = engine.direct_session(serial, pin)
+        self.session = self._cm.__enter__()
+        self.lock = threading.Lock()
+        self.calls = 0
+
+    def find_key(self, label: str, cls: ObjectClass) -> Any | None:
+        found = list(self.session.get_objects({Attribute.LABEL: label, Attribute.CLASS: cls}))
+        return found[0] if found else None
+
+    def generate_key(self, key_type: KeyType, bits: int, label: str) -> Any:
+        return self.session.generate_key(key_type, bits, label=label, store=True)
+
+    def generate_keypair(self, key_type: KeyType, label: str, bits: int | None = None,
+                         curve: str | None = None) -> tuple[Any, Any]:
+        if key_type == KeyType.EC:
+            from pkcs11.util.ec import encode_named_curve_parameters
+
+            params = self.session.create_domain_parameters(
+                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)},
+                local=True)
+            return params.generate_keypair(store=True, label=label)
+        return self.session.generate_keypair(key_type, bits, label=label, store=True)
+
+    @contextlib.contextmanager
+    def worker(self) -> Iterator[Any]:
+        yield _DirectOps(self)
+
+    def mechanisms(self) -> set[Any]:
+        return set(self.session.token.slot.get_mechanisms())
+
+    def member_ops(self) -> dict[str, int]:
+        return {self._serial: self.calls}
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
+
+
+class _DirectOps:
+    """Operations of one worker on the member's session, one call at a time."""
+
+    def __init__(self, target: DirectTarget):
+        self.t = target
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.t.lock:
+            self.t.calls += 1
+            return fn(*args, **kwargs)
+
+    def sign(self, key: Any, data: bytes, mechanism: Any) -> bytes:
+        return self._call(key.sign, data, mechanism=mechanism)
+
+    def verify(self, key: Any, data: bytes, sig: bytes, mechanism: Any) -> bool:
+        return bool(self._call(key.verify, data, sig, mechanism=mechanism))
+
+    def encrypt(self, key: Any, data: bytes, mechanism: Any, param: Any) -> bytes:
+        return self._call(key.encrypt, data, mechanism=mechanism, mechanism_param=param)
+
+    def decrypt(self, key: Any, data: bytes, mechanism: Any, param: Any) -> bytes:
+        return self._call(key.decrypt, data, mechanism=mechanism, mechanism_param=param)
+
+    def random(self, nbytes: int) -> bytes:
+        return self._call(self.t.session.generate_random, nbytes * 8)
