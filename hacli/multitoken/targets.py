@@ -38,7 +38,8 @@ class HATarget:
         self.group = engine.group(label)
         self.name = "ha"
         self._setup = self.group.open_session()
-        self._setup.login(pin)
+        if not self.group.logged_in:  # login state is per application, as in PKCS#11
+            self._setup.login(pin)
 
     def find_key(self, label: str, cls: ObjectClass) -> Any | None:
         found = self._setup.find_objects({Attribute.LABEL: label, Attribute.CLASS: cls})
