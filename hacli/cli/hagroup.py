@@ -8,9 +8,10 @@ import click
 
 from hacli.cli import render
 from hacli.cli.context import app, json_option
+from hacli.cli.pin import so_pin_file_option
 from hacli.conf import haedit, spec
-from hacli.conf.model import HACONF, VT, load_groups, load_settings
-from hacli.conf.model_types import RECOVERY_MODES, HASettings
+from hacli.conf.model import HACONF, VT, load_config, load_settings
+from hacli.conf.model_types import HACLI_SECTION, RECOVERY_MODES, GroupConf, HASettings
 from hacli.errors import UsageError
 
 
@@ -216,31 +217,70 @@ def _group_dict(g: Any) -> dict[str, Any]:
     }
 
 
+def transport_options(f):  # type: ignore[no-untyped-def]
+    """``--so-pin-file`` and ``--no-transport-key`` for commands that add members."""
+    f = so_pin_file_option(f)
+    return click.option("--no-transport-key", is_flag=True,
+                        help="Do not set up the group's transport key on the members.")(f)
+
+
+def _with_members(doc: Any, g: GroupConf, so_pin_file: str | None, skip: bool) -> dict[str, str]:
+    """Set up the transport key for the edited document, before it is written:
+    a failure leaves the file untouched."""
+    if skip:
+        return {}
+    from hacli.cli.members import setup_transport_key
+
+    config = load_config(doc, str(app().path))
+    return setup_transport_key(config, config.group(g.label), so_pin_file,
+                               doc.get(HACLI_SECTION, "LabDir"))
+
+
 @hagroup.command()
 @click.option("--label", required=True, help="Group label.")
 @click.option("--serial", help="Group serial (default: 1 + the first member's serial).")
 @click.option("--members", required=True, metavar="SN[,SN...]", help="Member serial numbers.")
+@transport_options
 @json_option
-def creategroup(label: str, serial: str | None, members: str, as_json: bool) -> None:
-    """Create an HA group (VirtualTokenNN entries plus HASynchronize)."""
+def creategroup(label: str, serial: str | None, members: str, so_pin_file: str | None,
+                no_transport_key: bool, as_json: bool) -> None:
+    """Create an HA group (VirtualTokenNN entries plus HASynchronize).
+
+    When hacli can reach the members (their modules are listed in [hacli]),
+    the group's transport key is set up on each with the SO PIN.
+    """
     ctx = app()
     with ctx.edit() as doc:
         g = haedit.create_group(doc, label, _members_arg(members), serial)
-    _report(ctx.path, as_json, {"group": _group_dict(g)},
-            [f"Created HA group {g.label} (serial {g.serial}) with members {', '.join(g.members)}"])
+        keys = _with_members(doc, g, so_pin_file, no_transport_key)
+    _report(ctx.path, as_json, {"group": _group_dict(g), "transport_key": keys},
+            [f"Created HA group {g.label} (serial {g.serial}) with members {', '.join(g.members)}",
+             *_key_lines(keys)])
+
+
+def _key_lines(keys: dict[str, str]) -> list[str]:
+    return [f"Transport key on {serial}: {outcome}" for serial, outcome in keys.items()]
 
 
 @hagroup.command()
 @click.option("--group", "label", required=True, help="Group label.")
 @click.option("--serial", required=True, help="Serial number of the member to add.")
+@transport_options
 @json_option
-def addmember(label: str, serial: str, as_json: bool) -> None:
-    """Add a member to an HA group."""
+def addmember(label: str, serial: str, so_pin_file: str | None, no_transport_key: bool,
+              as_json: bool) -> None:
+    """Add a member to an HA group (and give it the group's transport key)."""
     ctx = app()
     with ctx.edit() as doc:
         g = haedit.add_member(doc, label, serial)
-    _report(ctx.path, as_json, {"group": _group_dict(g)},
-            [f"Added {serial.strip()} to {g.label}; members: {', '.join(g.members)}"])
+        keys = _with_members(doc, g, so_pin_file, no_transport_key)
+        config = load_config(doc, str(ctx.path))
+    from hacli.cli.members import log_event
+
+    log_event(config, g.label, serial.strip(), "added")
+    _report(ctx.path, as_json, {"group": _group_dict(g), "transport_key": keys},
+            [f"Added {serial.strip()} to {g.label}; members: {', '.join(g.members)}",
+             *_key_lines(keys)])
 
 
 @hagroup.command()
@@ -252,6 +292,10 @@ def removemember(label: str, serial: str, as_json: bool) -> None:
     ctx = app()
     with ctx.edit() as doc:
         g = haedit.remove_member(doc, label, serial)
+        config = load_config(doc, str(ctx.path))
+    from hacli.cli.members import log_event
+
+    log_event(config, g.label, serial, "removed")
     _report(ctx.path, as_json, {"group": _group_dict(g)},
             [f"Removed {serial} from {g.label}; members: {', '.join(g.members)}"])
 
@@ -268,18 +312,34 @@ def deletegroup(label: str, as_json: bool) -> None:
 
 
 @hagroup.command()
+@click.option("--no-probe", is_flag=True, help="Do not contact the members (configuration only).")
 @json_option
-def listgroups(as_json: bool) -> None:
-    """List the HA settings and every group, like lunacm's listgroups."""
+def listgroups(no_probe: bool, as_json: bool) -> None:
+    """List the HA settings and every group, like lunacm's listgroups.
+
+    Members that hacli can reach (their modules are listed in [hacli]) are
+    probed: alive or down, with their token label.
+    """
     ctx = app()
     doc = ctx.load()
-    s = load_settings(doc)
-    groups = load_groups(doc)
+    config = load_config(doc, str(ctx.path))
+    s, groups = config.settings, config.groups
+    live: dict[str, dict[str, Any]] = {}
+    if not no_probe:
+        from hacli.cli.members import live_members
+
+        live = live_members(config)
+
+    def member(serial: str) -> dict[str, Any]:
+        info = live.get(serial, {"status": "unknown", "label": "", "needs_sync": None})
+        return {"serial": serial, **info}
+
     if as_json:
         render.emit_json({
             "file": str(ctx.path),
             "settings": settings_dict(s),
-            "groups": [_group_dict(g) for g in groups],
+            "groups": [{**_group_dict(g), "members": [member(m) for m in g.members]}
+                       for g in groups],
         })
         return
     retries = "unlimited" if s.reconn_att < 0 else str(s.reconn_att)
@@ -295,14 +355,19 @@ def listgroups(as_json: bool) -> None:
         render.echo("")
         render.echo("No HA groups are configured (hacli hagroup creategroup ...).")
     for g in groups:
+        rows = [member(m) for m in g.members]
+        sync = {r["needs_sync"] for r in rows}
         render.echo("")
         render.fields([
             ("HA Group Label", g.label),
             ("HA Group Number", g.serial),
             ("Synchronization", "enabled" if g.synchronize else "disabled"),
             ("Group Members", ", ".join(g.members)),
+            ("Needs sync", "yes" if True in sync else "no" if sync == {False} else "unknown"),
         ])
         render.echo("")
-        render.table(["#", "Member S/N"], [[i + 1, m] for i, m in enumerate(g.members)])
+        render.table(["#", "Member S/N", "Member Label", "Status"],
+                     [[i + 1, r["serial"], r["label"] or "-", r["status"]]
+                      for i, r in enumerate(rows)])
     render.echo("")
     render.echo(f"({ctx.path})")

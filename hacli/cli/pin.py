@@ -14,6 +14,7 @@ import click
 from hacli.errors import UsageError
 
 PIN_ENV = "HACLI_PIN"
+SO_PIN_ENV = "HACLI_SO_PIN"
 
 
 def pin_file_option(f):  # type: ignore[no-untyped-def]
@@ -34,26 +35,35 @@ def read_pin_file(path: str | Path) -> str:
     return pin
 
 
-def lab_pin_file(lab_dir: str | None) -> Path | None:
-    """The lab's PIN file when the configuration was written by ``hacli lab up``."""
+def so_pin_file_option(f):  # type: ignore[no-untyped-def]
+    """``--so-pin-file FILE``: the Security Officer PIN, for the transport key."""
+    return click.option("--so-pin-file", metavar="FILE",
+                        help=f"Read the SO PIN from FILE (else ${SO_PIN_ENV}, the lab's, "
+                             "or a prompt).")(f)
+
+
+def lab_pin_file(lab_dir: str | None, so: bool = False) -> Path | None:
+    """The lab's (SO) PIN file when the configuration was written by ``hacli lab up``."""
     if not lab_dir:
         return None
     from hacli.lab import Lab
 
-    path = Lab(Path(lab_dir)).pin_file
+    lab = Lab(Path(lab_dir))
+    path = lab.so_pin_file if so else lab.pin_file
     return path if path.exists() else None
 
 
-def resolve_pin(pin_file: str | None, lab_dir: str | None = None,
-                prompt: str = "Enter PIN") -> str:
-    """The user PIN, from the first source that has one."""
+def resolve_pin(pin_file: str | None, lab_dir: str | None = None, *, so: bool = False) -> str:
+    """The user (or SO) PIN, from the first source that has one: the file
+    given, the environment, the lab's PIN file, a hidden prompt."""
+    env, flag = (SO_PIN_ENV, "--so-pin-file") if so else (PIN_ENV, "--pin-file")
     if pin_file:
         return read_pin_file(pin_file)
-    if os.environ.get(PIN_ENV):
-        return os.environ[PIN_ENV]
-    lab_file = lab_pin_file(lab_dir)
+    if os.environ.get(env):
+        return os.environ[env]
+    lab_file = lab_pin_file(lab_dir, so)
     if lab_file is not None:
         return read_pin_file(lab_file)
     if not sys.stdin.isatty():
-        raise UsageError(f"no PIN: give --pin-file FILE or set {PIN_ENV}")
-    return str(click.prompt(prompt, hide_input=True))
+        raise UsageError(f"no {'SO ' if so else ''}PIN: give {flag} FILE or set {env}")
+    return str(click.prompt("Enter SO PIN" if so else "Enter PIN", hide_input=True))

@@ -1,0 +1,79 @@
+"""What hagroup commands do with live members: probe them, set up the transport key.
+
+Kept out of :mod:`hacli.cli.hagroup` so that the configuration-only commands
+never import the engine (and python-pkcs11).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hacli.cli import render
+
+if TYPE_CHECKING:
+    from hacli.conf.model_types import GroupConf, HAConfig
+
+
+def reachable(config: HAConfig, group: GroupConf) -> bool:
+    """True when hacli knows where every member's module is (``[hacli]``)."""
+    return all(config.location(s) is not None for s in group.members)
+
+
+def live_members(config: HAConfig) -> dict[str, dict[str, Any]]:
+    """serial -> {"status": alive|down, "label": token label, "needs_sync": bool|None}.
+
+    Members without a module location are absent (hacli cannot reach them).
+    Probing is bounded by the command timeout (``ReceiveTimeout``) per member.
+    """
+    from hacli.engine import Engine
+
+    groups = [g.label for g in config.groups if reachable(config, g)]
+    if not groups:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    with Engine(config, groups=groups) as engine:
+        statuses = {m.serial: m for g in engine.status(probe=True) for m in g.members}
+        for slot in engine.slots():
+            if slot.kind != "member":
+                continue
+            m = statuses[slot.token_serial]
+            label = ""
+            if m.alive:
+                try:
+                    label = engine.token_info(slot.slot_id).label
+                except Exception:  # a member that died between probe and info
+                    label = ""
+            out[slot.token_serial] = {"status": "alive" if m.alive else "down",
+                                      "label": label.strip(), "needs_sync": None}
+    return out
+
+
+def setup_transport_key(config: HAConfig, group: GroupConf, so_pin_file: str | None,
+                        lab_dir: str | None) -> dict[str, str]:
+    """Give every member of ``group`` the group's transport key (SO PIN needed).
+
+    Returns serial -> outcome (present, created, copied, unreachable: CKR_...).
+    """
+    from hacli.cli.pin import resolve_pin
+    from hacli.engine import provision_transport_key
+
+    if not reachable(config, group):
+        missing = [s for s in group.members if config.location(s) is None]
+        render.warn(f"transport key not set up: no module location in [hacli] for "
+                    f"{', '.join(missing)}")
+        return {}
+    so_pin = resolve_pin(so_pin_file, lab_dir, so=True)
+    result = provision_transport_key(config, group.label, so_pin)
+    for serial, outcome in result.items():
+        if outcome not in ("present", "created", "copied"):
+            render.warn(f"transport key on {serial}: {outcome}")
+    return result
+
+
+def log_event(config: HAConfig, group: str, serial: str, event: str) -> None:
+    """Write a configuration event (added, removed) to the HA log when it is enabled."""
+    s = config.settings
+    if s.ha_log_enabled and s.ha_log_path:
+        from hacli.engine.halog import HALog
+
+        HALog(s.ha_log_path, s.log_len).event(group, serial, event)

@@ -1,0 +1,64 @@
+"""hagroup commands against live lab members: probing, transport key, HA log events."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from clihelpers import assert_one_error_line, run_process
+
+from hacli.lab import Lab
+
+
+def listgroups(conf: Path) -> dict:
+    res = run_process("--conf", str(conf), "hagroup", "listgroups", "--json")
+    assert res.code == 0, res.err
+    return json.loads(res.out)
+
+
+def test_listgroups_shows_live_member_status(healthy_lab: Lab) -> None:
+    first, second = healthy_lab.members()
+    members = listgroups(healthy_lab.conf_path)["groups"][0]["members"]
+    assert [(m["serial"], m["status"], m["label"]) for m in members] == [
+        (first.serial, "alive", first.label), (second.serial, "alive", second.label)]
+    healthy_lab.fail(second.serial)
+    members = listgroups(healthy_lab.conf_path)["groups"][0]["members"]
+    assert [m["status"] for m in members] == ["alive", "down"]
+    human = run_process("--conf", str(healthy_lab.conf_path), "hagroup", "listgroups")
+    assert "member0" in human.out and "down" in human.out
+    offline = run_process("--conf", str(healthy_lab.conf_path), "hagroup", "listgroups",
+                          "--no-probe", "--json")
+    assert {m["status"] for m in json.loads(offline.out)["groups"][0]["members"]} == {"unknown"}
+
+
+def test_group_membership_sets_up_transport_key_and_logs(lab3: Lab, tmp_path: Path) -> None:
+    conf = tmp_path / "Chrystoki.conf"
+    shutil.copyfile(lab3.conf_path, conf)
+    log_dir = tmp_path / "log"
+    s0, s1, s2 = (m.serial for m in lab3.members())
+    c = ["--conf", str(conf), "hagroup"]
+    assert run_process(*c, "halog", "--enable", "--path", str(log_dir)).code == 0
+    assert run_process(*c, "deletegroup", "--label", "labgroup").code == 0
+
+    before = conf.read_bytes()
+    bad_pin = tmp_path / "so-pin"
+    bad_pin.write_text("wrong-so-pin\n")
+    res = run_process(*c, "creategroup", "--label", "g2", "--members", f"{s0},{s1}",
+                      "--so-pin-file", str(bad_pin))
+    assert_one_error_line(res, 1)
+    assert "wrong-so-pin" not in res.err
+    assert conf.read_bytes() == before  # refused: nothing written
+
+    res = run_process(*c, "creategroup", "--label", "g2", "--members", f"{s0},{s1}", "--json")
+    assert res.code == 0, res.err
+    keys = json.loads(res.out)["transport_key"]
+    assert set(keys) == {s0, s1} and set(keys.values()) <= {"present", "created", "copied"}
+
+    res = run_process(*c, "addmember", "--group", "g2", "--serial", s2, "--json")
+    assert res.code == 0, res.err
+    assert s2 in json.loads(res.out)["transport_key"]
+    assert run_process(*c, "removemember", "--group", "g2", "--serial", s0).code == 0
+    events = [line.split()[1:4] for line in (log_dir / "haErrorLog.txt").read_text().splitlines()]
+    assert ["g2", s2, "added"] in events and ["g2", s0, "removed"] in events
+    assert lab3.pin() not in (log_dir / "haErrorLog.txt").read_text()
