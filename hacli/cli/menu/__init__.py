@@ -1,0 +1,43 @@
+"""``hacli ckdemo`` (and ``hacli`` alone): the CKDemo-style numbered menu.
+
+The sections, numbers and names are CKDemo's, as in the origin document; the
+options this tool carries out drive :mod:`hacli.engine` on member slots and HA
+virtual slots; the others answer ``CKR_FUNCTION_NOT_SUPPORTED``.  For a lab
+group (``LabDir`` in the ``hacli`` section) an extra section crashes, freezes
+and restores members.  See docs/menu.md.
+"""
+
+from __future__ import annotations
+
+import click
+
+from hacli.cli.context import app
+
+
+@click.command()
+@click.option("--pin-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="Read the user PIN for 3 Login / 51 HA Login from FILE (no prompt).")
+def ckdemo(pin_file: str | None) -> int:
+    """The CKDemo-style numbered menu (also: hacli alone).
+
+    Reads one answer per line, from a terminal or piped stdin; end of input
+    or 0 quits (exit 0).  The PIN comes from --pin-file, HACLI_PIN, or a
+    hidden prompt (for a lab group an empty answer uses the lab's PIN).
+    """
+    from hacli.cli.menu.actions import Ctx
+    from hacli.cli.menu.loop import run
+    from hacli.cli.menu.prompts import Prompter
+    from hacli.cli.menu.state import MenuState, find_lab_dir
+
+    context = app()
+    path = context.path
+    try:
+        lab_dir = find_lab_dir(context.load().get)
+    except Exception:  # an unreadable file: the menu still opens; actions report it
+        lab_dir = None
+    state = MenuState(conf_path=path, load_config=context.config, lab_dir=lab_dir,
+                      pin_file=pin_file)
+    return run(Ctx(state, Prompter()))
+
+
+__all__ = ["ckdemo"]

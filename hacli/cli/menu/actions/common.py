@@ -1,0 +1,205 @@
+"""What the actions share: the registry, and the slot, session, object, data
+and PIN prompts (CKDemo's questions), built on :mod:`hacli.cli.menu.prompts`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hacli.cli.menu.prompts import BadAnswer, Prompter
+from hacli.cli.menu.state import MenuState
+
+if TYPE_CHECKING:
+    from hacli.engine import Engine, SlotInfo, VirtualSession
+
+
+@dataclass
+class Ctx:
+    """What an action gets: the menu's state and its input/output."""
+
+    state: MenuState
+    io: Prompter
+
+    def say(self, text: str = "") -> None:
+        self.io.say(text)
+
+    def engine(self) -> Engine:
+        """The engine; options used before 50 HA Init initialise it implicitly."""
+        if not self.state.initialised:
+            engine = self.state.init_engine()
+            self.say(f"(HA Init: {len(engine.groups)} HA group(s) from {self.state.conf_path})")
+        assert self.state.engine_ is not None
+        return self.state.engine_
+
+
+class MenuError(Exception):
+    """An action cannot go on: a message, then the status line with ``ckr``."""
+
+    def __init__(self, message: str, ckr: str):
+        super().__init__(message)
+        self.ckr = ckr
+
+
+#: An action returns None (CKR_OK) or the CKR name for the status line.
+Action = Callable[[Ctx], "str | None"]
+ACTIONS: dict[int, Action] = {}
+
+
+def action(number: int) -> Callable[[Action], Action]:
+    """Register a function as menu option ``number``."""
+    def register(fn: Action) -> Action:
+        ACTIONS[number] = fn
+        return fn
+
+    return register
+
+
+# -- slots ------------------------------------------------------------------
+def slot_line(slot: SlotInfo) -> str:
+    return f"slot#{slot.slot_id} - {slot.description}"
+
+
+def choose_slot(ctx: Ctx, ha_only: bool = False) -> SlotInfo:
+    """CKDemo's slot question: ``Slots available:``, one line a slot, ``Select a slot:``."""
+    slots = ctx.engine().slots()
+    if not slots:
+        raise MenuError(f"No slots: no HA group is configured in {ctx.state.conf_path}.",
+                        "CKR_SLOT_ID_INVALID")
+    ctx.say("Slots available:")
+    for s in slots:
+        ctx.say(slot_line(s))
+    by_id = {s.slot_id: s for s in slots}
+
+    def parse(text: str) -> SlotInfo:
+        try:
+            slot = by_id[int(text)]
+        except (ValueError, KeyError):
+            raise BadAnswer(f"'{text}' is not a slot; enter one of "
+                            f"{', '.join(map(str, by_id))}.") from None
+        if ha_only and slot.kind != "ha":
+            raise BadAnswer(f"slot#{slot.slot_id} is not an HA Virtual Card Slot; choose "
+                            "an HA slot.")
+        return slot
+
+    return ctx.io.ask("Select a slot", parse)
+
+
+def temporary_session(ctx: Ctx, slot: SlotInfo) -> VirtualSession:
+    """A session for a slot-level question (closed by the caller's ``with``)."""
+    return ctx.engine().open_session(slot.slot_id, rw=True)
+
+
+# -- sessions -----------------------------------------------------------------
+def session_label(handle: int, session: VirtualSession) -> str:
+    info = session.info()
+    where = f"member {info.member}" if info.member else f"HA group {info.group}"
+    return f"{handle} (slot#{info.slot_id if not info.member else '-'} {where})"
+
+
+def choose_session(ctx: Ctx) -> VirtualSession:
+    """``Enter session handle`` among the open sessions (default: the last opened)."""
+    sessions = ctx.state.sessions
+    if not sessions:
+        raise MenuError("No session is open: open one with 1 (Open Session) first.",
+                        "CKR_SESSION_HANDLE_INVALID")
+    ctx.say("Open sessions: " + ", ".join(str(h) for h in sorted(sessions)))
+
+    def parse(text: str) -> VirtualSession:
+        try:
+            return sessions[int(text)]
+        except (ValueError, KeyError):
+            raise BadAnswer(f"'{text}' is not an open session handle; enter one of "
+                            f"{', '.join(map(str, sorted(sessions)))}.") from None
+
+    return ctx.io.ask("Enter session handle", parse, str(ctx.state.last_session))
+
+
+# -- objects ------------------------------------------------------------------
+def class_name(cls: Any) -> str:
+    name = getattr(cls, "name", None)
+    return f"CKO_{name}" if name else str(cls)
+
+
+def choose_object(ctx: Ctx, session: VirtualSession, prompt: str = "Enter object handle",
+                  classes: Iterable[Any] | None = None) -> int:
+    """A virtual object handle known to the session's group (and of a wanted class)."""
+    wanted = tuple(classes) if classes is not None else None
+
+    def parse(text: str) -> int:
+        try:
+            handle = int(text)
+            cls = session.object_class(handle)
+        except ValueError:
+            raise BadAnswer(f"'{text}' is not a handle; enter a number "
+                            "(26 Find object lists them).") from None
+        except Exception:
+            raise BadAnswer(f"No object has handle {text} (26 Find object lists them).") \
+                from None
+        if wanted is not None and cls not in wanted:
+            kinds = " or ".join(class_name(c) for c in wanted)
+            raise BadAnswer(f"Handle {handle} is a {class_name(cls)}; this needs a {kinds}.")
+        return handle
+
+    return ctx.io.ask(prompt, parse)
+
+
+# -- data -----------------------------------------------------------------------
+def read_data(ctx: Ctx, what: str = "data") -> bytes:
+    """CKDemo asks where data comes from: a file, or text typed now."""
+    source = ctx.io.ask_choice(f"Where does the {what} come from?",
+                               ["typed text", "a file"], "Select")
+    if source == 0:
+        return ctx.io.ask_text(f"Enter the {what}").encode()
+    path = ctx.io.ask_file("File name")
+    return path.read_bytes()
+
+
+def write_output(ctx: Ctx, data: bytes, prompt: str, default: str) -> Path:
+    path = ctx.io.ask_output_file(prompt, default)
+    path.write_bytes(data)
+    ctx.say(f"Wrote {len(data)} bytes to {path}")
+    return path
+
+
+def hexdump(data: bytes, limit: int = 64) -> str:
+    text = data[:limit].hex()
+    return text + ("..." if len(data) > limit else "")
+
+
+# -- PINs -----------------------------------------------------------------------
+PIN_ERRORS = ("CKR_PIN_INCORRECT", "CKR_PIN_LEN_RANGE", "CKR_PIN_INVALID")
+
+
+def with_pin(ctx: Ctx, login: Callable[[str], None], attempts: int = 3) -> None:
+    """Call ``login(pin)``: a configured PIN once, or a typed one up to ``attempts`` times.
+
+    The PIN is never printed; for a lab group an empty answer uses the lab's PIN.
+    """
+    from hacli.engine import CKRError
+
+    configured = ctx.state.configured_pin()
+    if configured is not None:
+        ctx.say(f"Using the PIN from {configured[1]}.")
+        login(configured[0])
+        return
+    lab_pin = ctx.state.lab_pin()
+    prompt = "Enter PIN (empty: the lab's PIN): " if lab_pin else "Enter PIN: "
+    for attempt in range(1, attempts + 1):
+        pin = ctx.io.secret(prompt)
+        if not pin:
+            if not lab_pin:
+                ctx.say("A PIN is needed.")
+                continue
+            pin = lab_pin
+        try:
+            login(pin)
+            return
+        except CKRError as e:
+            if e.ckr not in PIN_ERRORS or attempt == attempts:
+                raise
+            from hacli.cli.menu.screen import explain_ckr
+
+            ctx.say(f"{explain_ckr(e.ckr)} ({e.ckr}); try again.")
+    raise MenuError("No PIN was given.", "CKR_PIN_INCORRECT")

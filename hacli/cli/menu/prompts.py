@@ -1,0 +1,187 @@
+"""Reading answers: one line per answer, from a terminal or a pipe.
+
+Every ``ask_*`` prompts, validates and asks again after a clear message until
+the answer is good, so a typo never loses the menu's state.  End of input at
+any prompt raises :class:`Quit` (the menu closes, exit status 0).  PINs are
+read without echo from the terminal (``getpass``) or as one line from a pipe,
+and never written anywhere.
+
+When input is piped the answer is echoed after the prompt, so a scripted
+session's output reads like a terminal transcript (never for PINs).
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, TypeVar
+
+T = TypeVar("T")
+
+
+class Quit(Exception):
+    """End of input (or an explicit quit): leave the menu."""
+
+
+class BadAnswer(ValueError):
+    """An answer that does not fit the prompt; its text is shown before asking again."""
+
+
+class Prompter:
+    """Line-oriented input and output for the menu."""
+
+    def __init__(self, stdin: IO[str] | None = None, stdout: IO[str] | None = None):
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.interactive = bool(self.stdin.isatty())
+
+    # -- output ------------------------------------------------------------
+    def say(self, text: str = "") -> None:
+        self.stdout.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stdout.flush()
+
+    # -- raw input -----------------------------------------------------------
+    def line(self, prompt: str) -> str:
+        """One answer (stripped).  EOF -> :class:`Quit`."""
+        self.stdout.write(prompt)
+        self.stdout.flush()
+        raw = self.stdin.readline()
+        if raw == "":
+            self.stdout.write("\n")
+            raise Quit()
+        answer = raw.rstrip("\r\n")
+        if not self.interactive:
+            self.stdout.write(answer + "\n")
+        return answer.strip()
+
+    def secret(self, prompt: str) -> str:
+        """A PIN: no echo on a terminal; one line from a pipe (never echoed)."""
+        if self.interactive:
+            self.stdout.flush()
+            try:
+                return getpass.getpass(prompt)
+            except EOFError:
+                raise Quit() from None
+        self.stdout.write(prompt)
+        self.stdout.flush()
+        raw = self.stdin.readline()
+        self.stdout.write("\n")
+        if raw == "":
+            raise Quit()
+        return raw.rstrip("\r\n")
+
+    # -- validated answers -----------------------------------------------------
+    def ask(self, prompt: str, parse: Callable[[str], T], default: str | None = None) -> T:
+        """Ask until ``parse`` accepts the answer (empty answer -> ``default``)."""
+        shown = f"{prompt} [{default}]: " if default not in (None, "") else f"{prompt}: "
+        while True:
+            answer = self.line(shown)
+            if answer == "" and default is not None:
+                answer = default
+            try:
+                return parse(answer)
+            except BadAnswer as e:
+                self.say(str(e))
+
+    def ask_int(self, prompt: str, low: int, high: int, default: int | None = None) -> int:
+        def parse(text: str) -> int:
+            return parse_int(text, low, high)
+
+        return self.ask(prompt, parse, None if default is None else str(default))
+
+    def ask_choice(self, title: str, options: Sequence[str], prompt: str = "Select",
+                   default: int | None = 1) -> int:
+        """A numbered list; returns the 0-based index of the choice."""
+        self.say(title)
+        for i, text in enumerate(options, 1):
+            self.say(f"  {i} - {text}")
+        return self.ask_int(prompt, 1, len(options), default) - 1
+
+    def ask_yes_no(self, prompt: str, default: bool = False) -> bool:
+        def parse(text: str) -> bool:
+            low = text.lower()
+            if low in ("y", "yes", "1"):
+                return True
+            if low in ("n", "no", "0"):
+                return False
+            raise BadAnswer("Answer y or n.")
+
+        return self.ask(f"{prompt} (y/n)", parse, "y" if default else "n")
+
+    def ask_text(self, prompt: str, default: str | None = None,
+                 allow_empty: bool = False) -> str:
+        def parse(text: str) -> str:
+            if not text and not allow_empty:
+                raise BadAnswer("An answer is needed here.")
+            return text
+
+        return self.ask(prompt, parse, default)
+
+    def ask_file(self, prompt: str, default: str | None = None) -> Path:
+        """An existing, readable file."""
+        return self.ask(prompt, existing_file, default)
+
+    def ask_output_file(self, prompt: str, default: str | None = None) -> Path:
+        """A file that can be written (its directory exists; not a directory)."""
+        return self.ask(prompt, writable_file, default)
+
+    def ask_optional_file(self, prompt: str, output: bool = False) -> Path | None:
+        """A file name, or None for an empty answer."""
+        check = writable_file if output else existing_file
+        return self.ask(prompt, lambda text: check(text) if text else None, "")
+
+    def ask_hex(self, prompt: str, default: str | None = None) -> bytes:
+        return self.ask(prompt, parse_hex, default)
+
+
+# -- parsers (pure; each raises BadAnswer with the message to show) --------------
+def parse_int(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text, 0) if text.lower().startswith("0x") else int(text)
+    except ValueError:
+        raise BadAnswer(f"'{text}' is not a number; enter a number from {low} to {high}.") \
+            from None
+    if not low <= value <= high:
+        raise BadAnswer(f"{value} is out of range; enter a number from {low} to {high}.")
+    return value
+
+
+def existing_file(text: str) -> Path:
+    if not text:
+        raise BadAnswer("Enter a file name.")
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise BadAnswer(f"No such file: {text}")
+    if not path.is_file():
+        raise BadAnswer(f"Not a regular file: {text}")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as e:
+        raise BadAnswer(f"Cannot read {text}: {e.strerror}") from None
+    return path
+
+
+def writable_file(text: str) -> Path:
+    if not text:
+        raise BadAnswer("Enter a file name.")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise BadAnswer(f"{text} is a directory; enter a file name.")
+    if not path.parent.is_dir():
+        raise BadAnswer(f"No such directory: {path.parent}")
+    return path
+
+
+def parse_hex(text: str) -> bytes:
+    cleaned = text.replace(" ", "").replace(":", "")
+    if cleaned.lower().startswith("0x"):
+        cleaned = cleaned[2:]
+    try:
+        return bytes.fromhex(cleaned)
+    except ValueError:
+        raise BadAnswer(f"'{text}' is not hexadecimal (e.g. 0a1b2c).") from None
