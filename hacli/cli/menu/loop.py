@@ -18,7 +18,11 @@ def _choice(ctx: Ctx, entries: dict[int, str]) -> int:
     def parse(text: str) -> int:
         if not text:
             raise BadAnswer("Enter the number of an option (0 quits).")
-        number = parse_int(text, 0, 10**6)
+        try:
+            number = parse_int(text, 0, 10**6)
+        except BadAnswer:
+            raise BadAnswer(f"'{text}' is not an option; enter the number of an option "
+                            "(0 quits).") from None
         if number not in entries:
             raise BadAnswer(f"There is no option {number} in the menu; enter one of the "
                             f"numbers shown (0 to {top}).")

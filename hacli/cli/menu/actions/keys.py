@@ -17,6 +17,7 @@ from hacli.cli.menu.actions.common import (
     hexdump,
     write_output,
 )
+from hacli.engine import CKRError
 
 
 @action(60)
@@ -27,7 +28,14 @@ def wrap_key(ctx: Ctx) -> None:
     key = choose_object(ctx, session, "Enter handle of the key to wrap",
                         (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY))
     mech = mechs.choose_mechanism(ctx, session, mechs.WRAP, mechs.key_type_of(session, wrapping))
-    blob = session.wrap_key(wrapping, key, mech.mechanism, mech.param)
+    try:
+        blob = session.wrap_key(wrapping, key, mech.mechanism, mech.param)
+    except CKRError as e:
+        if e.ckr == "CKR_KEY_NOT_WRAPPABLE":
+            ctx.say("Keys made through an HA group carry CKA_WRAP_WITH_TRUSTED: only a trusted "
+                    "wrapping key (CKA_TRUSTED, set by the SO, such as the group's "
+                    "hacli-transport key) can wrap them.")
+        raise
     ctx.say(f"Wrapped key ({len(blob)} bytes): {hexdump(blob)}")
     write_output(ctx, blob, "Write the wrapped key to file", "wrapped.key")
 
@@ -80,6 +88,10 @@ def _ec_point(session: Any, handle: int) -> bytes:
 @action(63)
 def derive_key(ctx: Ctx) -> None:
     session = choose_session(ctx)
+    if Mechanism.ECDH1_DERIVE not in session.mechanisms():
+        raise MenuError("The slot does not list CKM_ECDH1_DERIVE (p11-kit 0.24's RPC, which "
+                        "the lab's members are reached through, does not carry it).",
+                        "CKR_MECHANISM_INVALID")
     base = choose_object(ctx, session, "Enter your EC private key handle",
                          (ObjectClass.PRIVATE_KEY,))
     if mechs.key_type_of(session, base) != KeyType.EC:
@@ -115,10 +127,11 @@ KNOWN_KEYS = (
     KnownKey("known-aes256", KeyType.AES, bytes(range(32)), Mechanism.AES_ECB,
              bytes.fromhex("00112233445566778899aabbccddeeff"),
              "8ea2b7ca516745bfeafc49904b496089", "FIPS-197 C.3"),
-    KnownKey("known-hmac", KeyType.GENERIC_SECRET, b"Jefe", Mechanism.SHA256_HMAC,
-             b"what do ya want for nothing?",
-             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
-             "RFC 4231 test case 2"),
+    # (test case 6: SoftHSM2 wants HMAC keys of 32 bytes or more)
+    KnownKey("known-hmac", KeyType.GENERIC_SECRET, b"\xaa" * 131, Mechanism.SHA256_HMAC,
+             b"Test Using Larger Than Block-Size Key - Hash Key First",
+             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+             "RFC 4231 test case 6"),
 )
 
 
