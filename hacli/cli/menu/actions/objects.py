@@ -34,7 +34,7 @@ DISPLAY = (
 
 #: Attributes 25 Set attribute can change, and how their value is typed.
 TEXT_ATTRS = (Attribute.LABEL, Attribute.APPLICATION)
-HEX_ATTRS = (Attribute.ID, Attribute.VALUE)
+HEX_ATTRS = (Attribute.ID,)
 BOOL_ATTRS = (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.SIGN, Attribute.VERIFY,
               Attribute.WRAP, Attribute.UNWRAP, Attribute.DERIVE, Attribute.SENSITIVE,
               Attribute.PRIVATE, Attribute.MODIFIABLE)
