@@ -10,62 +10,24 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from enginehelpers import codes, lab_config, make_engines, wait_for
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
-from hacli.conf.model_types import GroupConf, HAConfig, HASettings, MemberLocation
 from hacli.engine import CKRError, Engine, provision_transport_key
 from hacli.engine.halog import LOG_NAME
 
 pytestmark = pytest.mark.lab
 
-SIGN = Mechanism.SHA256_RSA_PKCS
-
-
-def lab_config(lab: Any, log_dir: Path, *, interval: int = 1, timeout_ms: int = 2000,
-               reconn: int = -1, mode: str = "activeBasic", ha_only: bool = False) -> HAConfig:
-    ms = lab.members()
-    return HAConfig(
-        settings=HASettings(reconn_att=reconn, auto_reconnect_interval=interval,
-                            receive_timeout_ms=timeout_ms, ha_log_enabled=True,
-                            ha_log_path=str(log_dir), recovery_mode=mode, ha_only=ha_only),
-        groups=(GroupConf(0, lab.group_label, lab.group_serial, tuple(m.serial for m in ms)),),
-        members={m.serial: MemberLocation(m.serial, lab.client_library, dict(m.env)) for m in ms},
-    )
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return bool(cond())
-
-
-def codes(engine: Engine) -> dict[str, str]:
-    st = engine.group().status()
-    return {m.serial: m.status for m in st.members} | {"group": st.status}
-
 
 @pytest.fixture
-def engine_factory(tmp_path: Path):
-    engines: list[Engine] = []
+def engine_factory(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
+    yield from make_engines(tmp_path)
 
-    def make(lab: Any, **kw: Any) -> Engine:
-        cfg = lab_config(lab, tmp_path / "halog", **kw)
-        provision_transport_key(cfg, lab.group_label, lab.so_pin(), lab.pin())
-        e = Engine(cfg)
-        engines.append(e)
-        return e
-
-    yield make
-    for e in engines:
-        e.close()
+SIGN = Mechanism.SHA256_RSA_PKCS
 
 
 def test_origin_document_scenario(healthy_lab, engine_factory, tmp_path) -> None:

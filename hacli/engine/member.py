@@ -100,6 +100,8 @@ class Connection:
         self.objects: dict[int, Any] = {}
         self.transport: Any = None
         self.retired: list[Any] = []
+        #: idle sessions for multi-part operations (see hacli.engine.multipart)
+        self.op_sessions: list[Any] = []
         #: False when the module cannot carry CKM_AES_KEY_WRAP_PAD (p11-kit 0.24
         #: RPC filters it out): replication then uses value transfer.
         self.can_wrap = True

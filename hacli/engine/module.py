@@ -245,6 +245,20 @@ class ModuleInstance:
                     return fut.result()
                 raise CallTimeout(operation, self.name, timeout)
 
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any] | None:
+        """Queue ``fn(*args)`` on the worker without waiting (clean-up work).
+
+        Returns the future, or None when the instance is abandoned or closed
+        (the task would never run).  Nobody bounds it: use it only for work
+        that must run in order with the calls already queued, e.g. ending a
+        multi-part operation on a member that was just marked down.
+        """
+        if not self.usable:
+            return None
+        task = _Task(fn, args)
+        self._queue.put(task)
+        return task.future
+
     def _abandon_locked(self) -> None:
         self.abandoned = True
         with _GRAVEYARD_LOCK:

@@ -12,6 +12,7 @@ Errors are :class:`~hacli.engine.exceptions.CKRError` with the ``CKR_*`` name.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +21,10 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.defaults import DEFAULT_KEY_CAPABILITIES
 from pkcs11.util import ec as _ec
 
+from hacli.engine import multipart
 from hacli.engine.exceptions import CKRError
 from hacli.engine.group import _capability_attrs, _ha_key_attrs, _ident_of, random_id
+from hacli.engine.multipart import FUNCTIONS, MultiPart
 from hacli.engine.types import SessionInfo, TokenInfo
 
 if TYPE_CHECKING:
@@ -74,6 +77,9 @@ class VirtualSession:
         self.only = only
         self.closed = False
         self._found: list[int] | None = None
+        #: active multi-part operations by kind (_STARTING while C_xInit runs)
+        self._ops: dict[str, MultiPart | object] = {}
+        self._ops_lock = threading.Lock()
 
     def __repr__(self) -> str:
         pin = f" member={self.only.serial}" if self.only else ""
@@ -95,13 +101,24 @@ class VirtualSession:
             raise CKRError("CKR_SESSION_READ_ONLY", operation)
 
     def _member_failed(self, member: Member) -> None:
-        """Called by the group when a member fails (hook for multi-part state)."""
+        """Called by the group (its lock held) when a member is marked down:
+        multi-part operations running there are over (CKR_DEVICE_ERROR next)."""
+        with self._ops_lock:
+            ops = [op for op in self._ops.values()
+                   if isinstance(op, MultiPart) and op.member is member]
+        for op in ops:
+            self.group.operation_member_failed(op)
 
     def close(self) -> None:
-        """Close the session; its session objects are destroyed on every member."""
+        """Close the session: active multi-part operations end; its session
+        objects are destroyed on every member."""
         if self.closed:
             return
         self.closed = True
+        with self._ops_lock:
+            ops, self._ops = [o for o in self._ops.values() if isinstance(o, MultiPart)], {}
+        for op in ops:
+            self.group.abort_operation(op)
         self.group._session_closed(self)
 
     def info(self) -> SessionInfo:
@@ -380,5 +397,174 @@ class VirtualSession:
 
         return self._create("C_DeriveKey", task, [base_key])[0]
 
+    # -- multi-part operations (pinned to the member chosen at init) -------------
+    def _op_init(self, kind: str, key: int | None, mechanism: Any, param: Any) -> None:
+        fn = FUNCTIONS[kind][0]
+        self._check(fn)
+        vobj = self.group.vobject(key, fn) if key is not None else None
+        with self._ops_lock:
+            if kind in self._ops:
+                raise CKRError("CKR_OPERATION_ACTIVE", fn)
+            self._ops[kind] = _STARTING
+        try:
+            op = self.group.begin_operation(fn, kind, vobj, mechanism, param, self.only)
+        except BaseException:
+            with self._ops_lock:
+                self._ops.pop(kind, None)
+            raise
+        with self._ops_lock:
+            if self.closed:  # closed while C_xInit ran
+                self._ops.pop(kind, None)
+                abort = True
+            else:
+                self._ops[kind] = op
+                abort = False
+        if abort:
+            self.group.abort_operation(op)
+            raise CKRError("CKR_SESSION_CLOSED", fn)
+
+    def _op_step(self, kind: str, final: bool, action: Any) -> Any:
+        fn = FUNCTIONS[kind][2 if final else 1]
+        self._check(fn)
+        with self._ops_lock:
+            op = self._ops.get(kind)
+        if not isinstance(op, MultiPart):
+            raise CKRError("CKR_OPERATION_NOT_INITIALIZED", fn)
+        with op.lock:
+            with self._ops_lock:
+                if self._ops.get(kind) is not op:  # ended by another thread meanwhile
+                    raise CKRError("CKR_OPERATION_NOT_INITIALIZED", fn)
+            ended = final
+            try:
+                if op.deferred is not None:
+                    return action(op)
+                return self.group.step_operation(op, fn, action)
+            except BaseException:
+                ended = True  # an error ends the operation (PKCS#11)
+                if op.driver is not None and not op.driver.done:
+                    self.group.abort_operation(op)
+                raise
+            finally:
+                if ended:
+                    with self._ops_lock:
+                        if self._ops.get(kind) is op:
+                            del self._ops[kind]
+
+    @staticmethod
+    def _chunk(data: Any, operation: str) -> bytes:
+        if isinstance(data, str):
+            return data.encode("utf-8")
+        if isinstance(data, bytes | bytearray | memoryview):
+            return bytes(data)
+        raise CKRError("CKR_ARGUMENTS_BAD", operation, detail="data must be bytes")
+
+    def _update(self, kind: str, data: Any) -> bytes:
+        def action(op: MultiPart) -> bytes:
+            chunk = self._chunk(data, FUNCTIONS[kind][1])
+            if op.deferred is not None:
+                op.deferred.append(chunk)
+                return b""
+            return multipart.feed(op, chunk)
+
+        return self._op_step(kind, False, action)
+
+    def _final(self, kind: str) -> Any:
+        def action(op: MultiPart) -> Any:
+            result, out = multipart.finish(op)
+            return result if kind in ("sign", "digest") else out
+
+        return self._op_step(kind, True, action)
+
+    def active_operations(self) -> dict[str, str | None]:
+        """Multi-part operations in progress: kind -> serial of the member serving it."""
+        with self._ops_lock:
+            return {k: (op.member.serial if isinstance(op, MultiPart) else None)
+                    for k, op in self._ops.items()}
+
+    def sign_init(self, key: int, mechanism: Any = None, mechanism_param: Any = None) -> None:
+        """C_SignInit on the member the balancer picks; the operation stays there."""
+        self._op_init("sign", key, mechanism, mechanism_param)
+
+    def sign_update(self, data: bytes) -> None:
+        """C_SignUpdate with one chunk."""
+        self._update("sign", data)
+
+    def sign_final(self) -> bytes:
+        """C_SignFinal: the signature; the operation ends."""
+        return self._final("sign")
+
+    def verify_init(self, key: int, mechanism: Any = None, mechanism_param: Any = None) -> None:
+        """C_VerifyInit (the operation stays on the member that began it)."""
+        self._op_init("verify", key, mechanism, mechanism_param)
+
+    def verify_update(self, data: bytes) -> None:
+        """C_VerifyUpdate with one chunk."""
+        self._update("verify", data)
+
+    def verify_final(self, signature: bytes) -> bool:
+        """C_VerifyFinal: True when the signature is valid; the operation ends.
+
+        CKR_SIGNATURE_INVALID and CKR_SIGNATURE_LEN_RANGE give False, as
+        :meth:`verify` does.
+        """
+        def action(op: MultiPart) -> bool:
+            sig = self._chunk(signature, "C_VerifyFinal")
+            if op.deferred is None:
+                return multipart.finish_verify(op, sig)
+            # signature length unknown at init: the whole operation runs now
+            chunks, (mech, param) = op.deferred, op.deferred_args
+            kw: dict[str, Any] = {}
+            if mech is not None:
+                kw["mechanism"] = mech
+            if param is not None:
+                kw["mechanism_param"] = param
+            vobj = self.group.vobject(op.key_handle or 0, "C_VerifyFinal")
+            return self.group.execute(
+                "C_VerifyFinal", lambda m, c, k: k.verify(iter(chunks), sig, **kw),
+                [vobj], self.only)
+
+        return self._op_step("verify", True, action)
+
+    def encrypt_init(self, key: int, mechanism: Any = None,
+                     mechanism_param: Any = None) -> None:
+        """C_EncryptInit (the operation stays on the member that began it)."""
+        self._op_init("encrypt", key, mechanism, mechanism_param)
+
+    def encrypt_update(self, data: bytes) -> bytes:
+        """C_EncryptUpdate: the ciphertext this chunk completes (may be empty)."""
+        return self._update("encrypt", data)
+
+    def encrypt_final(self) -> bytes:
+        """C_EncryptFinal: the last ciphertext part; the operation ends."""
+        return self._final("encrypt")
+
+    def decrypt_init(self, key: int, mechanism: Any = None,
+                     mechanism_param: Any = None) -> None:
+        """C_DecryptInit (the operation stays on the member that began it)."""
+        self._op_init("decrypt", key, mechanism, mechanism_param)
+
+    def decrypt_update(self, data: bytes) -> bytes:
+        """C_DecryptUpdate: the plaintext this chunk completes (may be empty)."""
+        return self._update("decrypt", data)
+
+    def decrypt_final(self) -> bytes:
+        """C_DecryptFinal: the last plaintext part; the operation ends."""
+        return self._final("decrypt")
+
+    def digest_init(self, mechanism: Any = pkcs11.Mechanism.SHA256,
+                    mechanism_param: Any = None) -> None:
+        """C_DigestInit (the operation stays on the member that began it)."""
+        self._op_init("digest", None, mechanism, mechanism_param)
+
+    def digest_update(self, data: bytes) -> None:
+        """C_DigestUpdate with one chunk."""
+        self._update("digest", data)
+
+    def digest_final(self) -> bytes:
+        """C_DigestFinal: the digest; the operation ends."""
+        return self._final("digest")
+
+
+_STARTING = object()
 
 __all__ = ["VirtualSession"]

@@ -196,6 +196,11 @@ HAConfiguration = {{
 # address of that member's server socket.
 hacli = {{
 {member_lines}   LabDir = {dir};
+   # lab: p11-kit 0.24's RPC forwards no AES key-wrap mechanism, so members
+   # cannot wrap keys under the transport key; lab keys are test keys, so they
+   # may be replicated by value (in the clear, through this host's memory).
+   # Never set this for keys that matter.
+   ReplicateByValue = 1;
 }}
 """
 

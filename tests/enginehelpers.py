@@ -1,0 +1,76 @@
+"""Helpers shared by the engine's lab tests (tests/test_engine_*.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from hacli.conf.model_types import GroupConf, HAConfig, HASettings, MemberLocation
+from hacli.engine import Engine, provision_transport_key
+from hacli.lab import find_tools
+
+
+def lab_config(lab: Any, log_dir: Path, *, interval: int = 1, timeout_ms: int = 2000,
+               reconn: int = -1, mode: str = "activeBasic", ha_only: bool = False,
+               by_value: bool = True, synchronize: bool = False) -> HAConfig:
+    """The lab's group as an HAConfig (like the lab's Chrystoki.conf: by-value
+    replication allowed, because p11-kit 0.24 cannot carry AES key wrap)."""
+    ms = lab.members()
+    return HAConfig(
+        settings=HASettings(reconn_att=reconn, auto_reconnect_interval=interval,
+                            receive_timeout_ms=timeout_ms, ha_log_enabled=True,
+                            ha_log_path=str(log_dir), recovery_mode=mode, ha_only=ha_only,
+                            replicate_by_value=by_value),
+        groups=(GroupConf(0, lab.group_label, lab.group_serial, tuple(m.serial for m in ms),
+                          synchronize=synchronize),),
+        members={m.serial: MemberLocation(m.serial, lab.client_library, dict(m.env)) for m in ms},
+    )
+
+
+def direct_config(lab: Any, log_dir: Path, **kw: Any) -> HAConfig:
+    """The lab's group with every member opened *directly* through libsofthsm2.so
+    (the lab's softhsm2.conf), bypassing p11-kit: all mechanisms, including
+    CKM_AES_KEY_WRAP_PAD (the transport wrap), but members cannot be crashed."""
+    cfg = lab_config(lab, log_dir, **kw)
+    lib = find_tools().softhsm2
+    env = {"SOFTHSM2_CONF": str(lab.softhsm2_conf)}
+    return dataclasses.replace(
+        cfg, members={s: MemberLocation(s, lib, dict(env)) for s in cfg.members})
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> bool:
+    """Poll ``cond`` until it is truthy (no fixed sleeps)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())
+
+
+def codes(engine: Engine) -> dict[str, str]:
+    st = engine.group().status()
+    return {m.serial: m.status for m in st.members} | {"group": st.status}
+
+
+def make_engines(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
+    """Body of the ``engine_factory`` fixture of the engine test modules:
+    ``engine_factory(lab, **lab_config kwargs)`` -> Engine; closed after the test."""
+    engines: list[Engine] = []
+
+    def make(lab: Any, direct: bool = False, **kw: Any) -> Engine:
+        cfg = (direct_config if direct else lab_config)(lab, tmp_path / "halog", **kw)
+        provision_transport_key(cfg, lab.group_label, lab.so_pin(), lab.pin())
+        e = Engine(cfg)
+        engines.append(e)
+        return e
+
+    yield make
+    for e in engines:
+        e.close()
+
+
+__all__ = ["codes", "direct_config", "lab_config", "make_engines", "wait_for"]

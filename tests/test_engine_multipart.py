@@ -1,0 +1,267 @@
+"""Multi-part operations (C_xInit / C_xUpdate / C_xFinal) through the engine, on the lab.
+
+p11-kit 0.24.1's RPC forwards only some mechanisms: SHA256_RSA_PKCS (sign,
+verify), SHA256 (digest) and AES_ECB (encrypt, decrypt) are among them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from enginehelpers import make_engines
+from pkcs11 import KeyType, Mechanism
+
+from hacli.engine import CKRError, Engine
+
+pytestmark = pytest.mark.lab
+
+SIGN = Mechanism.SHA256_RSA_PKCS
+CHUNKS = [b"multi-", b"part ", b"", os.urandom(3000), b"signature" * 50]
+
+
+@pytest.fixture
+def engine_factory(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
+    yield from make_engines(tmp_path)
+
+
+def test_multipart_sign_verify_digest_encrypt(healthy_lab, engine_factory) -> None:
+    engine = engine_factory(healthy_lab)
+    g = engine.group()
+    with g.open_session() as s:
+        s.login(healthy_lab.pin())
+        pub, priv = s.generate_keypair(KeyType.RSA, 2048, label="mp-rsa")
+        aes = s.generate_key(KeyType.AES, 256, label="mp-aes")
+        data = b"".join(CHUNKS)
+        # sign: several chunks give the single-part signature (PKCS#1 v1.5 is deterministic)
+        single = s.sign(priv, data, mechanism=SIGN)
+        for _ in range(2):  # the operation session is reused from the pool
+            s.sign_init(priv, mechanism=SIGN)
+            assert s.active_operations()["sign"] in {m.serial for m in g.members}
+            for c in CHUNKS:
+                s.sign_update(c)
+            assert s.sign_final() == single
+        assert s.active_operations() == {}
+        # verify
+        s.verify_init(pub, mechanism=SIGN)
+        for c in CHUNKS:
+            s.verify_update(c)
+        assert s.verify_final(single) is True
+        s.verify_init(pub, mechanism=SIGN)
+        s.verify_update(data + b"!")
+        assert s.verify_final(single) is False
+        s.verify_init(pub, mechanism=SIGN)
+        s.verify_update(data)
+        assert s.verify_final(single[:-1]) is False  # wrong length: invalid, op ended
+        # digest
+        s.digest_init(Mechanism.SHA256)
+        for c in CHUNKS:
+            s.digest_update(c)
+        assert s.digest_final() == s.digest(data) == hashlib.sha256(data).digest()
+        # two kinds at once in one session, and sessions in parallel threads
+        results: dict[int, bytes] = {}
+
+        def worker(i: int) -> None:
+            with g.open_session() as ws:
+                ws.sign_init(priv, mechanism=SIGN)
+                ws.digest_init()
+                for c in CHUNKS:
+                    ws.sign_update(c)
+                    ws.digest_update(c)
+                assert ws.digest_final() == hashlib.sha256(data).digest()
+                results[i] = ws.sign_final()
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert results == {i: single for i in range(6)}
+        for h in (pub, priv, aes):
+            s.destroy_object(h)
+
+
+def test_multipart_encrypt_decrypt(healthy_lab, engine_factory) -> None:
+    """AES_ECB in parts, members opened directly (see the next test for p11-kit)."""
+    engine = engine_factory(healthy_lab, direct=True)
+    g = engine.group()
+    with g.open_session() as s:
+        s.login(healthy_lab.pin())
+        aes = s.generate_key(KeyType.AES, 256, label="mp-aes-direct")
+        plain = os.urandom(16 * 9)
+        s.encrypt_init(aes, mechanism=Mechanism.AES_ECB)
+        parts = [s.encrypt_update(plain[:10]), s.encrypt_update(plain[10:100]),
+                 s.encrypt_update(plain[100:])]
+        assert parts[0] == b""  # not a whole block yet
+        parts.append(s.encrypt_final())
+        cipher = b"".join(parts)
+        assert cipher == s.encrypt(aes, plain, mechanism=Mechanism.AES_ECB)
+        s.decrypt_init(aes, mechanism=Mechanism.AES_ECB)
+        out = s.decrypt_update(cipher[:40]) + s.decrypt_update(cipher[40:])
+        assert out + s.decrypt_final() == plain
+        # an error ends the operation: a partial block at final
+        s.encrypt_init(aes, mechanism=Mechanism.AES_ECB)
+        s.encrypt_update(b"12345")
+        with pytest.raises(CKRError) as exc:
+            s.encrypt_final()
+        assert exc.value.ckr == "CKR_DATA_LEN_RANGE"
+        with pytest.raises(CKRError) as exc:
+            s.encrypt_update(b"0123456789abcdef")
+        assert exc.value.ckr == "CKR_OPERATION_NOT_INITIALIZED"
+        s.encrypt_init(aes, mechanism=Mechanism.AES_ECB)  # a new one starts fine
+        assert len(s.encrypt_update(bytes(16))) == 16
+        assert s.encrypt_final() == b""
+        s.destroy_object(aes)
+
+
+def test_multipart_encrypt_over_p11kit_fails_cleanly(healthy_lab, engine_factory) -> None:
+    """p11-kit 0.24's RPC cannot carry an empty output buffer (it reads as a length
+    query), so AES_ECB's C_EncryptFinal cannot succeed through it: the engine says
+    why, and the session stays usable."""
+    engine = engine_factory(healthy_lab)
+    g = engine.group()
+    with g.open_session() as s:
+        s.login(healthy_lab.pin())
+        aes = s.generate_key(KeyType.AES, 256, label="mp-aes-p11kit")
+        s.encrypt_init(aes, mechanism=Mechanism.AES_ECB)
+        assert len(s.encrypt_update(bytes(32))) == 32
+        with pytest.raises(CKRError) as exc:
+            s.encrypt_final()
+        assert exc.value.ckr == "CKR_BUFFER_TOO_SMALL" and "p11-kit" in str(exc.value)
+        assert s.active_operations() == {}
+        for _ in range(3):  # no operation left active on any member session
+            s.encrypt_init(aes, mechanism=Mechanism.AES_ECB)
+            assert len(s.encrypt_update(bytes(16))) == 16
+            with pytest.raises(CKRError):
+                s.encrypt_final()
+        assert s.encrypt(aes, bytes(16), mechanism=Mechanism.AES_ECB)
+        s.destroy_object(aes)
+    assert all(m.alive and m.failures == 0 for m in g.members)
+
+
+def test_operation_state_rules(healthy_lab, engine_factory) -> None:
+    engine = engine_factory(healthy_lab)
+    g = engine.group()
+    with g.open_session() as s:
+        s.login(healthy_lab.pin())
+        _pub, priv = s.generate_keypair(KeyType.RSA, 2048, label="mp-rules")
+        aes = s.generate_key(KeyType.AES, 128, label="mp-rules-aes")
+        for call in (lambda: s.sign_update(b"x"), s.sign_final, s.digest_final,
+                     lambda: s.verify_final(b"x"), lambda: s.encrypt_update(b"x"),
+                     s.decrypt_final):
+            with pytest.raises(CKRError) as exc:
+                call()
+            assert exc.value.ckr == "CKR_OPERATION_NOT_INITIALIZED"
+        s.sign_init(priv, mechanism=SIGN)
+        with pytest.raises(CKRError) as exc:
+            s.sign_init(priv, mechanism=SIGN)
+        assert exc.value.ckr == "CKR_OPERATION_ACTIVE"
+        s.sign_update(b"still fine")  # the active operation is untouched
+        s.sign_final()
+        with pytest.raises(CKRError) as exc:
+            s.sign_final()  # final ended it
+        assert exc.value.ckr == "CKR_OPERATION_NOT_INITIALIZED"
+        # init errors come from C_xInit and leave no operation behind
+        with pytest.raises(CKRError) as exc:
+            s.sign_init(aes, mechanism=Mechanism.SHA256)
+        assert exc.value.ckr == "CKR_MECHANISM_INVALID"
+        with pytest.raises(CKRError) as exc:
+            s.sign_init(999_999, mechanism=SIGN)
+        assert exc.value.ckr == "CKR_OBJECT_HANDLE_INVALID"
+        assert s.active_operations() == {}
+        with pytest.raises(CKRError) as exc:
+            s.digest_update(12345)  # type: ignore[arg-type]
+        assert exc.value.ckr == "CKR_OPERATION_NOT_INITIALIZED"
+        s.digest_init()
+        with pytest.raises(CKRError) as exc:
+            s.digest_update(12345)  # type: ignore[arg-type]
+        assert exc.value.ckr == "CKR_ARGUMENTS_BAD"
+        assert "digest" not in s.active_operations()  # an error ends the operation
+        # closing a session ends its operations
+        s.digest_init()
+        s.digest_update(b"abc")
+        s.sign_init(priv, mechanism=SIGN)
+    with pytest.raises(CKRError) as exc:
+        s.digest_update(b"x")
+    assert exc.value.ckr == "CKR_SESSION_HANDLE_INVALID"
+    assert all(m.alive and m.failures == 0 for m in g.members)
+
+
+def test_member_crash_mid_operation(healthy_lab, engine_factory) -> None:
+    lab = healthy_lab
+    engine = engine_factory(lab)
+    g = engine.group()
+    s = g.open_session()
+    s.login(lab.pin())
+    pub, priv = s.generate_keypair(KeyType.RSA, 2048, label="mp-crash")
+    data = b"".join(CHUNKS)
+    single = s.sign(priv, data, mechanism=SIGN)
+    try:
+        s.sign_init(priv, mechanism=SIGN)
+        s.digest_init()
+        serving = s.active_operations()["sign"]
+        other = next(m.serial for m in g.members if m.serial != serving)
+        s.sign_update(CHUNKS[0])
+        s.digest_update(CHUNKS[0])
+        lab.fail(serving)
+        with pytest.raises(CKRError) as exc:
+            s.sign_update(CHUNKS[1])
+        assert exc.value.ckr == "CKR_DEVICE_ERROR" and exc.value.member == serving
+        assert "sign" not in s.active_operations()
+        # the digest on the same member was ended by the failure too (if it was there)
+        if s.active_operations().get("digest") == serving:
+            with pytest.raises(CKRError) as exc:
+                s.digest_final()
+            assert exc.value.ckr == "CKR_DEVICE_ERROR"
+        else:
+            s.digest_final()
+        # the session is usable again: a new operation goes to the member that serves
+        s.sign_init(priv, mechanism=SIGN)
+        assert s.active_operations()["sign"] == other
+        for c in CHUNKS:
+            s.sign_update(c)
+        assert s.sign_final() == single
+        assert s.verify(pub, data, single, mechanism=SIGN)
+        # an operation in flight when its member is marked down by *another*
+        # call fails at its next step too
+        s.digest_init()
+        lab.restore(serving)
+        assert g.recover_now(serving)
+        s.sign_init(priv, mechanism=SIGN)
+        on = s.active_operations()["sign"]
+        lab.fail(on)
+        with g.open_session(member=on) as probe, pytest.raises(CKRError):
+            probe.generate_random(8)  # marks the member down
+        with pytest.raises(CKRError) as exc:
+            s.sign_final()
+        assert exc.value.ckr == "CKR_DEVICE_ERROR"
+    finally:
+        lab.restore(lab.members()[0].serial)
+        lab.restore(lab.members()[1].serial)
+        s.close()
+    assert g.recover_now() or all(m.alive for m in g.members)
+
+
+def test_frozen_member_mid_operation(healthy_lab, engine_factory) -> None:
+    lab = healthy_lab
+    engine = engine_factory(lab, timeout_ms=800)
+    g = engine.group()
+    with g.open_session() as s:
+        s.login(lab.pin())
+        s.digest_init()
+        serving = s.active_operations()["digest"]
+        s.digest_update(b"abc")
+        lab.hang(serving)
+        try:
+            with pytest.raises(CKRError) as exc:
+                s.digest_update(b"def")
+            assert exc.value.ckr == "CKR_DEVICE_ERROR"
+            s.digest_init()
+            s.digest_update(b"abc")
+            assert s.digest_final() == hashlib.sha256(b"abc").digest()
+        finally:
+            lab.restore(serving)
