@@ -118,6 +118,16 @@ def test_menu_text_quit_and_end_of_input(lab, direct_group) -> None:
     assert "There is no option 120 in the menu" in proc.stdout
 
 
+def test_working_and_unsupported_options_cover_the_menu() -> None:
+    from hacli.cli.menu import screen
+    from hacli.cli.menu.actions import ACTIONS
+
+    working = {1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 20, 21, 22, 23, 24, 25, 26, 27, 40, 41,
+               42, 43, 44, 45, 50, 51, 52, 60, 61, 62, 63, 65, 90, 98}
+    assert set(ACTIONS) == working | {120, 121, 122, 123}
+    assert set(screen.entries(lab=False)) == working | set(UNSUPPORTED) | {0}
+
+
 def test_every_unsupported_option(lab) -> None:
     proc = piped(lab.conf_path, [str(n) for n in UNSUPPORTED])
     assert proc.returncode == 0

@@ -58,7 +58,7 @@ def failure(ctx: Ctx, error: BaseException) -> str:
 
 def run_action(ctx: Ctx, number: int, name: str) -> str:
     """Run one option; returns the CKR name for the status line."""
-    if number not in screen.SUPPORTED and number < 120:
+    if number not in ACTIONS:
         ctx.say(screen.unsupported_text(number, name))
         return "CKR_FUNCTION_NOT_SUPPORTED"
     try:

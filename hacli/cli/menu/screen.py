@@ -87,11 +87,6 @@ QUIT_LINE = "(0) Quit demo"
 #: The menu prompt (``Prompter.ask`` adds ": "): ``Enter your choice : ``.
 PROMPT = "Enter your choice "
 
-#: Options this tool carries out; every other number of the menu is a Luna
-#: appliance function it does not provide (CKR_FUNCTION_NOT_SUPPORTED).
-SUPPORTED = frozenset({1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 20, 21, 22, 23, 24, 25, 26,
-                       27, 40, 41, 42, 43, 44, 45, 50, 51, 52, 60, 61, 62, 63, 65, 90, 98})
-
 #: Explanations for codes the menu reports that the shared table lacks.
 _EXTRA = {
     "CKR_FUNCTION_CANCELED": "cancelled (Ctrl-C); back to the menu",

@@ -8,7 +8,6 @@ from typing import Any
 
 from hacli.cli.menu.actions.common import (
     Ctx,
-    MenuError,
     action,
     choose_session,
     choose_slot,
@@ -210,4 +209,4 @@ def wait_for_slot_event(ctx: Ctx) -> str | None:
     return "CKR_NO_EVENT"
 
 
-__all__ = ["MenuError", "flag_names", "mechanism_name", "parse_mechanism"]
+__all__ = ["flag_names", "mechanism_name", "parse_mechanism"]
