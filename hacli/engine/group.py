@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,16 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pkcs11
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.defaults import DEFAULT_KEY_CAPABILITIES
 
 from hacli.conf.model_types import GroupConf, HASettings
-from hacli.engine import halog, multipart
+from hacli.engine import halog, multipart, replication
 from hacli.engine.ckr import ckr_name, is_member_failure
 from hacli.engine.exceptions import CKRError, GroupDownError, ModuleUnavailable
 from hacli.engine.member import (
     MAPPER,
-    TRANSPORT_LABEL,
     Connection,
     Member,
     MemberState,
@@ -40,9 +40,18 @@ from hacli.engine.member import (
 from hacli.engine.module import InstanceRegistry
 from hacli.engine.multipart import MultiPart
 from hacli.engine.policy import Clock, RecoveryPolicy
-from hacli.engine.types import GroupStatus, MemberStatus, TokenInfo
+from hacli.engine.types import (
+    GroupStatus,
+    InventoryDiff,
+    MemberInventory,
+    MemberStatus,
+    ObjectSummary,
+    SyncFailure,
+    SyncReport,
+    TokenInfo,
+)
 
-WRAP_MECHANISM = Mechanism.AES_KEY_WRAP_PAD
+WRAP_MECHANISM = replication.WRAP_MECHANISM
 #: Errors after which the shared work session may still have an operation active.
 _LEAVES_OPERATION_ACTIVE = ("CKR_BUFFER_TOO_SMALL", "CKR_OPERATION_ACTIVE")
 
@@ -62,6 +71,16 @@ class _Secret:
         return "<secret>"
 
     __str__ = __repr__
+
+
+_BYTES_LITERAL = re.compile(r"""(?:b|bytearray\()(['"]).*?(?<!\\)\1\)?""", re.DOTALL)
+
+
+def _safe_detail(e: BaseException) -> str:
+    """A Python error's message for a CKRError, with any bytes literal (which
+    could be key material from a template) cut out, and short."""
+    text = _BYTES_LITERAL.sub("<bytes>", str(e))
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 class _NotOnMember(Exception):
@@ -86,58 +105,10 @@ class VObject:
         return bool(self.ident.get(Attribute.TOKEN, False))
 
 
-# Attributes that identify an object on a member (a search template).
-_IDENT_KEY = (Attribute.KEY_TYPE, Attribute.ID, Attribute.LABEL, Attribute.TOKEN)
-_IDENT_DATA = (Attribute.LABEL, Attribute.APPLICATION, Attribute.TOKEN)
-_IDENT_CERT = (Attribute.CERTIFICATE_TYPE, Attribute.ID, Attribute.LABEL, Attribute.TOKEN)
-
-# Attributes copied to replicas, per class (values for non-secret objects).
-_COPY_COMMON = (Attribute.TOKEN, Attribute.PRIVATE, Attribute.LABEL)
-_COPY = {
-    ObjectClass.SECRET_KEY: (Attribute.ID, Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.SIGN,
-                             Attribute.VERIFY, Attribute.WRAP, Attribute.UNWRAP, Attribute.DERIVE,
-                             Attribute.SENSITIVE, Attribute.EXTRACTABLE,
-                             Attribute.WRAP_WITH_TRUSTED),
-    ObjectClass.PRIVATE_KEY: (Attribute.ID, Attribute.SIGN, Attribute.DECRYPT, Attribute.UNWRAP,
-                              Attribute.DERIVE, Attribute.SENSITIVE, Attribute.EXTRACTABLE,
-                              Attribute.WRAP_WITH_TRUSTED),
-    ObjectClass.PUBLIC_KEY: (Attribute.KEY_TYPE, Attribute.ID, Attribute.VERIFY, Attribute.ENCRYPT,
-                             Attribute.WRAP, Attribute.DERIVE, Attribute.MODULUS,
-                             Attribute.PUBLIC_EXPONENT, Attribute.EC_PARAMS, Attribute.EC_POINT),
-    ObjectClass.DATA: (Attribute.APPLICATION, Attribute.VALUE, Attribute.OBJECT_ID),
-    ObjectClass.CERTIFICATE: (Attribute.CERTIFICATE_TYPE, Attribute.ID, Attribute.SUBJECT,
-                              Attribute.ISSUER, Attribute.SERIAL_NUMBER, Attribute.VALUE),
-}
-_WRAPPED_CLASSES = (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY)
-
-
-def _read_attrs(obj: Any, attrs: Iterable[Any]) -> dict[Any, Any]:
-    """Read what the object has of ``attrs`` (one at a time: tokens differ)."""
-    out: dict[Any, Any] = {}
-    for a in attrs:
-        try:
-            out[a] = obj[a]
-        except pkcs11.PKCS11Error as e:
-            if is_member_failure(e):
-                raise
-        except (KeyError, ValueError, NotImplementedError):
-            pass
-    return out
-
-
-def _ident_of(obj: Any) -> dict[Any, Any]:
-    cls = obj[Attribute.CLASS]
-    if cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
-        names = _IDENT_KEY
-    elif cls == ObjectClass.DATA:
-        names = _IDENT_DATA
-    elif cls == ObjectClass.CERTIFICATE:
-        names = _IDENT_CERT
-    else:
-        names = (Attribute.LABEL, Attribute.TOKEN)
-    ident = {Attribute.CLASS: cls}
-    ident.update(_read_attrs(obj, names))
-    return ident
+# kept here for the modules that import them from the group
+_read_attrs = replication.read_attrs
+_ident_of = replication.ident_of
+_WRAPPED_CLASSES = replication.SECRET_CLASSES
 
 
 def _capability_attrs(cls: Any, caps: int) -> dict[Any, bool]:
@@ -198,10 +169,15 @@ class HAGroup:
         self._pin: _Secret | None = None
         self._objects: dict[int, VObject] = {}
         self._by_real: dict[tuple[str, int, int], VObject] = {}
+        self._by_ident: dict[Any, list[VObject]] = {}
         self._sessions: dict[int, Any] = {}
         self._stop = threading.Event()
         self._bg: threading.Thread | None = None
         self._last_sync = clock()
+        #: key values kept for members that lack keys generated by value
+        self._escrow = replication.Escrow()
+        self._sync_lock = threading.Lock()
+        self._sync_period = self.policy.interval
 
     def __repr__(self) -> str:
         alive = sum(m.alive for m in self.members)
@@ -227,6 +203,11 @@ class HAGroup:
             self._connect(m)
         except Exception as e:
             self._mark_failed(m, e)
+
+    def forget_secrets(self) -> None:
+        """Drop every key value and the PIN this group holds (engine close)."""
+        self._escrow.clear()
+        self._pin = None
 
     def stop(self) -> None:
         """Stop the background recovery thread (if any)."""
@@ -275,14 +256,12 @@ class HAGroup:
         with self._lock:
             if m.state is MemberState.DOWN and m.conn is None and m.last_error is not None:
                 return
-            was_alive = m.state is MemberState.ALIVE
             m.state = MemberState.DOWN
             m.conn = None
             m.down_since = self.clock()
             m.failure_reported = False
             m.last_error = ckr
             m.failures += 1
-            m.needs_sync = m.needs_sync or was_alive
             for vs in self._sessions.values():
                 vs._member_failed(m)
         self.policy.member_down(m.serial)
@@ -321,7 +300,7 @@ class HAGroup:
             return False
         m.recoveries += 1
         self._log.event(self.label, m.serial, halog.RECOVERED, None)
-        self._sync_member(m)
+        self._after_recovery(m)
         return True
 
     def recover_now(self, serial: str | None = None) -> bool:
@@ -347,30 +326,229 @@ class HAGroup:
                        detail="not a member of this group")
 
     # ------------------------------------------------------------------
-    # synchronisation (needs-sync members)
+    # synchronisation (HASynchronize)
+    #
+    # Members are compared by an *inventory* of their token objects (keys,
+    # certificates, data objects; by class, CKA_ID, CKA_LABEL, key type); the
+    # union is the target.  Automatic runs (after login, after a recovery, and
+    # every X s while an alive member needs sync) happen only when the group's
+    # HASynchronize flag is set and the group is logged in (private objects are
+    # invisible otherwise); without the flag, login and recovery still take an
+    # inventory so that ``needs_sync`` is right, but copy nothing.
+    @property
+    def sync_enabled(self) -> bool:
+        """``HASynchronize`` for this group: automatic synchronisation."""
+        return bool(self.conf.synchronize)
+
     def _sync_due(self) -> bool:
-        return (any(m.alive and m.needs_sync for m in self.members)
-                and self.clock() - self._last_sync > self.policy.interval)
+        return (self.conf.synchronize and self._pin is not None
+                and any(m.alive and m.needs_sync for m in self.members)
+                and self.clock() - self._last_sync > self._sync_period)
 
     def _sync_all(self) -> None:
-        self._last_sync = self.clock()
-        for m in self.members:
-            if m.alive and m.needs_sync:
-                self._sync_member(m)
+        # periodic retry; backs off while nothing can be copied (e.g. a
+        # sensitive key that no member can wrap), from X s up to an hour
+        try:
+            report = self._synchronize()
+        except Exception:
+            report = None
+        if report is not None and (report.copied or report.destroyed):
+            self._sync_period = self.policy.interval
+        else:
+            self._sync_period = min(max(self._sync_period, 1.0) * 2, 3600.0)
 
-    def _sync_member(self, m: Member) -> bool:
-        """Replay what ``m`` missed; True when it is complete."""
-        self._last_sync = self.clock()
-        complete = True
+    def _after_recovery(self, m: Member) -> None:
+        """A member is back: catch it up (HASynchronize) or at least measure."""
+        if self._pin is None:
+            return  # private objects are invisible: needs_sync stays as it is
+        try:
+            if self.conf.synchronize:
+                self._synchronize()
+            else:
+                self._refresh_needs_sync()
+        except Exception as e:
+            if is_member_failure(e) and m.alive:
+                self._mark_failed(m, e)
+
+    def _after_login(self) -> None:
+        try:
+            if self.conf.synchronize:
+                self._synchronize()
+            else:
+                self._refresh_needs_sync()
+        except Exception:  # never fails the login; needs_sync stays as it was
+            pass
+
+    def _ensure_login(self, pin: str | None, operation: str) -> bool:
+        """Log in for an inventory if needed; True when this call logged in."""
+        if self._pin is not None:
+            return False
+        if pin is None:
+            raise CKRError("CKR_USER_NOT_LOGGED_IN", operation,
+                           detail="comparing members needs the user PIN: private objects "
+                                  "are invisible without a login")
+        self._login(pin)
+        return True
+
+    def _inventories(self) -> dict[str, list[tuple[dict[Any, Any], dict[Any, Any]]]]:
+        """Token objects of every alive member (in parallel, each bounded)."""
+        found: dict[str, list[tuple[dict[Any, Any], dict[Any, Any]]]] = {}
+
+        def one(m: Member) -> None:
+            try:
+                found[m.serial] = m.run(replication.list_token_objects,
+                                        operation="C_FindObjects")
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(m, e)
+
+        threads = [threading.Thread(target=one, args=(m,), daemon=True)
+                   for m in self.members if m.alive]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return found
+
+    @staticmethod
+    def _union(inv: dict[str, list[tuple[dict[Any, Any], dict[Any, Any]]]]
+               ) -> tuple[dict[Any, tuple[dict[Any, Any], dict[Any, Any], list[str]]],
+                          dict[str, list[Any]]]:
+        union: dict[Any, tuple[dict[Any, Any], dict[Any, Any], list[str]]] = {}
+        for serial, objs in inv.items():
+            for ident, info in objs:
+                key = replication.ident_key(ident)
+                if key not in union:
+                    union[key] = (ident, info, [])
+                if serial not in union[key][2]:
+                    union[key][2].append(serial)
+        missing = {serial: [k for k, (_i, _f, holders) in union.items() if serial not in holders]
+                   for serial in inv}
+        return union, missing
+
+    def _refresh_needs_sync(self) -> InventoryDiff:
+        inv = self._inventories()
+        union, missing = self._union(inv)
+        out = []
         with self._lock:
-            had_work = m.needs_sync or bool(m.journal)
+            for m in self.members:
+                if m.serial not in inv:
+                    out.append(MemberInventory(m.serial, reachable=False,
+                                               error=m.last_error or "CKR_DEVICE_ERROR"))
+                    continue
+                lacks = tuple(replication.summarize(*union[k][:2]) for k in missing[m.serial])
+                m.needs_sync = bool(lacks) or bool(m.journal)
+                out.append(MemberInventory(m.serial, reachable=True,
+                                           objects=len(inv[m.serial]), missing=lacks))
+        return InventoryDiff(self.label, tuple(out))
+
+    def inventory_diff(self, pin: str | None = None) -> InventoryDiff:
+        """Compare the token objects of the alive members (lunacm's "Needs sync").
+
+        Returns, per member, what it lacks compared to the union of all
+        members' token objects, and updates every alive member's
+        ``needs_sync``.  Copies nothing.  Needs a login: when the group is not
+        logged in, ``pin`` logs it in for the comparison and out again
+        (``CKR_USER_NOT_LOGGED_IN`` without it).
+        """
+        self.recovery_tick()
+        logged_here = self._ensure_login(pin, "inventory")
+        try:
+            return self._refresh_needs_sync()
+        finally:
+            if logged_here:
+                self.logout()
+
+    def synchronize(self, pin: str | None = None) -> SyncReport:
+        """``hagroup synchronize``: copy every token object a member lacks from a
+        member that has it (and replay destroys/attribute changes members missed).
+
+        Secret and private keys travel wrapped under the transport key, or by
+        value only under ReplicateByValue (and only if readable or in the
+        escrow); public objects by value.  What cannot be copied is reported in
+        :attr:`SyncReport.failed`, never hidden.  Idempotent.  Needs a login,
+        like :meth:`inventory_diff`; runs whatever the HASynchronize flag says.
+        """
+        self.recovery_tick()
+        logged_here = self._ensure_login(pin, "synchronize")
+        try:
+            return self._synchronize()
+        finally:
+            if logged_here:
+                self.logout()
+
+    def _synchronize(self) -> SyncReport:
+        with self._sync_lock:
+            self._last_sync = self.clock()
+            copied: list[tuple[str, ObjectSummary, str]] = []
+            failed: list[SyncFailure] = []
+            destroyed = 0
+            work: set[str] = set()
+            # 1. changes made through the group while a member was down
+            for m in [m for m in self.members if m.alive]:
+                n = self._replay_journal(m)
+                if n:
+                    destroyed += n
+                    work.add(m.serial)
+            # 2. session objects made through the group (token objects: step 3)
+            with self._lock:
+                session_objs = [v for v in self._objects.values()
+                                if not v.is_token_object and v.replicable]
+            for m in [m for m in self.members if m.alive]:
+                for v in session_objs:
+                    try:
+                        if self._replicate(v, m):
+                            copied.append((m.serial, replication.summarize(v.ident), "-"))
+                    except Exception as e:
+                        if is_member_failure(e) and not m.alive:
+                            break
+                        failed.append(SyncFailure(m.serial, replication.summarize(v.ident),
+                                                  ckr_name(e), getattr(e, "detail", "")))
+            # 3. token objects: the union of the members' inventories
+            inv = self._inventories()
+            union, missing = self._union(inv)
+            for serial, keys in missing.items():
+                m = self._member(serial)
+                for k in keys:
+                    ident, info, holders = union[k]
+                    summary = replication.summarize(ident, info)
+                    sources = [s for s in self.members if s.serial in holders and s.alive]
+                    try:
+                        how = self._transfer(ident, m, sources, operation="synchronize")
+                        copied.append((serial, summary, how))
+                    except Exception as e:
+                        if is_member_failure(e) and not m.alive:
+                            break
+                        failed.append(SyncFailure(serial, summary, ckr_name(e),
+                                                  getattr(e, "detail", "")))
+            copied_to = {s for s, _o, _h in copied}
+            failed_on: dict[str, str] = {}
+            for f in failed:
+                failed_on.setdefault(f.serial, f.ckr)
+            with self._lock:
+                for m in self.members:
+                    if m.alive and m.serial in inv:
+                        m.needs_sync = m.serial in failed_on or bool(m.journal)
+                    if m.serial in copied_to:
+                        for v in self._objects.values():
+                            v.absent.pop(m.serial, None)
+                unreachable = tuple(m.serial for m in self.members if m.serial not in inv)
+            for m in self.members:
+                if m.serial in copied_to or m.serial in failed_on or m.serial in work:
+                    self._log.event(self.label, m.serial, halog.SYNCHRONIZED,
+                                    failed_on.get(m.serial))
+            return SyncReport(self.label, tuple(copied), tuple(failed), unreachable, destroyed)
+
+    def _replay_journal(self, m: Member) -> int:
+        """Apply destroys/attribute changes ``m`` missed; returns destroys done."""
+        with self._lock:
             journal, m.journal = m.journal, []
-            objects = list(self._objects.values())
-        for entry in journal:
+        done = 0
+        for i, entry in enumerate(journal):
             kind, ident, attrs = entry
             try:
                 if kind == "destroy":
-                    m.run(self._destroy_matching, ident, operation="C_DestroyObject")
+                    done += m.run(self._destroy_matching, ident, operation="C_DestroyObject")
                 elif kind == "set":
                     vobj = self._objects.get(ident)
                     if vobj is not None:
@@ -381,23 +559,10 @@ class HAGroup:
             except Exception as e:
                 if is_member_failure(e):
                     with self._lock:
-                        m.journal = [entry, *m.journal]
+                        m.journal = journal[i:] + m.journal
                     self._mark_failed(m, e)
-                    return False
-        for vobj in objects:
-            if not vobj.replicable or vobj.ident.get(Attribute.LABEL) == TRANSPORT_LABEL:
-                continue
-            try:
-                self._replicate(vobj, m)
-            except Exception as e:
-                if is_member_failure(e) and not m.alive:
-                    return False
-                complete = False
-        with self._lock:
-            m.needs_sync = not complete or bool(m.journal)
-        if complete and had_work:
-            self._log.event(self.label, m.serial, halog.SYNCHRONIZED, None)
-        return complete
+                    return done
+        return done
 
     @staticmethod
     def _destroy_matching(conn: Connection, ident: dict[Any, Any]) -> int:
@@ -445,7 +610,7 @@ class HAGroup:
             # python-pkcs11 objects lack e.g. .sign when the key may not sign
             return CKRError("CKR_KEY_FUNCTION_NOT_PERMITTED", operation)
         if isinstance(e, TypeError | ValueError):
-            return CKRError("CKR_ARGUMENTS_BAD", operation, detail=str(e))
+            return CKRError("CKR_ARGUMENTS_BAD", operation, detail=_safe_detail(e))
         return e
 
     def execute(self, operation: str, fn: Callable[..., Any], vobjs: Sequence[VObject] = (),
@@ -685,50 +850,130 @@ class HAGroup:
 
     def _register(self, m: Member, conn: Connection, obj: Any, ident: dict[Any, Any],
                   owner: int | None) -> VObject:
+        """The virtual object for a real one: the one already mapped to it, else
+        one with the same identity not yet found on this member (so that an
+        object copied to a member, e.g. by synchronisation, keeps its handle),
+        else a new one."""
+        key = replication.ident_key(ident)
         with self._lock:
             existing = self._by_real.get((m.serial, conn.id, obj.handle))
             if existing is not None:
                 return existing
-            v = VObject(handle=next(self._ids), ident=ident, cls=ident.get(Attribute.CLASS),
-                        owner=None if ident.get(Attribute.TOKEN) else owner)
-            self._objects[v.handle] = v
+            for v in self._by_ident.get(key, ()):
+                ent = v.real.get(m.serial)
+                if ent is None or ent[0] != conn.id:
+                    break
+            else:
+                v = VObject(handle=next(self._ids), ident=ident, cls=ident.get(Attribute.CLASS),
+                            owner=None if ident.get(Attribute.TOKEN) else owner)
+                self._objects[v.handle] = v
+                self._by_ident.setdefault(key, []).append(v)
         self._map(m, conn, v, obj)
         return v
+
+    def _unindex(self, vobj: VObject) -> None:
+        # self._lock held
+        key = replication.ident_key(vobj.ident)
+        same = self._by_ident.get(key)
+        if same is not None:
+            with contextlib.suppress(ValueError):
+                same.remove(vobj)
+            if not same:
+                del self._by_ident[key]
 
     def _forget(self, vobj: VObject) -> None:
         with self._lock:
             self._objects.pop(vobj.handle, None)
+            self._unindex(vobj)
             for serial, (cid, h) in vobj.real.items():
                 self._by_real.pop((serial, cid, h), None)
 
     # ------------------------------------------------------------------
     # replication
-    def _export(self, conn: Connection, obj: Any, cls: Any) -> dict[str, Any]:
-        attrs = _read_attrs(obj, _COPY_COMMON + _COPY.get(cls, ()))
-        attrs[Attribute.CLASS] = cls
-        if cls in _WRAPPED_CLASSES:
-            attrs[Attribute.KEY_TYPE] = obj[Attribute.KEY_TYPE]
-            if conn.transport is None:
-                raise CKRError("CKR_KEY_NOT_WRAPPABLE", "replicate",
-                               detail="no transport key on the source member")
-            blob = conn.transport.wrap_key(obj, mechanism=WRAP_MECHANISM)
-            return {"attrs": attrs, "wrapped": blob}
-        return {"attrs": attrs, "wrapped": None}
+    def _transfer(self, ident: dict[Any, Any], dst: Member, sources: Sequence[Member],
+                  vobj: VObject | None = None, operation: str = "replicate") -> str:
+        """Copy the object ``ident`` from one of ``sources`` to ``dst``.
 
-    @staticmethod
-    def _import(conn: Connection, export: dict[str, Any]) -> Any:
-        attrs = dict(export["attrs"])
-        if export["wrapped"] is None:
-            return conn.work.create_object(attrs)
-        if conn.transport is None:
-            raise CKRError("CKR_UNWRAPPING_KEY_HANDLE_INVALID", "replicate",
-                           detail="no transport key on the target member")
-        cls = attrs.pop(Attribute.CLASS)
-        key_type = attrs.pop(Attribute.KEY_TYPE)
-        return conn.transport.unwrap_key(cls, key_type, export["wrapped"],
-                                         mechanism=WRAP_MECHANISM,
-                                         store=bool(attrs.pop(Attribute.TOKEN, False)),
-                                         template=attrs)
+        Returns how it travelled: ``"wrap"`` (under the transport key),
+        ``"value"`` (attributes; for a key, its readable value) or ``"escrow"``.
+        The rule (docs/engine.md, "Replication policy"): secret and private keys
+        travel wrapped; by value or from the escrow only with ReplicateByValue.
+        Raises :class:`CKRError` when the object may not or cannot be copied,
+        and the member failure when a member fails (it is marked down).
+        """
+        cls = ident.get(Attribute.CLASS)
+        key = replication.ident_key(ident)
+        last: BaseException | None = None
+        for s in sources:
+            how, problem, data = "value", None, None
+            if cls in replication.SECRET_CLASSES:
+                problem = replication.wrap_problem(s.conn)
+                who = s
+                if problem is None:
+                    problem, who = replication.wrap_problem(dst.conn), dst
+                if problem is None:
+                    how = "wrap"
+                elif not self.settings.replicate_by_value:
+                    raise CKRError("CKR_KEY_NOT_WRAPPABLE", operation, dst.serial,
+                                   detail=f"secret and private keys travel only wrapped under "
+                                          f"the group transport key, and member {who.serial} "
+                                          f"cannot: {problem}; {replication.BY_VALUE_HINT}")
+                else:
+                    template = self._escrow.get(key, dst.serial)
+                    if template is not None:
+                        how, data = "escrow", {"attrs": template, "wrapped": None}
+            if data is None:
+                def export(conn: Connection, s: Member = s, how: str = how) -> dict[str, Any]:
+                    obj = (self._resolve(s, conn, vobj) if vobj is not None
+                           else replication.find_first(conn, ident))
+                    if obj is None:
+                        raise _NotOnMember()
+                    return replication.export(conn, obj, cls, how)
+
+                try:
+                    data = s.run(export, operation="C_WrapKey" if how == "wrap"
+                                 else "C_GetAttributeValue")
+                except _NotOnMember as e:
+                    last = e
+                    continue
+                except Exception as e:
+                    if is_member_failure(e):
+                        self._mark_failed(s, e)
+                        last = e
+                        continue
+                    name = ckr_name(e)
+                    if name == "CKR_ATTRIBUTE_SENSITIVE":
+                        raise CKRError("CKR_KEY_NOT_WRAPPABLE", operation, s.serial,
+                                       detail="the key is sensitive, so it can travel only "
+                                              f"wrapped under the transport key, and {problem}"
+                                       ) from None
+                    if name in ("CKR_KEY_UNEXTRACTABLE", "CKR_KEY_NOT_WRAPPABLE"):
+                        if vobj is not None:
+                            vobj.replicable = False
+                        raise CKRError(name, operation, s.serial,
+                                       detail="the key may not leave its member (not "
+                                              "extractable): it cannot be copied") from None
+                    raise self._request_error(e, operation, s) from None
+
+            def load(conn: Connection, data: dict[str, Any] = data) -> None:
+                obj = replication.import_(conn, data)
+                if vobj is not None:
+                    self._map(dst, conn, vobj, obj)
+
+            try:
+                dst.run(load, operation="C_UnwrapKey" if how == "wrap" else "C_CreateObject")
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(dst, e)
+                    raise
+                raise self._request_error(e, operation, dst) from None
+            finally:
+                data = None  # the only reference to values read from a key
+            if how == "escrow":
+                self._escrow.delivered(key, dst.serial)
+            return how
+        raise CKRError("CKR_DEVICE_ERROR", operation, dst.serial,
+                       detail="no member holding the object is available") from last
 
     def _replicate(self, vobj: VObject, dst: Member, src: Member | None = None) -> bool:
         """Make ``vobj`` exist on ``dst`` (no-op when it does).  True if copied."""
@@ -744,33 +989,8 @@ class HAGroup:
         sources = [src] if src is not None else [m for m in self.members
                                                  if m.alive and m is not dst
                                                  and m.serial in vobj.real]
-        last: BaseException | None = None
-        for s in sources:
-            try:
-                export = s.run(lambda conn, s=s: self._export(conn, self._resolve(s, conn, vobj),
-                                                              vobj.cls),
-                               operation="C_WrapKey")
-            except _NotOnMember as e:
-                last = e
-                continue
-            except Exception as e:
-                if is_member_failure(e):
-                    self._mark_failed(s, e)
-                    last = e
-                    continue
-                if ckr_name(e) in ("CKR_KEY_UNEXTRACTABLE", "CKR_KEY_NOT_WRAPPABLE"):
-                    vobj.replicable = False
-                raise
-            try:
-                dst.run(lambda conn, x=export: self._map(dst, conn, vobj, self._import(conn, x)),
-                        operation="C_UnwrapKey")
-            except Exception as e:
-                if is_member_failure(e):
-                    self._mark_failed(dst, e)
-                raise
-            return True
-        raise CKRError("CKR_DEVICE_ERROR", "replicate", dst.serial,
-                       detail="no member holding the object is available") from last
+        self._transfer(vobj.ident, dst, sources, vobj)
+        return True
 
     def replicate_created(self, vobjs: Sequence[VObject], primary: Member,
                           only: Member | None) -> None:
@@ -796,71 +1016,147 @@ class HAGroup:
                     if not m.alive:
                         break
 
+    def replicate_replayed(self, vobjs: Sequence[VObject], primary: Member,
+                           fn: Callable[..., list[Any]], sources: Sequence[VObject],
+                           only: Member | None) -> None:
+        """Replicate by running the same deterministic call on every other alive
+        member (create, copy, unwrap, derive): no key material leaves a member."""
+        if only is not None:
+            return
+        for m in self.members:
+            if m is primary:
+                continue
+            if not m.alive:
+                with self._lock:
+                    m.needs_sync = True
+                continue
+
+            def task(conn: Connection, m: Member = m) -> None:
+                objs = [self._resolve(m, conn, v) for v in sources]
+                made = fn(m, conn, *objs)
+                if len(made) != len(vobjs):
+                    raise CKRError("CKR_GENERAL_ERROR", "replicate", m.serial)
+                for v, o in zip(vobjs, made, strict=True):
+                    self._map(m, conn, v, o)
+
+            try:
+                m.run(task, operation="replicate")
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(m, e)
+                    continue
+                with self._lock:
+                    m.needs_sync = True
+                if not isinstance(e, CKRError | pkcs11.PKCS11Error | _NotOnMember):
+                    raise
+
     def create(self, operation: str, fn: Callable[..., list[Any]], vobjs: Sequence[VObject] = (),
-               owner: int | None = None, only: Member | None = None) -> list[VObject]:
+               owner: int | None = None, only: Member | None = None,
+               replay: bool = False) -> list[VObject]:
         """Create objects on one member with ``fn(member, conn, *objs) -> [pkcs11 objects]``,
-        register them, then replicate them to the other members."""
+        register them, then replicate them to the other members: by running ``fn``
+        there too (``replay``, for deterministic calls) or by copying (wrap/value)."""
         def task(m: Member, conn: Connection, *objs: Any) -> tuple[Member, list[VObject]]:
             created = fn(m, conn, *objs)
             return m, [self._register(m, conn, o, _ident_of(o), owner) for o in created]
 
         primary, out = self.execute(operation, task, vobjs, only)
-        self.replicate_created(out, primary, only)
+        if replay:
+            self.replicate_replayed(out, primary, fn, vobjs, only)
+        else:
+            self.replicate_created(out, primary, only)
         return out
 
     def can_wrap(self, only: Member | None = None) -> bool:
-        """True when every alive member can carry the transport wrap mechanism."""
+        """True when every alive member can send and receive keys under the transport key."""
         with self._lock:
             conns = [m.conn for m in self.members
                      if m.alive and m.conn is not None and (only is None or m is only)]
-        return all(c.can_wrap and c.transport is not None for c in conns)
+        return all(replication.wrap_problem(c) is None for c in conns)
+
+    def generation_mode(self, operation: str, only: Member | None = None) -> str:
+        """How a secret or private key generated now reaches every member.
+
+        ``"local"`` (a session pinned to one member, or a one-member group:
+        nothing to replicate), ``"wrap"`` (generated once, copied under the
+        transport key) or ``"value"`` (generated once in the clear, created on
+        every member; only with ReplicateByValue).  Otherwise raises
+        ``CKR_KEY_NOT_WRAPPABLE``: a sensitive key that could not be replicated
+        would exist on one member only, which an HA group must never pretend
+        to be safe.
+        """
+        if only is not None or len(self.members) == 1:
+            return "local"
+        with self._lock:
+            conns = [(m, m.conn) for m in self.members if m.alive and m.conn is not None]
+        for m, conn in conns:
+            problem = replication.wrap_problem(conn)
+            if problem is None:
+                continue
+            if self.settings.replicate_by_value:
+                return "value"
+            raise CKRError("CKR_KEY_NOT_WRAPPABLE", operation, m.serial,
+                           detail=f"member {m.serial} cannot receive keys wrapped under the "
+                                  f"group transport key: {problem}; the key would exist on "
+                                  f"one member only. {replication.BY_VALUE_HINT}")
+        return "wrap"
 
     def create_by_value(self, operation: str, generate: Callable[..., list[dict[Any, Any]]],
                         templates: Sequence[dict[Any, Any]], owner: int | None = None,
                         only: Member | None = None) -> list[VObject]:
         """Generate once, then create the same objects on every member from values.
 
-        The fallback when members cannot carry ``CKM_AES_KEY_WRAP_PAD`` (see
-        docs/engine.md, "Replication"): ``generate(member, conn)`` makes the key
-        material once on one member as non-sensitive session objects, returns
-        their values and destroys them; the final (sensitive) objects are then
-        created from ``templates`` + values on every alive member.
+        Only under ReplicateByValue (see :meth:`generation_mode`):
+        ``generate(member, conn)`` makes the key material once on one member as
+        non-sensitive session objects, returns their values and destroys them;
+        the final (sensitive) objects are then created from ``templates`` +
+        values on every alive member.  Members that do not get them (down, or
+        refusing) get them later from the escrow.
         """
         values = self.execute(operation, generate, (), only)
         full = [{**t, **v} for t, v in zip(templates, values, strict=True)]
+        values.clear()
         vobjs: list[VObject] | None = None
         targets = [m for m in self.members if m.alive and (only is None or m is only)]
         first_error: BaseException | None = None
-        for m in targets:
-            def task(conn: Connection, m: Member = m,
-                     known: list[VObject] | None = vobjs) -> list[VObject]:
-                objs = [conn.work.create_object(t) for t in full]
-                if known is None:
-                    return [self._register(m, conn, o, _ident_of(o), owner) for o in objs]
-                for v, o in zip(known, objs, strict=True):
-                    self._map(m, conn, v, o)
-                return known
+        holders: set[str] = set()
+        try:
+            for m in targets:
+                def task(conn: Connection, m: Member = m,
+                         known: list[VObject] | None = vobjs) -> list[VObject]:
+                    objs = [conn.work.create_object(t) for t in full]
+                    if known is None:
+                        return [self._register(m, conn, o, _ident_of(o), owner) for o in objs]
+                    for v, o in zip(known, objs, strict=True):
+                        self._map(m, conn, v, o)
+                    return known
 
-            try:
-                vobjs = m.run(task, operation=operation)
-            except Exception as e:
-                if is_member_failure(e):
-                    self._mark_failed(m, e)
-                    continue
-                if vobjs is None:
-                    first_error = self._request_error(e, operation, m)
-                    break
-                with self._lock:
-                    m.needs_sync = True
-        full.clear()
-        if vobjs is None:
-            raise first_error or GroupDownError(operation, self.label)
-        if only is None:
-            with self._lock:
-                for m in self.members:
-                    if not m.alive:
+                try:
+                    vobjs = m.run(task, operation=operation)
+                    holders.add(m.serial)
+                except Exception as e:
+                    if is_member_failure(e):
+                        self._mark_failed(m, e)
+                        continue
+                    if vobjs is None:
+                        first_error = self._request_error(e, operation, m)
+                        break
+                    with self._lock:
                         m.needs_sync = True
-        return vobjs
+            if vobjs is None:
+                raise first_error or GroupDownError(operation, self.label)
+            if only is None:
+                missing = {m.serial for m in self.members} - holders
+                with self._lock:
+                    for m in self.members:
+                        if m.serial in missing:
+                            m.needs_sync = True
+                for v, t in zip(vobjs, full, strict=True):
+                    if v.cls in replication.SECRET_CLASSES:
+                        self._escrow.put(replication.ident_key(v.ident), t, missing)
+            return vobjs
+        finally:
+            full.clear()
 
     def destroy(self, vobj: VObject, only: Member | None = None) -> None:
         """Destroy an object on every member (journaled for members that are down)."""
@@ -875,6 +1171,7 @@ class HAGroup:
                     if not m.alive:
                         m.journal.append(("destroy", dict(vobj.ident), None))
                         m.needs_sync = True
+        self._escrow.drop(replication.ident_key(vobj.ident))
         self._forget(vobj)
 
     def _set_on(self, m: Member, conn: Connection, vobj: VObject, attrs: dict[Any, Any]) -> None:
@@ -891,9 +1188,12 @@ class HAGroup:
 
         self.on_each("C_SetAttributeValue", task, vobj, only)
         with self._lock:
-            for k in (Attribute.LABEL, Attribute.ID):
-                if k in attrs and k in vobj.ident:
-                    vobj.ident[k] = attrs[k]
+            if any(k in attrs and k in vobj.ident for k in (Attribute.LABEL, Attribute.ID)):
+                self._unindex(vobj)
+                for k in (Attribute.LABEL, Attribute.ID):
+                    if k in attrs and k in vobj.ident:
+                        vobj.ident[k] = attrs[k]
+                self._by_ident.setdefault(replication.ident_key(vobj.ident), []).append(vobj)
             if only is None:
                 for m in self.members:
                     if not m.alive:
@@ -908,8 +1208,17 @@ class HAGroup:
 
     def login(self, pin: str) -> None:
         """Log in to every alive member with the same PIN (kept only to re-login
-        recovered members; never shown)."""
+        recovered members; never shown).
+
+        Then the members are compared (inventory, ``needs_sync``) and, when the
+        group's HASynchronize flag is set, synchronised; neither can fail the
+        login.
+        """
         self.recovery_tick()
+        self._login(pin)
+        self._after_login()
+
+    def _login(self, pin: str) -> None:
         if self._pin is not None:
             raise CKRError("CKR_USER_ALREADY_LOGGED_IN", "C_Login")
         done: list[Member] = []

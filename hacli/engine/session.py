@@ -21,9 +21,10 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.defaults import DEFAULT_KEY_CAPABILITIES
 from pkcs11.util import ec as _ec
 
-from hacli.engine import multipart
+from hacli.engine import multipart, replication
 from hacli.engine.exceptions import CKRError
 from hacli.engine.group import _capability_attrs, _ha_key_attrs, _ident_of, random_id
+from hacli.engine.member import MAPPER
 from hacli.engine.multipart import FUNCTIONS, MultiPart
 from hacli.engine.types import SessionInfo, TokenInfo
 
@@ -34,19 +35,39 @@ if TYPE_CHECKING:
 Template = Mapping[Any, Any]
 
 # Values read from a temporary key to create the same key on every member when
-# the members cannot carry the transport wrap mechanism (value transfer).
-_SECRET_VALUES = (Attribute.VALUE,)
-_PRIVATE_VALUES = {
-    KeyType.RSA: (Attribute.MODULUS, Attribute.PUBLIC_EXPONENT, Attribute.PRIVATE_EXPONENT,
-                  Attribute.PRIME_1, Attribute.PRIME_2, Attribute.EXPONENT_1,
-                  Attribute.EXPONENT_2, Attribute.COEFFICIENT),
-    KeyType.EC: (Attribute.EC_PARAMS, Attribute.VALUE),
-}
-_PUBLIC_VALUES = {
-    KeyType.RSA: (Attribute.MODULUS, Attribute.PUBLIC_EXPONENT),
-    KeyType.EC: (Attribute.EC_PARAMS, Attribute.EC_POINT),
-}
+# the members cannot carry the transport wrap mechanism (ReplicateByValue).
+_PRIVATE_VALUES = replication.PRIVATE_VALUES
+_PUBLIC_VALUES = replication.PUBLIC_VALUES
 _TEMP = {Attribute.TOKEN: False, Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}
+
+
+def _checked(template: Template | None, operation: str) -> dict[Any, Any]:
+    """A copy of ``template`` whose every value python-pkcs11 can encode.
+
+    python-pkcs11 0.10 frees uninitialised pointers when encoding a template
+    fails half-way (a str attribute given an int, ...), which crashes the
+    process; so every template is encoded once here first.  The error names
+    the attribute, never its value.
+    """
+    out = dict(template or {})
+    for key, value in out.items():
+        try:
+            MAPPER.pack_attribute(key, value)
+        except NotImplementedError:
+            raise CKRError("CKR_ATTRIBUTE_TYPE_INVALID", operation,
+                           detail=f"attribute {_attr_name(key)} is not known") from None
+        except Exception:
+            raise CKRError("CKR_ATTRIBUTE_VALUE_INVALID", operation,
+                           detail=f"{_attr_name(key)}: a {type(value).__name__} is not a "
+                                  "valid value") from None
+    return out
+
+
+def _attr_name(key: Any) -> str:
+    try:
+        return "CKA_" + Attribute(key).name
+    except (ValueError, TypeError):
+        return repr(key) if not isinstance(key, int) else f"0x{key:08X}"
 
 
 def _final(cls: Any, key_type: Any, kid: bytes, label: str | None, token: bool,
@@ -159,29 +180,35 @@ class VirtualSession:
         vobjs = [self.group.vobject(h, operation) for h in handles]
         return self.group.execute(operation, fn, vobjs, self.only)
 
-    def _create(self, operation: str, fn: Any, handles: Sequence[int] = ()) -> list[int]:
+    def _create(self, operation: str, fn: Any, handles: Sequence[int] = (),
+                replay: bool = False) -> list[int]:
         self._check(operation)
         vobjs = [self.group.vobject(h, operation) for h in handles]
-        created = self.group.create(operation, fn, vobjs, owner=self.handle, only=self.only)
+        created = self.group.create(operation, fn, vobjs, owner=self.handle, only=self.only,
+                                    replay=replay)
         return [v.handle for v in created]
 
     # -- objects -----------------------------------------------------------
     def create_object(self, template: Template) -> int:
         """C_CreateObject; replicated to every member."""
-        t = dict(template)
+        t = _checked(template, "C_CreateObject")
         self._writable(t, "C_CreateObject")
         cls = t.get(Attribute.CLASS)
         if cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
             t = _ha_key_attrs(t, "C_CreateObject")
         if cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
             t.setdefault(Attribute.ID, random_id())
-        return self._create("C_CreateObject", lambda m, c: [c.work.create_object(t)])[0]
+        # replicated by creating it from the same template on every member: the
+        # values came from the caller, nothing is read back from a member
+        return self._create("C_CreateObject", lambda m, c: [c.work.create_object(t)],
+                            replay=True)[0]
 
     def copy_object(self, handle: int, template: Template | None = None) -> int:
         """C_CopyObject; the copy is replicated to every member."""
-        t = dict(template or {})
+        t = _checked(template, "C_CopyObject")
         self._writable(t, "C_CopyObject")
-        return self._create("C_CopyObject", lambda m, c, o: [o.copy(t)], [handle])[0]
+        return self._create("C_CopyObject", lambda m, c, o: [o.copy(t)], [handle],
+                            replay=True)[0]
 
     def destroy_object(self, handle: int) -> None:
         """C_DestroyObject on every member."""
@@ -190,7 +217,7 @@ class VirtualSession:
 
     def find_objects(self, template: Template | None = None) -> list[int]:
         """Find objects matching ``template``; the search runs on one member."""
-        t = dict(template or {})
+        t = _checked(template, "C_FindObjectsInit")
 
         def task(m: Member, conn: Connection) -> list[int]:
             out = []
@@ -232,7 +259,7 @@ class VirtualSession:
         """C_SetAttributeValue on every member."""
         self._check("C_SetAttributeValue")
         self.group.set_attributes(self.group.vobject(handle, "C_SetAttributeValue"),
-                                  dict(attributes), self.only)
+                                  _checked(attributes, "C_SetAttributeValue"), self.only)
 
     def object_class(self, handle: int) -> Any:
         return self.group.vobject(handle).cls
@@ -244,13 +271,15 @@ class VirtualSession:
         """Generate a secret key once and copy it to every member."""
         caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
         t = _capability_attrs(ObjectClass.SECRET_KEY, caps)
-        t.update(template or {})
+        t.update(_checked(template, "C_GenerateKey"))
         t[Attribute.TOKEN] = token
         self._writable(t, "C_GenerateKey")
         t = _ha_key_attrs(t, "C_GenerateKey")
         kid = id or t.pop(Attribute.ID, None) or random_id()
 
-        if not self.group.can_wrap(self.only):
+        self._check("C_GenerateKey")
+        self.group.recovery_tick()  # the mode depends on which members serve
+        if self.group.generation_mode("C_GenerateKey", self.only) == "value":
             def gen(m: Member, c: Connection) -> list[dict[Any, Any]]:
                 tmp = c.work.generate_key(key_type, bits, template=_TEMP, mechanism=mechanism)
                 try:
@@ -279,9 +308,9 @@ class VirtualSession:
         """Generate a key pair once and copy it to every member: (public, private)."""
         caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
         pub = _capability_attrs(ObjectClass.PUBLIC_KEY, caps)
-        pub.update(public_template or {})
+        pub.update(_checked(public_template, "C_GenerateKeyPair"))
         priv = _capability_attrs(ObjectClass.PRIVATE_KEY, caps)
-        priv.update(private_template or {})
+        priv.update(_checked(private_template, "C_GenerateKeyPair"))
         pub[Attribute.TOKEN] = priv[Attribute.TOKEN] = token
         if key_type == KeyType.EC:
             if curve is None and Attribute.EC_PARAMS not in pub:
@@ -292,7 +321,14 @@ class VirtualSession:
         priv = _ha_key_attrs(priv, "C_GenerateKeyPair")
         kid = id or priv.pop(Attribute.ID, None) or random_id()
 
-        if not self.group.can_wrap(self.only) and key_type in _PRIVATE_VALUES:
+        self._check("C_GenerateKeyPair")
+        self.group.recovery_tick()  # the mode depends on which members serve
+        mode = self.group.generation_mode("C_GenerateKeyPair", self.only)
+        if mode == "value" and key_type not in _PRIVATE_VALUES:
+            raise CKRError("CKR_KEY_NOT_WRAPPABLE", "C_GenerateKeyPair",
+                           detail="members cannot wrap keys, and replication by value "
+                                  "supports RSA and EC key pairs only")
+        if mode == "value":
             def gen(m: Member, c: Connection) -> list[dict[Any, Any]]:
                 tpub, tpriv = c.work.generate_keypair(
                     key_type, bits, public_template={**pub, Attribute.TOKEN: False},
@@ -365,7 +401,7 @@ class VirtualSession:
         """C_UnwrapKey on one member; the new key is copied to every member."""
         caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
         t = _capability_attrs(object_class, caps)
-        t.update(template or {})
+        t.update(_checked(template, "C_UnwrapKey"))
         t[Attribute.TOKEN] = token
         self._writable(t, "C_UnwrapKey")
         t = _ha_key_attrs(t, "C_UnwrapKey")
@@ -376,7 +412,8 @@ class VirtualSession:
                                  store=token, template=t, mechanism=mechanism,
                                  mechanism_param=mechanism_param)]
 
-        return self._create("C_UnwrapKey", task, [unwrapping_key])[0]
+        # replicated by unwrapping the same blob on every member
+        return self._create("C_UnwrapKey", task, [unwrapping_key], replay=True)[0]
 
     def derive_key(self, base_key: int, key_type: KeyType, bits: int, *, mechanism: Any = None,
                    mechanism_param: Any = None, label: str | None = None,
@@ -385,7 +422,7 @@ class VirtualSession:
         """C_DeriveKey (e.g. ECDH1_DERIVE) on one member; the result is copied to every member."""
         caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
         t = _capability_attrs(ObjectClass.SECRET_KEY, caps)
-        t.update(template or {})
+        t.update(_checked(template, "C_DeriveKey"))
         t[Attribute.TOKEN] = token
         self._writable(t, "C_DeriveKey")
         t = _ha_key_attrs(t, "C_DeriveKey")
@@ -395,7 +432,8 @@ class VirtualSession:
             return [b.derive_key(key_type, bits, id=kid, label=label, store=token, template=t,
                                  mechanism=mechanism, mechanism_param=mechanism_param)]
 
-        return self._create("C_DeriveKey", task, [base_key])[0]
+        # replicated by the same derivation on every member (deterministic)
+        return self._create("C_DeriveKey", task, [base_key], replay=True)[0]
 
     # -- multi-part operations (pinned to the member chosen at init) -------------
     def _op_init(self, kind: str, key: int | None, mechanism: Any, param: Any) -> None:

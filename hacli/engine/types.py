@@ -99,5 +99,126 @@ class SessionInfo:
         return f"CKS_{'RW' if self.rw else 'RO'}_{who}"
 
 
-__all__ = ["HA_SLOT_DESCRIPTION", "GroupStatus", "MemberStatus", "SessionInfo", "SlotInfo",
-           "TokenInfo"]
+@dataclass(frozen=True)
+class ObjectSummary:
+    """A token object as an inventory sees it: its identity, never its value.
+
+    Objects are matched across members by class, ``CKA_ID``, ``CKA_LABEL``
+    and key type (data objects: label and ``CKA_APPLICATION``).
+    """
+
+    object_class: str  # "CKO_SECRET_KEY", ...
+    label: str | None = None
+    id: str | None = None  # CKA_ID in hex
+    key_type: str | None = None  # "CKK_AES", ...
+    application: str | None = None  # data objects
+    sensitive: bool | None = None  # secret and private keys
+
+    def describe(self) -> str:
+        """One line for people: ``CKO_SECRET_KEY CKK_AES label='k' id=0a1b``."""
+        parts = [self.object_class]
+        if self.key_type:
+            parts.append(self.key_type)
+        if self.label is not None:
+            parts.append(f"label={self.label!r}")
+        if self.id:
+            parts.append(f"id={self.id}")
+        if self.application:
+            parts.append(f"application={self.application!r}")
+        return " ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MemberInventory:
+    """One member in an inventory comparison.
+
+    ``missing``: objects some other member has and this one lacks.
+    ``reachable`` is False for a member that is down (its inventory is unknown).
+    """
+
+    serial: str
+    reachable: bool
+    objects: int = 0
+    missing: tuple[ObjectSummary, ...] = ()
+    error: str | None = None
+
+    @property
+    def needs_sync(self) -> bool:
+        return bool(self.missing)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"serial": self.serial, "reachable": self.reachable, "objects": self.objects,
+                "needs_sync": self.needs_sync, "error": self.error,
+                "missing": [o.as_dict() for o in self.missing]}
+
+
+@dataclass(frozen=True)
+class InventoryDiff:
+    """What each member of a group lacks compared to the union of their token objects."""
+
+    group: str
+    members: tuple[MemberInventory, ...] = ()
+
+    @property
+    def in_sync(self) -> bool:
+        """True when every reachable member has every object the others have."""
+        return not any(m.missing for m in self.members)
+
+    def member(self, serial: str) -> MemberInventory:
+        for m in self.members:
+            if m.serial == serial:
+                return m
+        raise KeyError(serial)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "in_sync": self.in_sync,
+                "members": [m.as_dict() for m in self.members]}
+
+
+@dataclass(frozen=True)
+class SyncFailure:
+    """An object that could not be copied to a member, and why."""
+
+    serial: str
+    object: ObjectSummary
+    ckr: str
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"serial": self.serial, "object": self.object.as_dict(), "ckr": self.ckr,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """Result of :meth:`HAGroup.synchronize`.
+
+    ``copied``: (member serial, object, how: ``wrap``/``value``/``escrow``).
+    ``unreachable``: members that are down (not synchronised).
+    """
+
+    group: str
+    copied: tuple[tuple[str, ObjectSummary, str], ...] = ()
+    failed: tuple[SyncFailure, ...] = ()
+    unreachable: tuple[str, ...] = ()
+    destroyed: int = 0  # destroys replayed from the journal
+
+    @property
+    def complete(self) -> bool:
+        """True when every reachable member now has every object."""
+        return not self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "complete": self.complete,
+                "copied": [{"serial": s, "object": o.as_dict(), "how": how}
+                           for s, o, how in self.copied],
+                "failed": [f.as_dict() for f in self.failed],
+                "unreachable": list(self.unreachable), "destroyed": self.destroyed}
+
+
+__all__ = ["HA_SLOT_DESCRIPTION", "GroupStatus", "InventoryDiff", "MemberInventory",
+           "MemberStatus", "ObjectSummary", "SessionInfo", "SlotInfo", "SyncFailure",
+           "SyncReport", "TokenInfo"]

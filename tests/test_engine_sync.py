@@ -1,0 +1,393 @@
+"""Replication policy (ReplicateByValue) and synchronisation (HASynchronize), on the lab.
+
+Two ways to reach the lab's tokens:
+
+* through p11-kit (the lab as it runs): members can crash, but cannot wrap keys
+  (p11-kit 0.24's RPC forwards no AES key-wrap mechanism);
+* directly through libsofthsm2.so (``direct=True``): members can wrap under the
+  transport key, so the secure path is exercised; a member is "down" there by
+  pointing its location at a library that does not exist, then back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from enginehelpers import direct_config, lab_config, make_engines, wait_for
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+
+from hacli.conf.model_types import MemberLocation
+from hacli.engine import CKRError, Engine, provision_transport_key
+from hacli.engine.halog import LOG_NAME
+
+pytestmark = pytest.mark.lab
+
+ECB = Mechanism.AES_ECB
+
+
+@pytest.fixture
+def engine_factory(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
+    yield from make_engines(tmp_path)
+
+
+def labels_on(g: Any, serial: str, labels: list[str]) -> set[str]:
+    """Which of ``labels`` exist as token objects on one member (pinned session)."""
+    found = set()
+    with g.open_session(member=serial) as ms:
+        for label in labels:
+            if ms.find_objects({Attribute.LABEL: label, Attribute.TOKEN: True}):
+                found.add(label)
+    return found
+
+
+def purge(g: Any, labels: list[str]) -> None:
+    """Destroy token objects with these labels on every alive member."""
+    for m in g.members:
+        if not m.alive:
+            continue
+        with g.open_session(member=m.serial) as ms:
+            for label in labels:
+                for h in ms.find_objects({Attribute.LABEL: label, Attribute.TOKEN: True}):
+                    ms.destroy_object(h)
+
+
+def missing_labels(diff: Any, serial: str) -> set[str | None]:
+    return {o.label for o in diff.member(serial).missing}
+
+
+def encrypt_on(g: Any, serial: str, label: str) -> bytes:
+    with g.open_session(member=serial) as ms:
+        (h,) = ms.find_objects({Attribute.LABEL: label, Attribute.CLASS: ObjectClass.SECRET_KEY})
+        return ms.encrypt(h, bytes(16), mechanism=ECB)
+
+
+# ---------------------------------------------------------------------------
+# the policy
+
+
+def test_policy_refuses_keys_that_cannot_travel_wrapped(healthy_lab, engine_factory) -> None:
+    lab = healthy_lab
+    m0, m1 = (m.serial for m in lab.members())
+    engine = engine_factory(lab, by_value=False)
+    g = engine.group()
+    labels = ["pol-gen", "pol-pair", "pol-created", "pol-local", "pol-data"]
+    with g.open_session() as s:
+        s.login(lab.pin())
+        try:
+            with pytest.raises(CKRError) as exc:
+                s.generate_key(KeyType.AES, 256, label="pol-gen", token=True)
+            err = exc.value
+            assert err.ckr == "CKR_KEY_NOT_WRAPPABLE"
+            assert "CKM_AES_KEY_WRAP_PAD" in str(err) and "ReplicateByValue" in str(err)
+            with pytest.raises(CKRError) as exc:
+                s.generate_keypair(KeyType.RSA, 2048, label="pol-pair", token=True)
+            assert exc.value.ckr == "CKR_KEY_NOT_WRAPPABLE"
+            # nothing was left behind on any member
+            for serial in (m0, m1):
+                assert labels_on(g, serial, ["pol-gen", "pol-pair"]) == set()
+            # a key whose value the caller supplies is created from the same
+            # template on every member: no material is read back from a member
+            value = os.urandom(32)
+            s.create_object({Attribute.CLASS: ObjectClass.SECRET_KEY,
+                             Attribute.KEY_TYPE: KeyType.AES, Attribute.VALUE: value,
+                             Attribute.LABEL: "pol-created", Attribute.TOKEN: True,
+                             Attribute.ENCRYPT: True})
+            assert encrypt_on(g, m0, "pol-created") == encrypt_on(g, m1, "pol-created")
+            # public objects always replicate
+            s.create_object({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: "pol-data",
+                             Attribute.VALUE: b"public", Attribute.TOKEN: True})
+            assert labels_on(g, m1, ["pol-data"]) == {"pol-data"}
+            # a session pinned to one member is direct member access: allowed,
+            # and synchronisation then says why it cannot copy the key
+            with g.open_session(member=m0) as ms:
+                ms.generate_key(KeyType.AES, 128, label="pol-local", token=True)
+            report = g.synchronize()
+            ours = [f for f in report.failed if f.object.label == "pol-local"]
+            assert [(f.serial, f.ckr) for f in ours] == [(m1, "CKR_KEY_NOT_WRAPPABLE")]
+            assert "ReplicateByValue" in ours[0].reason
+            assert g.members[1].needs_sync
+        finally:
+            purge(g, labels)
+
+
+def test_keys_travel_wrapped_when_members_can(healthy_lab, engine_factory) -> None:
+    """Members opened directly can wrap: generated keys are copied under the
+    transport key, with ReplicateByValue off."""
+    lab = healthy_lab
+    m0, m1 = (m.serial for m in lab.members())
+    engine = engine_factory(lab, direct=True, by_value=False)
+    g = engine.group()
+    assert g.can_wrap()
+    labels = ["wrap-aes", "wrap-rsa", "wrap-local"]
+    with g.open_session() as s:
+        s.login(lab.pin())
+        try:
+            assert g.generation_mode("C_GenerateKey") == "wrap"
+            s.generate_key(KeyType.AES, 256, label="wrap-aes", token=True)
+            assert encrypt_on(g, m0, "wrap-aes") == encrypt_on(g, m1, "wrap-aes")
+            pub, priv = s.generate_keypair(KeyType.RSA, 2048, label="wrap-rsa", token=True)
+            for serial in (m0, m1):
+                with g.open_session(member=serial) as ms:
+                    sig = ms.sign(priv, b"wrapped", mechanism=Mechanism.SHA256_RSA_PKCS)
+                    assert s.verify(pub, b"wrapped", sig, mechanism=Mechanism.SHA256_RSA_PKCS)
+                    assert ms.get_attribute(priv, Attribute.SENSITIVE) is True
+            # a key made on one member only (extractable) is copied wrapped by synchronize
+            with g.open_session(member=m1) as ms:
+                ms.generate_key(KeyType.AES, 128, label="wrap-local", token=True)
+            diff = g.inventory_diff()
+            assert "wrap-local" in missing_labels(diff, m0)
+            report = g.synchronize()
+            assert (m0, "wrap-local", "wrap") in {(c[0], c[1].label, c[2]) for c in report.copied}
+            assert encrypt_on(g, m0, "wrap-local") == encrypt_on(g, m1, "wrap-local")
+            again = g.synchronize()
+            assert not [c for c in again.copied if c[1].label in labels]  # idempotent
+        finally:
+            purge(g, labels)
+
+
+def test_key_material_never_shown(healthy_lab, engine_factory, tmp_path) -> None:
+    lab = healthy_lab
+    m0, m1 = (m.serial for m in lab.members())
+    engine = engine_factory(lab, synchronize=False)
+    g = engine.group()
+    value = os.urandom(32)
+    marks = (value.hex(), repr(value)[2:-1], value.hex().upper())
+    texts: list[str] = []
+    with g.open_session() as s:
+        s.login(lab.pin())
+        lab.fail(m1)
+        try:
+            g.status()  # the probe notices the failure
+            h = s.create_object({Attribute.CLASS: ObjectClass.SECRET_KEY,
+                                 Attribute.KEY_TYPE: KeyType.AES, Attribute.VALUE: value,
+                                 Attribute.LABEL: "secret-shown", Attribute.TOKEN: True,
+                                 Attribute.ENCRYPT: True})
+            kid = s.generate_key(KeyType.AES, 256, label="secret-gen", token=True)
+            assert len(g._escrow) == 1  # kept for the member that is down
+            for bad in ({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.VALUE: value,
+                         Attribute.KEY_TYPE: KeyType.AES, Attribute.LABEL: 5},
+                        {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.VALUE: value}):
+                with pytest.raises(CKRError) as exc:
+                    s.create_object(bad)
+                texts += [str(exc.value), repr(exc.value), exc.value.detail]
+            texts += [repr(g), repr(vars(g)), repr(s), repr(vars(s)), repr(g._escrow),
+                      repr(g.vobject(h)), repr(g.vobject(kid)), repr(g.members),
+                      str(g.status()), str(g.inventory_diff())]
+        finally:
+            lab.restore(m1)
+        assert wait_for(lambda: (s.generate_random(8), g.members[1].alive)[1])
+        report = g.synchronize()  # HASynchronize is off: by hand, from the escrow
+        got = {(c[1].label, c[2]) for c in report.copied if c[0] == m1}
+        # generated by value: only the escrow has it; the created one (not
+        # sensitive: SoftHSM's default) is read from the member that has it
+        assert {("secret-gen", "escrow"), ("secret-shown", "value")} <= got
+        assert len(g._escrow) == 0  # delivered: dropped
+        texts += [str(report), repr(report.as_dict())]
+        assert encrypt_on(g, m0, "secret-gen") == encrypt_on(g, m1, "secret-gen")
+        purge(g, ["secret-shown", "secret-gen"])
+    texts.append((tmp_path / "halog" / LOG_NAME).read_text())
+    for text in texts:
+        for mark in marks:
+            assert mark not in text
+
+
+# ---------------------------------------------------------------------------
+# synchronisation
+
+
+def test_synchronize_copies_what_a_member_lacks(healthy_lab, engine_factory,
+                                                 member_client, tmp_path) -> None:
+    lab = healthy_lab
+    m0, m1 = (m.serial for m in lab.members())
+    labels = ["sync-data", "sync-plain", "sync-secret", "sync-rsa"]
+    client = member_client(lab, "member0")
+    made = client.call(
+        "_ = [session.create_object({Attribute.CLASS: ObjectClass.DATA, "
+        "Attribute.LABEL: 'sync-data', Attribute.APPLICATION: 'hacli-test', "
+        "Attribute.VALUE: b'shared', Attribute.TOKEN: True}), "
+        "session.generate_key(KeyType.AES, 128, label='sync-plain', id=b'sync-plain', "
+        "store=True, template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}), "
+        "session.generate_key(KeyType.AES, 128, label='sync-secret', id=b'sync-secret', "
+        "store=True, template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True}), "
+        "session.generate_keypair(KeyType.RSA, 1024, label='sync-rsa', id=b'sync-rsa', "
+        "store=True)]")
+    assert "value" in made, made
+    engine = engine_factory(lab, synchronize=False)  # nothing automatic
+    g = engine.group()
+    try:
+        with pytest.raises(CKRError) as exc:
+            g.inventory_diff()
+        assert exc.value.ckr == "CKR_USER_NOT_LOGGED_IN"
+        diff = g.inventory_diff(lab.pin())  # logs in for the comparison, then out
+        assert not g.logged_in
+        assert {"sync-data", "sync-plain", "sync-secret", "sync-rsa"} <= missing_labels(diff, m1)
+        assert not {"sync-data"} & missing_labels(diff, m0)
+        assert g.members[1].needs_sync
+        secret = next(o for o in diff.member(m1).missing if o.label == "sync-secret")
+        assert secret.object_class == "CKO_SECRET_KEY" and secret.key_type == "CKK_AES"
+        assert secret.id == b"sync-secret".hex() and secret.sensitive is True
+
+        report = g.synchronize(lab.pin())
+        got = {(c[1].label, c[1].object_class, c[2]) for c in report.copied if c[0] == m1}
+        assert {("sync-data", "CKO_DATA", "value"), ("sync-plain", "CKO_SECRET_KEY", "value"),
+                ("sync-rsa", "CKO_PUBLIC_KEY", "value")} <= got
+        failed = {(f.object.label, f.object.object_class, f.ckr)
+                  for f in report.failed if f.serial == m1}
+        # sensitive keys cannot leave a member that cannot wrap: reported, not hidden
+        assert {("sync-secret", "CKO_SECRET_KEY", "CKR_KEY_NOT_WRAPPABLE"),
+                ("sync-rsa", "CKO_PRIVATE_KEY", "CKR_KEY_NOT_WRAPPABLE")} <= failed
+        assert not report.complete
+        with g.open_session() as s:
+            s.login(lab.pin())
+            assert encrypt_on(g, m0, "sync-plain") == encrypt_on(g, m1, "sync-plain")
+            with g.open_session(member=m1) as ms:
+                (d,) = ms.find_objects({Attribute.LABEL: "sync-data"})
+                assert ms.get_attribute(d, Attribute.VALUE) == b"shared"
+            again = g.synchronize()
+            assert not [c for c in again.copied if c[1].label in labels]  # idempotent
+            assert g.members[1].needs_sync  # the sensitive keys are still missing
+            purge(g, labels)
+            assert not missing_labels(g.inventory_diff(), m1) & set(labels)
+        log = (tmp_path / "halog" / LOG_NAME).read_text()
+        assert f"{lab.group_label} {m1} synchronized CKR_KEY_NOT_WRAPPABLE" in log
+    finally:
+        client.call("_ = [o.destroy() for l in ('sync-data', 'sync-plain', 'sync-secret', "
+                    "'sync-rsa') for o in list(session.get_objects({Attribute.LABEL: l}))]")
+
+
+def test_member_down_while_generating_is_synchronised_on_recovery(healthy_lab,
+                                                                  engine_factory,
+                                                                  tmp_path) -> None:
+    """Through p11-kit (ReplicateByValue, as the lab's file says): from the escrow."""
+    lab = healthy_lab
+    m0, m1 = (m.serial for m in lab.members())
+    engine = engine_factory(lab, synchronize=True)
+    g = engine.group()
+    with g.open_session() as s:
+        s.login(lab.pin())
+        lab.fail(m1)
+        try:
+            g.status()  # the probe notices the failure
+            assert not g.members[1].alive
+            s.generate_key(KeyType.AES, 256, label="down-gen", token=True)
+            d = s.create_object({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: "down-data",
+                                 Attribute.VALUE: b"while down", Attribute.TOKEN: True})
+            assert g.members[1].needs_sync
+        finally:
+            lab.restore(m1)
+        # the next call after the interval recovers the member and synchronises it
+        assert wait_for(lambda: (s.generate_random(8), g.members[1].alive)[1])
+        assert labels_on(g, m1, ["down-gen", "down-data"]) == {"down-gen", "down-data"}
+        assert encrypt_on(g, m0, "down-gen") == encrypt_on(g, m1, "down-gen")
+        with g.open_session(member=m1) as ms:
+            assert ms.get_attribute(d, Attribute.VALUE) == b"while down"
+        assert not missing_labels(g.inventory_diff(), m1) & {"down-gen", "down-data"}
+        purge(g, ["down-gen", "down-data"])
+    log = (tmp_path / "halog" / LOG_NAME).read_text()
+    assert f"{lab.group_label} {m1} recovered -" in log
+    assert f"{lab.group_label} {m1} synchronized" in log
+
+
+def test_recovery_synchronises_with_wrap(healthy_lab, tmp_path) -> None:
+    """Members opened directly (they can wrap), ReplicateByValue off: a member
+    that was unreachable while a key was generated gets it wrapped on recovery."""
+    lab = healthy_lab
+    m0, m1 = (m.serial for m in lab.members())
+    good = direct_config(lab, tmp_path / "halog", by_value=False, synchronize=True)
+    provision_transport_key(good, lab.group_label, lab.so_pin())
+    members = dict(good.members)
+    members[m1] = MemberLocation(m1, str(tmp_path / "not-there.so"))
+    with Engine(dataclasses.replace(good, members=members)) as engine:
+        g = engine.group()
+        assert not g.members[1].alive
+        with g.open_session() as s:
+            s.login(lab.pin())
+            s.generate_key(KeyType.AES, 256, label="wrap-down", token=True)
+            assert len(g._escrow) == 0  # nothing in the clear, ever
+            engine.member(m1).location = good.members[m1]  # the member comes back
+            assert g.recover_now(m1)
+            assert labels_on(g, m1, ["wrap-down"]) == {"wrap-down"}
+            assert encrypt_on(g, m0, "wrap-down") == encrypt_on(g, m1, "wrap-down")
+            assert not g.members[1].needs_sync or "wrap-down" not in missing_labels(
+                g.inventory_diff(), m1)
+            purge(g, ["wrap-down"])
+    log = (tmp_path / "halog" / LOG_NAME).read_text()
+    assert f"{lab.group_label} {m1} synchronized" in log
+
+
+def test_no_automatic_sync_when_disabled(healthy_lab, engine_factory, member_client) -> None:
+    lab = healthy_lab
+    m0, m1 = (m.serial for m in lab.members())
+    client = member_client(lab, "member1")
+    made = client.call("_ = session.create_object({Attribute.CLASS: ObjectClass.DATA, "
+                       "Attribute.LABEL: 'nosync-data', Attribute.VALUE: b'x', "
+                       "Attribute.TOKEN: True})")
+    assert "value" in made, made
+    engine = engine_factory(lab, synchronize=False)
+    g = engine.group()
+    try:
+        with g.open_session() as s:
+            s.login(lab.pin())  # a fresh process knows after login: inventory, no copy
+            assert g.members[0].needs_sync
+            assert labels_on(g, m0, ["nosync-data"]) == set()
+            # a member down while something is created is not caught up on recovery
+            lab.fail(m0)
+            try:
+                g.status()
+                s.generate_key(KeyType.AES, 128, label="nosync-gen", token=True)
+            finally:
+                lab.restore(m0)
+            assert wait_for(lambda: (s.generate_random(8), g.members[0].alive)[1])
+            assert labels_on(g, m0, ["nosync-data", "nosync-gen"]) == set()
+            assert g.members[0].needs_sync
+            # operations on the key avoid the member that lacks it
+            (k,) = s.find_objects({Attribute.LABEL: "nosync-gen"})
+            for _ in range(4):
+                s.encrypt(k, bytes(16), mechanism=ECB)
+            # by hand it is
+            report = g.synchronize()
+            assert {("nosync-data", "value"), ("nosync-gen", "escrow")} <= {
+                (c[1].label, c[2]) for c in report.copied if c[0] == m0}
+            assert labels_on(g, m0, ["nosync-data", "nosync-gen"]) == {"nosync-data",
+                                                                      "nosync-gen"}
+            purge(g, ["nosync-data", "nosync-gen"])
+    finally:
+        client.call("_ = [o.destroy() for o in list(session.get_objects("
+                    "{Attribute.LABEL: 'nosync-data'}))]")
+
+
+def test_login_synchronises_when_enabled(healthy_lab, engine_factory, member_client) -> None:
+    lab = healthy_lab
+    m0, _m1 = (m.serial for m in lab.members())
+    client = member_client(lab, "member1")
+    made = client.call("_ = session.create_object({Attribute.CLASS: ObjectClass.DATA, "
+                       "Attribute.LABEL: 'login-sync', Attribute.VALUE: b'y', "
+                       "Attribute.TOKEN: True})")
+    assert "value" in made, made
+    engine = engine_factory(lab, synchronize=True)
+    g = engine.group()
+    try:
+        with g.open_session() as s:
+            s.login(lab.pin())
+            assert labels_on(g, m0, ["login-sync"]) == {"login-sync"}
+            purge(g, ["login-sync"])
+    finally:
+        client.call("_ = [o.destroy() for o in list(session.get_objects("
+                    "{Attribute.LABEL: 'login-sync'}))]")
+
+
+def test_lab_config_file_allows_by_value(healthy_lab) -> None:
+    """`hacli lab up` writes ReplicateByValue = 1 (with its reason) into the lab's file."""
+    from hacli.conf.model import load_config
+    from hacli.conf.store import load
+
+    text = healthy_lab.conf_path.read_text()
+    assert "ReplicateByValue = 1;" in text and "p11-kit" in text
+    cfg = load_config(load(healthy_lab.conf_path), str(healthy_lab.conf_path))
+    assert cfg.settings.replicate_by_value is True
+    assert lab_config(healthy_lab, Path("/tmp")).settings.replicate_by_value is True
