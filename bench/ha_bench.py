@@ -28,6 +28,7 @@ from hacli.conf.model_types import GroupConf, HAConfig
 from hacli.conf.store import load
 from hacli.engine import Engine
 from hacli.lab import Lab
+from hacli.lab.provision import provision_lab
 from hacli.multitoken import run
 from hacli.multitoken.modes import KEY_LABEL
 from hacli.multitoken.targets import DirectTarget, HATarget
@@ -94,9 +95,7 @@ def main() -> int:
         lab = Lab(Path(tmp) / "lab")
         lab.up(3)
         try:
-            from hacli.cli.lab import _provision
-
-            _provision(lab)
+            provision_lab(lab)
             config = load_config(load(lab.conf_path), str(lab.conf_path))
             pin = lab.pin()
             first = config.groups[0].members[0]

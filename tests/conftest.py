@@ -36,6 +36,7 @@ import pytest
 from hacli.errors import LabError
 from hacli.lab import RUNNING, Lab, find_tools
 from hacli.lab.procs import group_pids, pids_with_arg, wait_until
+from hacli.lab.provision import provision_lab
 
 
 def lab_processes(lab: Lab) -> list[int]:
@@ -63,6 +64,7 @@ def _make_lab(tmp_path_factory: pytest.TempPathFactory, name: str, members: int)
         pytest.fail(f"the lab needs SoftHSM2 and p11-kit: {exc}")
     lab = Lab(tmp_path_factory.mktemp(name), timeout=10.0)
     lab.up(members)
+    provision_lab(lab)  # as `hacli lab up` does: the group's transport key, once
     yield lab
     lab.down()
     left = lab_processes(lab)

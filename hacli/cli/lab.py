@@ -62,23 +62,15 @@ def up(members: int | None, directory: str | None, as_json: bool) -> None:
     the_lab = open_lab(directory)
     status = the_lab.up(members)
     if status.created:
-        _provision(the_lab)
+        from hacli.lab.provision import provision_lab
+
+        provision_lab(the_lab)
         headline = f"Lab created with {len(status.members)} members."
     elif status.started:
         headline = f"Lab started again: {', '.join(status.started)}."
     else:
         headline = "Lab is already up; nothing changed."
     show_status(status, as_json, headline)
-
-
-def _provision(the_lab: Lab) -> None:
-    """Give the lab group its transport key (needs the SO PIN, kept in the lab)."""
-    from hacli.conf.model import load_config
-    from hacli.conf.store import load
-    from hacli.engine import provision_transport_key
-
-    config = load_config(load(the_lab.conf_path), str(the_lab.conf_path))
-    provision_transport_key(config, the_lab.group_label, the_lab.so_pin(), the_lab.pin())
 
 
 @lab.command()
