@@ -322,7 +322,7 @@ def test_recovery_synchronises_with_wrap(healthy_lab, tmp_path) -> None:
 
 def test_no_automatic_sync_when_disabled(healthy_lab, engine_factory, member_client) -> None:
     lab = healthy_lab
-    m0, m1 = (m.serial for m in lab.members())
+    m0, _m1 = (m.serial for m in lab.members())
     client = member_client(lab, "member1")
     made = client.call("_ = session.create_object({Attribute.CLASS: ObjectClass.DATA, "
                        "Attribute.LABEL: 'nosync-data', Attribute.VALUE: b'x', "

@@ -1,4 +1,5 @@
-"""Engine unit tests: recovery policy (fake clock), CKR mapping, HA log. No PKCS#11."""
+"""Engine unit tests: recovery policy (fake clock), CKR mapping, HA log, the multi-part
+step driver, the escrow, error texts. No PKCS#11."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import re
 
 import pkcs11.exceptions as px
 import pytest
+from pkcs11 import Attribute
 
 from hacli.engine import RecoveryPolicy, ckr_name, is_member_failure
 from hacli.engine.exceptions import CallTimeout, CKRError, GroupDownError
 from hacli.engine.halog import LOG_NAME, HALog
+from hacli.engine.multipart import StepDriver
+from hacli.engine.replication import Escrow
 
 
 class FakeClock:
@@ -139,3 +143,101 @@ def test_halog_format_and_rotation(tmp_path) -> None:
     assert (tmp_path / LOG_NAME).stat().st_size <= 200
     with pytest.raises(ValueError):
         log.event("grp", "1", "exploded")
+
+
+# --------------------------------------------------------------------------- multi-part driver
+
+
+def test_step_driver_runs_one_step_at_a_time() -> None:
+    """The helper thread runs only between a step's hand-over and its next park."""
+    log: list[str] = []
+
+    def body(feed, emit):  # stands in for key.encrypt(chunks) in python-pkcs11
+        log.append("init")
+        total = b""
+        for chunk in feed:
+            log.append(f"update {chunk!r}")
+            emit(chunk.upper())
+            total += chunk
+        log.append("final")
+        emit(b"!")
+        return total
+
+    d = StepDriver(body)
+    assert d.start() == [] and log == ["init"]
+    assert d.feed(b"ab") == [b"AB"] and log[-1] == "update b'ab'"
+    assert d.feed(b"") == [b""]
+    assert log.count("final") == 0  # nothing runs between steps
+    assert d.finish() == (b"ab", [b"!"])
+    assert d.done
+
+
+def test_step_driver_errors_and_abort() -> None:
+    class Boom(Exception):
+        pass
+
+    def failing_init(feed, emit):
+        raise Boom()
+
+    with pytest.raises(Boom):
+        StepDriver(failing_init).start()
+
+    def failing_update(feed, emit):
+        for chunk in feed:
+            if chunk == b"bad":
+                raise Boom()
+
+    d = StepDriver(failing_update)
+    d.start()
+    with pytest.raises(Boom):
+        d.feed(b"bad")
+    assert d.done
+    with pytest.raises(RuntimeError):
+        d.feed(b"more")  # already ended
+
+    ended: list[str] = []
+
+    def cleanup(feed, emit):
+        try:
+            for _ in feed:
+                pass
+        finally:
+            ended.append("cleaned")  # python-pkcs11's context manager ends the operation here
+
+    d = StepDriver(cleanup)
+    d.start()
+    d.feed(b"x")
+    d.abort()
+    assert d.done and ended == ["cleaned"]
+    d.abort()  # idempotent, never raises
+
+
+def test_escrow_never_shows_values() -> None:
+    e = Escrow()
+    secret = bytes(range(32))
+    e.put(("k",), {"VALUE": secret}, ["m1", "m2"])
+    e.put(("nobody",), {"VALUE": secret}, [])  # nothing missing: not kept
+    assert len(e) == 1 and secret.hex() not in repr(e) and "VALUE" not in str(e)
+    assert e.get(("k",), "m0") is None  # not waiting for it
+    assert e.get(("k",), "m1") == {"VALUE": secret}
+    e.delivered(("k",), "m1")
+    assert e.get(("k",), "m1") is None and e.get(("k",), "m2") is not None
+    e.delivered(("k",), "m2")
+    assert len(e) == 0
+
+
+def test_no_values_in_error_details() -> None:
+    from hacli.engine.group import _safe_detail
+    from hacli.engine.session import _checked
+
+    msg = _safe_detail(TypeError("bad b'\\x01\\x02secret' value"))
+    assert "secret" not in msg and "<bytes>" in msg
+    # python-pkcs11 would crash encoding a template half-way: refused first
+    with pytest.raises(CKRError) as exc:
+        _checked({Attribute.VALUE: b"\x01secret", Attribute.LABEL: 5}, "C_CreateObject")
+    assert exc.value.ckr == "CKR_ATTRIBUTE_VALUE_INVALID" and "CKA_LABEL" in str(exc.value)
+    assert "secret" not in str(exc.value) and exc.value.__cause__ is None
+    with pytest.raises(CKRError) as exc:
+        _checked({0x7FFF_0000: b"x"}, "C_CreateObject")
+    assert exc.value.ckr == "CKR_ATTRIBUTE_TYPE_INVALID"
+    assert _checked(None, "C_FindObjectsInit") == {}

@@ -84,9 +84,18 @@ BY_VALUE_HINT = ("set ReplicateByValue = 1 in the [hacli] section to allow copyi
 
 
 def read_attrs(obj: Any, attrs: Iterable[Any]) -> dict[Any, Any]:
-    """Read what the object has of ``attrs`` (one at a time: tokens differ)."""
+    """Read what the object has of ``attrs``: in one call when the token has
+    them all, else one at a time (tokens differ)."""
+    names = list(attrs)
+    try:
+        return dict(obj.get_attributes(names))
+    except pkcs11.PKCS11Error as e:
+        if is_member_failure(e):
+            raise
+    except (KeyError, ValueError, NotImplementedError, TypeError):
+        pass
     out: dict[Any, Any] = {}
-    for a in attrs:
+    for a in names:
         try:
             out[a] = obj[a]
         except pkcs11.PKCS11Error as e:
