@@ -265,3 +265,17 @@ def test_frozen_member_mid_operation(healthy_lab, engine_factory) -> None:
             assert s.digest_final() == hashlib.sha256(b"abc").digest()
         finally:
             lab.restore(serving)
+
+
+def test_engine_close_ends_operations(healthy_lab, engine_factory) -> None:
+    engine = engine_factory(healthy_lab)
+    s = engine.group().open_session()
+    s.login(healthy_lab.pin())
+    _pub, priv = s.generate_keypair(KeyType.RSA, 2048, label="mp-close")
+    s.sign_init(priv, mechanism=SIGN)
+    s.sign_update(b"left open")
+    helper = s._ops["sign"].driver._thread
+    assert helper.is_alive()
+    engine.close()
+    helper.join(5)
+    assert not helper.is_alive()  # no helper left parked in an operation

@@ -209,6 +209,7 @@ class Engine:
         self._closed = True
         for g in self.groups:
             g.stop()
+            g.end_operations()
             g.forget_secrets()
         self._registry.close()
         shutil.rmtree(self._workdir, ignore_errors=True)

@@ -209,6 +209,13 @@ class HAGroup:
         self._escrow.clear()
         self._pin = None
 
+    def end_operations(self) -> None:
+        """End the multi-part operations of every session (engine close), so
+        no helper thread is left parked in an operation."""
+        for vs in self.sessions():
+            with contextlib.suppress(Exception):
+                vs._abort_operations()
+
     def stop(self) -> None:
         """Stop the background recovery thread (if any)."""
         self._stop.set()

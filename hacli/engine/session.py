@@ -136,11 +136,15 @@ class VirtualSession:
         if self.closed:
             return
         self.closed = True
+        self._abort_operations()
+        self.group._session_closed(self)
+
+    def _abort_operations(self) -> None:
+        """End every multi-part operation of this session (on its member)."""
         with self._ops_lock:
             ops, self._ops = [o for o in self._ops.values() if isinstance(o, MultiPart)], {}
         for op in ops:
             self.group.abort_operation(op)
-        self.group._session_closed(self)
 
     def info(self) -> SessionInfo:
         """Session info (state, R/W, login)."""
