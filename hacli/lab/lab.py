@@ -643,7 +643,10 @@ class Lab:
             return FAILED
         if procs.proc_start_time(pid) != rec.get("start_time"):
             return FAILED
-        if self._member(rec).uri not in procs.proc_cmdline(pid):
+        cmdline = procs.proc_cmdline(pid)
+        # While `p11-kit server` execs p11-kit-server, /proc/<pid>/cmdline is
+        # briefly empty; the start time above already rules out a reused pid.
+        if cmdline and self._member(rec).uri not in cmdline:
             return FAILED
         return HUNG if state in "Tt" else RUNNING
 
