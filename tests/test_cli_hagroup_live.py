@@ -62,3 +62,33 @@ def test_group_membership_sets_up_transport_key_and_logs(lab3: Lab, tmp_path: Pa
     events = [line.split()[1:4] for line in (log_dir / "haErrorLog.txt").read_text().splitlines()]
     assert ["g2", s2, "added"] in events and ["g2", s0, "removed"] in events
     assert lab3.pin() not in (log_dir / "haErrorLog.txt").read_text()
+
+
+def test_needs_sync_and_synchronize(healthy_lab: Lab, member_client) -> None:  # type: ignore[no-untyped-def]
+    m0, m1 = (m.serial for m in healthy_lab.members())
+    label = "cli-sync-probe"
+    c1 = member_client(healthy_lab, "member1")
+    made = c1.call(f"_ = session.create_object({{Attribute.CLASS: ObjectClass.DATA, "
+                   f"Attribute.LABEL: {label!r}, Attribute.TOKEN: True, "
+                   f"Attribute.VALUE: b'hello'}})")
+    assert "value" in made, made
+    c0 = member_client(healthy_lab, "member0")
+    count = f"len(list(session.get_objects({{Attribute.LABEL: {label!r}}})))"
+    try:
+        members = listgroups(healthy_lab.conf_path)["groups"][0]["members"]
+        assert {m["serial"]: m["needs_sync"] for m in members} == {m0: True, m1: False}
+        res = run_process("--conf", str(healthy_lab.conf_path), "hagroup", "synchronize",
+                          "--json")
+        assert res.code == 0, res.err
+        report = json.loads(res.out)
+        assert report["complete"] and [(c["serial"], c["object"]["label"])
+                                       for c in report["copied"]] == [(m0, label)]
+        assert c0.call(count)["value"] == "1"
+        members = listgroups(healthy_lab.conf_path)["groups"][0]["members"]
+        assert {m["needs_sync"] for m in members} == {False}
+        again = run_process("--conf", str(healthy_lab.conf_path), "hagroup", "synchronize")
+        assert again.code == 0 and "0 object(s) copied; in sync" in again.out
+    finally:
+        for client in (c0, c1):
+            client.call(f"_ = [o.destroy() for o in session.get_objects("
+                        f"{{Attribute.LABEL: {label!r}}})]")

@@ -8,11 +8,11 @@ import click
 
 from hacli.cli import render
 from hacli.cli.context import app, json_option
-from hacli.cli.pin import so_pin_file_option
+from hacli.cli.pin import find_pin, pin_file_option, so_pin_file_option
 from hacli.conf import haedit, spec
 from hacli.conf.model import HACONF, VT, load_config, load_settings
 from hacli.conf.model_types import HACLI_SECTION, RECOVERY_MODES, GroupConf, HASettings
-from hacli.errors import UsageError
+from hacli.errors import ExitStatus, UsageError
 
 
 def settings_dict(s: HASettings) -> dict[str, Any]:
@@ -313,12 +313,14 @@ def deletegroup(label: str, as_json: bool) -> None:
 
 @hagroup.command()
 @click.option("--no-probe", is_flag=True, help="Do not contact the members (configuration only).")
+@pin_file_option
 @json_option
-def listgroups(no_probe: bool, as_json: bool) -> None:
+def listgroups(no_probe: bool, pin_file: str | None, as_json: bool) -> None:
     """List the HA settings and every group, like lunacm's listgroups.
 
     Members that hacli can reach (their modules are listed in [hacli]) are
-    probed: alive or down, with their token label.
+    probed: alive or down, with their token label.  With a PIN (--pin-file,
+    $HACLI_PIN, or a lab's), their token objects are compared: Needs sync.
     """
     ctx = app()
     doc = ctx.load()
@@ -328,7 +330,7 @@ def listgroups(no_probe: bool, as_json: bool) -> None:
     if not no_probe:
         from hacli.cli.members import live_members
 
-        live = live_members(config)
+        live = live_members(config, find_pin(pin_file, doc.get(HACLI_SECTION, "LabDir")))
 
     def member(serial: str) -> dict[str, Any]:
         info = live.get(serial, {"status": "unknown", "label": "", "needs_sync": None})
@@ -371,3 +373,37 @@ def listgroups(no_probe: bool, as_json: bool) -> None:
                       for i, r in enumerate(rows)])
     render.echo("")
     render.echo(f"({ctx.path})")
+
+
+@hagroup.command()
+@click.option("--group", "label", help="Group label (default: the only one).")
+@pin_file_option
+@json_option
+def synchronize(label: str | None, pin_file: str | None, as_json: bool) -> int:
+    """Copy token objects to the members that lack them (lunacm's synchronize).
+
+    Secret and private keys travel wrapped under the group's transport key
+    (by value only where [hacli] ReplicateByValue = 1).  Exit 1 when an object
+    could not be copied.
+    """
+    from hacli.cli.pin import resolve_pin
+    from hacli.engine import Engine
+
+    ctx = app()
+    doc = ctx.load()
+    config = load_config(doc, str(ctx.path))
+    pin = resolve_pin(pin_file, doc.get(HACLI_SECTION, "LabDir"))
+    with Engine(config, groups=[label] if label else None) as engine:
+        report = engine.group(label).synchronize(pin)
+    if as_json:
+        render.emit_json(report.as_dict())
+    else:
+        for serial, obj, how in report.copied:
+            render.echo(f"Copied to {serial} ({how}): {obj.describe()}")
+        for f in report.failed:
+            render.echo(f"Not copied to {f.serial}: {f.object.describe()} - {f.ckr} {f.reason}")
+        for serial in report.unreachable:
+            render.echo(f"Member {serial} is down: not synchronised")
+        state = "in sync" if report.complete else "NOT in sync"
+        render.echo(f"HA group {report.group}: {len(report.copied)} object(s) copied; {state}")
+    return 0 if report.complete else int(ExitStatus.FAILED)

@@ -19,11 +19,13 @@ def reachable(config: HAConfig, group: GroupConf) -> bool:
     return all(config.location(s) is not None for s in group.members)
 
 
-def live_members(config: HAConfig) -> dict[str, dict[str, Any]]:
+def live_members(config: HAConfig, pin: str | None = None) -> dict[str, dict[str, Any]]:
     """serial -> {"status": alive|down, "label": token label, "needs_sync": bool|None}.
 
     Members without a module location are absent (hacli cannot reach them).
     Probing is bounded by the command timeout (``ReceiveTimeout``) per member.
+    With a PIN, each group's token objects are compared across members (as
+    lunacm's listgroups does after asking for the password): ``needs_sync``.
     """
     from hacli.engine import Engine
 
@@ -45,6 +47,11 @@ def live_members(config: HAConfig) -> dict[str, dict[str, Any]]:
                     label = ""
             out[slot.token_serial] = {"status": "alive" if m.alive else "down",
                                       "label": label.strip(), "needs_sync": None}
+        if pin is not None:
+            for g in engine.groups:
+                for inv in g.inventory_diff(pin).members:
+                    if inv.reachable:
+                        out[inv.serial]["needs_sync"] = inv.needs_sync
     return out
 
 

@@ -53,17 +53,25 @@ def lab_pin_file(lab_dir: str | None, so: bool = False) -> Path | None:
     return path if path.exists() else None
 
 
-def resolve_pin(pin_file: str | None, lab_dir: str | None = None, *, so: bool = False) -> str:
-    """The user (or SO) PIN, from the first source that has one: the file
-    given, the environment, the lab's PIN file, a hidden prompt."""
-    env, flag = (SO_PIN_ENV, "--so-pin-file") if so else (PIN_ENV, "--pin-file")
+def find_pin(pin_file: str | None, lab_dir: str | None = None, *,
+             so: bool = False) -> str | None:
+    """The user (or SO) PIN from a source that needs no prompt: the file given,
+    the environment, the lab's PIN file; None when there is none."""
+    env = SO_PIN_ENV if so else PIN_ENV
     if pin_file:
         return read_pin_file(pin_file)
     if os.environ.get(env):
         return os.environ[env]
     lab_file = lab_pin_file(lab_dir, so)
-    if lab_file is not None:
-        return read_pin_file(lab_file)
+    return read_pin_file(lab_file) if lab_file is not None else None
+
+
+def resolve_pin(pin_file: str | None, lab_dir: str | None = None, *, so: bool = False) -> str:
+    """The user (or SO) PIN: :func:`find_pin`, else a hidden prompt on a terminal."""
+    pin = find_pin(pin_file, lab_dir, so=so)
+    if pin is not None:
+        return pin
     if not sys.stdin.isatty():
+        env, flag = (SO_PIN_ENV, "--so-pin-file") if so else (PIN_ENV, "--pin-file")
         raise UsageError(f"no {'SO ' if so else ''}PIN: give {flag} FILE or set {env}")
     return str(click.prompt("Enter SO PIN" if so else "Enter PIN", hide_input=True))
