@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from hacli.conf.model_types import GroupConf, HAConfig, HASettings, MemberLocation
 from hacli.engine import Engine, provision_transport_key
 from hacli.lab import find_tools
+from hacli.lab.procs import wait_until
 
 
 def lab_config(lab: Any, log_dir: Path, *, interval: int = 1, timeout_ms: int = 2000,
@@ -43,12 +43,7 @@ def direct_config(lab: Any, log_dir: Path, **kw: Any) -> HAConfig:
 
 def wait_for(cond: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> bool:
     """Poll ``cond`` until it is truthy (no fixed sleeps)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return bool(cond())
+    return wait_until(lambda: bool(cond()), timeout, step)
 
 
 def codes(engine: Engine) -> dict[str, str]:

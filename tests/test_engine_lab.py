@@ -224,11 +224,15 @@ def test_failover_under_load(healthy_lab3, engine_factory) -> None:
     t0 = time.monotonic()
     for t in threads:
         t.start()
-    time.sleep(1.5)
+    # Load is on every thread before the crash, and the crash has been met
+    # before the freeze; then the load goes on until 10 s in all.
+    assert wait_for(lambda: min(counts) >= 20 or errors, 10)
     lab.fail(m0)
-    time.sleep(1.5)
+    assert wait_for(lambda: not g.members[0].alive or errors, 10)
+    done = sum(counts)
+    assert wait_for(lambda: sum(counts) >= done + 50 or errors, 10)
     lab.hang(m1)
-    time.sleep(4.0)
+    stop.wait(max(0.0, 10.0 - (time.monotonic() - t0)))
     stop.set()
     for t in threads:
         t.join(10)
