@@ -106,8 +106,13 @@ def status(label: str | None, as_json: bool) -> int:
     if as_json:
         render.emit_json({"groups": groups})
     else:
+        from hacli.cli.members import member_problem
+
         for g in groups:
-            render.table(["HSM", "Status"], [[m["serial"], m["status"]] for m in g["members"]],
+            rows = [[m["serial"], m["status"], member_problem(config, m["serial"]) or ""]
+                    for m in g["members"]]
+            headers = ["HSM", "Status", "Note"] if any(r[2] for r in rows) else ["HSM", "Status"]
+            render.table(headers, [r[: len(headers)] for r in rows],
                          title=f"HA group {g['serial']} ({g['label']}) status:")
             render.echo(_group_line(g))
     return int(exit_status(groups))

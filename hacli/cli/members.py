@@ -19,6 +19,18 @@ def reachable(config: HAConfig, group: GroupConf) -> bool:
     return all(config.location(s) is not None for s in group.members)
 
 
+def member_problem(config: HAConfig, serial: str) -> str | None:
+    """Why hacli cannot reach a member at all, in words, or None."""
+    import os
+
+    loc = config.location(serial)
+    if loc is None:
+        return "no PKCS#11 module for it in [hacli] (MemberNN* or DefaultLibrary)"
+    if not os.path.exists(loc.library):
+        return f"module {loc.library} not found"
+    return None
+
+
 def live_members(config: HAConfig, pin: str | None = None) -> dict[str, dict[str, Any]]:
     """serial -> {"status": alive|down, "label": token label, "needs_sync": bool|None}.
 

@@ -137,14 +137,39 @@ def load_members(doc: Document) -> dict[str, MemberLocation]:
                 f"{_where(doc, HACLI_SECTION, f'Member{n:02d}Serial')}: [{HACLI_SECTION}] "
                 f"Member{n:02d} needs both Member{n:02d}Serial and Member{n:02d}Library"
             )
-        env = parse_environment(fields.get("environment", ""))
+        try:
+            env = parse_environment(fields.get("environment", ""))
+        except ConfValueError as e:
+            key = f"Member{n:02d}Environment"
+            raise ConfValueError(
+                f"{_where(doc, HACLI_SECTION, key)}: [{HACLI_SECTION}] {key}: {e}") from None
         members[serial] = MemberLocation(serial=serial, library=library, env=env)
     return members
 
 
+#: Luna's own library keys, in the order a 64-bit Unix, 32-bit Unix, Windows client uses.
+LUNA_LIBRARY_KEYS = ("LibUNIX64", "LibUNIX", "LibNT")
+
+
+def luna_library(doc: Document) -> str | None:
+    """The Luna client's PKCS#11 library named in ``Chrystoki2``, if any."""
+    if not doc.has_section("Chrystoki2"):
+        return None
+    for key in LUNA_LIBRARY_KEYS:
+        value = (doc.get("Chrystoki2", key) or "").strip()
+        if value:
+            return value
+    return None
+
+
 def load_config(doc: Document, path: str | None = None) -> HAConfig:
-    """The typed :class:`HAConfig` of a document (raises ConfValueError)."""
-    default_library = str(typed(doc, HACLI_SECTION, "DefaultLibrary")) or None
+    """The typed :class:`HAConfig` of a document (raises ConfValueError).
+
+    Members not listed in ``[hacli]`` are looked for in ``DefaultLibrary``,
+    else in the Luna client's own library (``Chrystoki2``), so that on a Luna
+    client hacli reaches the partitions with no extra configuration.
+    """
+    default_library = str(typed(doc, HACLI_SECTION, "DefaultLibrary")) or luna_library(doc)
     return HAConfig(
         settings=load_settings(doc),
         groups=load_groups(doc),

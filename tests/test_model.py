@@ -1,0 +1,58 @@
+"""The typed HA model built from documents: defaults, members' modules, errors."""
+
+from __future__ import annotations
+
+import pytest
+from clihelpers import EXAMPLE, run
+
+from hacli.conf.document import Document
+from hacli.conf.model import load_config
+from hacli.conf.model_types import HASettings, MemberLocation
+from hacli.errors import ConfValueError
+
+
+def config_of(text: str, path: str = "/x/Chrystoki.conf"):  # type: ignore[no-untyped-def]
+    return load_config(Document.parse(text.encode(), path), path)
+
+
+def test_defaults_come_from_the_spec() -> None:
+    assert config_of("Misc = {\n}\n").settings == HASettings()
+
+
+def test_members_modules_and_luna_fallback() -> None:
+    config = config_of(
+        "Chrystoki2 = {\n   LibUNIX64 = /opt/luna/libCryptoki2_64.so;\n}\n"
+        "VirtualToken = {\n   VirtualToken00Label = g;\n   VirtualToken00Members = a,b;\n}\n"
+        "hacli = {\n   Member00Serial = a;\n   Member00Library = /lib/p11.so;\n"
+        "   Member00Environment = P11_KIT_SERVER_ADDRESS=unix:path=/s=1, X = y;\n}\n")
+    assert config.location("a") == MemberLocation(
+        "a", "/lib/p11.so", {"P11_KIT_SERVER_ADDRESS": "unix:path=/s=1", "X": "y"})
+    assert config.location("b") == MemberLocation("b", "/opt/luna/libCryptoki2_64.so")
+    assert config.groups[0].serial == "1a"
+    explicit = config_of("hacli = {\n   DefaultLibrary = /lib/soft.so;\n}\n"
+                         "Chrystoki2 = {\n   LibUNIX = /opt/l.so;\n}\n")
+    assert explicit.location("z") == MemberLocation("z", "/lib/soft.so")
+    assert config_of("Misc = {\n}\n").location("z") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("hacli = {\n   Member00Serial = a;\n}\n", "/x/Chrystoki.conf:2: [hacli] Member00"),
+        ("hacli = {\n   Member00Serial = a;\n   Member00Library = /l;\n"
+         "   Member00Environment = novalue;\n}\n", ":4: [hacli] Member00Environment"),
+        ("VirtualToken = {\n   VirtualToken00Members = a;\n}\n", "no VirtualToken00Label"),
+        ("HAConfiguration = {\n   AutoReconnectInterval = 0;\n}\n",
+         "/x/Chrystoki.conf:2: [HAConfiguration] AutoReconnectInterval"),
+    ],
+)
+def test_bad_values_name_where(text: str, needle: str) -> None:
+    with pytest.raises(ConfValueError) as err:
+        config_of(text)
+    assert needle in str(err.value)
+
+
+def test_ha_status_explains_unreachable_members() -> None:
+    res = run("--conf", str(EXAMPLE), "ha", "status", env={"XDG_STATE_HOME": "/nonexistent"})
+    assert res.code == 4
+    assert "libCryptoki2_64.so not found" in res.out
