@@ -46,26 +46,29 @@ def _report(path: object, as_json: bool, changed: dict[str, Any], lines: list[st
         render.echo(f"Wrote {path}")
 
 
-def _check_interval(interval: int, force: bool) -> None:
+def _check_interval(interval: int, force: bool) -> str | None:
+    """Refuse an interval outside Luna's range unless forced; the warning to
+    print once the value is written, if any."""
     lo, hi = spec.luna_interval_range()
     if lo <= interval <= hi:
-        return
+        return None
     spec.convert(HACONF, "AutoReconnectInterval", str(interval))  # the hard range first
     if not force:
         raise UsageError(
             f"--interval {interval} is outside Luna's {lo}..{hi} s; "
             f"add --force to write it anyway (Luna clients need at least {lo})"
         )
-    render.warn(f"interval {interval} s written with --force; Luna clients need {lo}..{hi} s")
+    return f"interval {interval} s written with --force; Luna clients need {lo}..{hi} s"
 
 
 def _write_retry(interval: int | None, count: str | None, force: bool, as_json: bool) -> None:
-    if interval is not None:
-        _check_interval(interval, force)
+    warning = _check_interval(interval, force) if interval is not None else None
     ctx = app()
     with ctx.edit() as doc:
         haedit.set_retry(doc, interval, count)
         s = load_settings(doc)
+    if warning:
+        render.warn(warning)
     _report(ctx.path, as_json, {"settings": settings_dict(s)}, [recovery_line(s)])
 
 
