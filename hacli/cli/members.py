@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 
 def reachable(config: HAConfig, group: GroupConf) -> bool:
-    """True when hacli knows where every member's module is (``[hacli]``)."""
-    return all(config.location(s) is not None for s in group.members)
+    """True when hacli can load every member's module."""
+    return all(member_problem(config, s) is None for s in group.members)
 
 
 def member_problem(config: HAConfig, serial: str) -> str | None:
@@ -76,10 +76,14 @@ def setup_transport_key(config: HAConfig, group: GroupConf, so_pin_file: str | N
     from hacli.cli.pin import resolve_pin
     from hacli.engine import provision_transport_key
 
-    if not reachable(config, group):
-        missing = [s for s in group.members if config.location(s) is None]
-        render.warn(f"transport key not set up: no module location in [hacli] for "
-                    f"{', '.join(missing)}")
+    problems = {s: member_problem(config, s) for s in group.members}
+    if any(problems.values()):
+        by_reason: dict[str, list[str]] = {}
+        for serial, problem in problems.items():
+            if problem:
+                by_reason.setdefault(problem, []).append(serial)
+        reasons = "; ".join(f"{p} ({', '.join(s)})" for p, s in by_reason.items())
+        render.warn(f"transport key not set up: {reasons}")
         return {}
     so_pin = resolve_pin(so_pin_file, lab_dir, so=True)
     result = provision_transport_key(config, group.label, so_pin)
