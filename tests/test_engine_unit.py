@@ -227,8 +227,8 @@ def test_escrow_never_shows_values() -> None:
 
 
 def test_no_values_in_error_details() -> None:
-    from hacli.engine.group import _safe_detail
-    from hacli.engine.session import _checked
+    from hacli.engine.exceptions import safe_detail as _safe_detail
+    from hacli.engine.templates import checked as _checked
 
     msg = _safe_detail(TypeError("bad b'\\x01\\x02secret' value"))
     assert "secret" not in msg and "<bytes>" in msg

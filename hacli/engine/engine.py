@@ -6,7 +6,6 @@ import contextlib
 import itertools
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from hacli.engine.exceptions import CKRError
 from hacli.engine.group import HAGroup
 from hacli.engine.member import MAPPER, Member, open_connection
 from hacli.engine.module import InstanceRegistry, ModuleInstance
+from hacli.engine.parallel import in_parallel
 from hacli.engine.policy import Clock
 from hacli.engine.session import VirtualSession
 from hacli.engine.types import HA_SLOT_DESCRIPTION, GroupStatus, SlotInfo, TokenInfo
@@ -70,11 +70,7 @@ class Engine:
                                            all_members=self._members.values, log=self.log,
                                            ids=self._ids, clock=clock))
             self._number_slots()
-            threads = [threading.Thread(target=g.start, daemon=True) for g in self.groups]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            in_parallel(HAGroup.start, self.groups)
         except BaseException:
             self.close()
             raise
@@ -167,11 +163,7 @@ class Engine:
         def one(g: HAGroup) -> None:
             results[g.label] = g.status(probe=probe)
 
-        threads = [threading.Thread(target=one, args=(g,), daemon=True) for g in self.groups]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_parallel(one, self.groups)
         return [results[g.label] for g in self.groups]
 
     # -- direct member access (bypasses the HA layer) ---------------------------

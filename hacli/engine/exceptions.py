@@ -6,11 +6,16 @@ returned, so the CLI can print it and applications can test it.  The original
 python-pkcs11 exception, when there is one, is chained as ``__cause__``.
 
 All of them derive from :class:`hacli.errors.EngineError`.  No message ever
-contains a PIN.
+contains a PIN or key material (:func:`request_error`).
 """
 
 from __future__ import annotations
 
+import re
+
+import pkcs11
+
+from hacli.engine.ckr import CKR_CODES, ckr_name
 from hacli.errors import EngineError
 
 
@@ -38,8 +43,6 @@ class CKRError(EngineError):
     @property
     def rv(self) -> int:
         """Numeric value of :attr:`ckr` (``-1`` when unknown)."""
-        from hacli.engine.ckr import CKR_CODES
-
         return CKR_CODES.get(self.ckr, -1)
 
 
@@ -71,4 +74,33 @@ class ModuleUnavailable(CKRError):
         super().__init__("CKR_DEVICE_ERROR", "", member, detail=detail)
 
 
-__all__ = ["CKRError", "CallTimeout", "GroupDownError", "ModuleUnavailable"]
+_BYTES_LITERAL = re.compile(r"""(?:b|bytearray\()(['"]).*?(?<!\\)\1\)?""", re.DOTALL)
+
+
+def safe_detail(e: BaseException) -> str:
+    """A Python error's message for a CKRError, with any bytes literal (which
+    could be key material from a template) cut out, and short."""
+    text = _BYTES_LITERAL.sub("<bytes>", str(e))
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def request_error(e: BaseException, operation: str, member: str | None) -> BaseException:
+    """What the caller sees for an error that is not a member failure (see
+    :func:`hacli.engine.ckr.is_member_failure`): a :class:`CKRError`, unless it
+    is a Python error the engine does not know (a bug: raised as it is)."""
+    if isinstance(e, CKRError):
+        return e
+    if isinstance(e, pkcs11.PKCS11Error):
+        err = CKRError(ckr_name(e), operation, member)
+        err.__cause__ = e
+        return err
+    if isinstance(e, AttributeError):
+        # python-pkcs11 objects lack e.g. .sign when the key may not sign
+        return CKRError("CKR_KEY_FUNCTION_NOT_PERMITTED", operation)
+    if isinstance(e, TypeError | ValueError):
+        return CKRError("CKR_ARGUMENTS_BAD", operation, detail=safe_detail(e))
+    return e
+
+
+__all__ = ["CKRError", "CallTimeout", "GroupDownError", "ModuleUnavailable", "request_error",
+           "safe_detail"]

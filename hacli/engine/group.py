@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pkcs11
-from pkcs11 import Attribute, KeyType, ObjectClass
-from pkcs11.defaults import DEFAULT_KEY_CAPABILITIES
+from pkcs11 import Attribute, ObjectClass
 
 from hacli.conf.model_types import GroupConf, HASettings
 from hacli.engine import halog, multipart, replication
 from hacli.engine.ckr import ckr_name, is_member_failure
-from hacli.engine.exceptions import CKRError, GroupDownError, ModuleUnavailable
+from hacli.engine.exceptions import CKRError, GroupDownError, ModuleUnavailable, request_error
 from hacli.engine.member import (
     MAPPER,
     Connection,
@@ -39,7 +35,10 @@ from hacli.engine.member import (
 )
 from hacli.engine.module import InstanceRegistry
 from hacli.engine.multipart import MultiPart
+from hacli.engine.objects import NotOnMember, ObjectRegistry, VObject
+from hacli.engine.parallel import in_parallel
 from hacli.engine.policy import Clock, RecoveryPolicy
+from hacli.engine.replication import ident_of
 from hacli.engine.types import (
     GroupStatus,
     InventoryDiff,
@@ -51,7 +50,6 @@ from hacli.engine.types import (
     TokenInfo,
 )
 
-WRAP_MECHANISM = replication.WRAP_MECHANISM
 #: Errors after which the shared work session may still have an operation active.
 _LEAVES_OPERATION_ACTIVE = ("CKR_BUFFER_TOO_SMALL", "CKR_OPERATION_ACTIVE")
 
@@ -71,73 +69,6 @@ class _Secret:
         return "<secret>"
 
     __str__ = __repr__
-
-
-_BYTES_LITERAL = re.compile(r"""(?:b|bytearray\()(['"]).*?(?<!\\)\1\)?""", re.DOTALL)
-
-
-def _safe_detail(e: BaseException) -> str:
-    """A Python error's message for a CKRError, with any bytes literal (which
-    could be key material from a template) cut out, and short."""
-    text = _BYTES_LITERAL.sub("<bytes>", str(e))
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
-class _NotOnMember(Exception):
-    """The object does not exist on this member (try another one)."""
-
-
-@dataclass(eq=False)
-class VObject:
-    """A virtual object: one identity, one real handle per member."""
-
-    handle: int
-    ident: dict[Any, Any]
-    cls: Any
-    owner: int | None = None  # virtual session owning a session object
-    real: dict[str, tuple[int, int]] = field(default_factory=dict)  # serial -> (conn id, handle)
-    #: serial -> conn id on which the object was looked for and is absent
-    absent: dict[str, int] = field(default_factory=dict)
-    replicable: bool = True
-
-    @property
-    def is_token_object(self) -> bool:
-        return bool(self.ident.get(Attribute.TOKEN, False))
-
-
-# kept here for the modules that import them from the group
-_read_attrs = replication.read_attrs
-_ident_of = replication.ident_of
-_WRAPPED_CLASSES = replication.SECRET_CLASSES
-
-
-def _capability_attrs(cls: Any, caps: int) -> dict[Any, bool]:
-    from pkcs11.constants import MechanismFlag as F
-
-    table = {
-        ObjectClass.SECRET_KEY: {Attribute.ENCRYPT: F.ENCRYPT, Attribute.DECRYPT: F.DECRYPT,
-                                 Attribute.SIGN: F.SIGN, Attribute.VERIFY: F.VERIFY,
-                                 Attribute.WRAP: F.WRAP, Attribute.UNWRAP: F.UNWRAP,
-                                 Attribute.DERIVE: F.DERIVE},
-        ObjectClass.PUBLIC_KEY: {Attribute.ENCRYPT: F.ENCRYPT, Attribute.VERIFY: F.VERIFY,
-                                 Attribute.WRAP: F.WRAP},
-        ObjectClass.PRIVATE_KEY: {Attribute.DECRYPT: F.DECRYPT, Attribute.SIGN: F.SIGN,
-                                  Attribute.UNWRAP: F.UNWRAP, Attribute.DERIVE: F.DERIVE},
-    }[cls]
-    return {a: bool(caps & flag) for a, flag in table.items()}
-
-
-def _ha_key_attrs(template: dict[Any, Any], operation: str) -> dict[Any, Any]:
-    """Secret and private keys made through a group must be replicable under the
-    transport key only: extractable, but only wrapped by a trusted key."""
-    if template.get(Attribute.EXTRACTABLE) is False:
-        raise CKRError("CKR_TEMPLATE_INCONSISTENT", operation,
-                       detail="keys of an HA group must be replicable (CKA_EXTRACTABLE "
-                              "is set, restricted by CKA_WRAP_WITH_TRUSTED)")
-    out = dict(template)
-    out[Attribute.EXTRACTABLE] = True
-    out[Attribute.WRAP_WITH_TRUSTED] = True
-    return out
 
 
 class HAGroup:
@@ -167,9 +98,7 @@ class HAGroup:
         self._recover_lock = threading.Lock()
         self._rr = 0
         self._pin: _Secret | None = None
-        self._objects: dict[int, VObject] = {}
-        self._by_real: dict[tuple[str, int, int], VObject] = {}
-        self._by_ident: dict[Any, list[VObject]] = {}
+        self._objects = ObjectRegistry(self._lock, ids)
         self._sessions: dict[int, Any] = {}
         self._stop = threading.Event()
         self._bg: threading.Thread | None = None
@@ -187,12 +116,7 @@ class HAGroup:
     # start / stop
     def start(self) -> None:
         """Connect every member (in parallel, each bounded by the timeout)."""
-        threads = [threading.Thread(target=self._initial_connect, args=(m,), daemon=True)
-                   for m in self.members]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_parallel(self._initial_connect, self.members)
         if self.settings.recovery_mode == "activeEnhanced":
             self._bg = threading.Thread(target=self._background, daemon=True,
                                         name=f"hacli-recovery-{self.label}")
@@ -409,12 +333,7 @@ class HAGroup:
                 if is_member_failure(e):
                     self._mark_failed(m, e)
 
-        threads = [threading.Thread(target=one, args=(m,), daemon=True)
-                   for m in self.members if m.alive]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_parallel(one, [m for m in self.members if m.alive])
         return found
 
     @staticmethod
@@ -498,9 +417,7 @@ class HAGroup:
                     destroyed += n
                     work.add(m.serial)
             # 2. session objects made through the group (token objects: step 3)
-            with self._lock:
-                session_objs = [v for v in self._objects.values()
-                                if not v.is_token_object and v.replicable]
+            session_objs = self._objects.replicable_session_objects()
             for m in [m for m in self.members if m.alive]:
                 for v in session_objs:
                     try:
@@ -537,8 +454,7 @@ class HAGroup:
                     if m.alive and m.serial in inv:
                         m.needs_sync = m.serial in failed_on or bool(m.journal)
                     if m.serial in copied_to:
-                        for v in self._objects.values():
-                            v.absent.pop(m.serial, None)
+                        self._objects.present_on(m.serial)
                 unreachable = tuple(m.serial for m in self.members if m.serial not in inv)
             for m in self.members:
                 if m.serial in copied_to or m.serial in failed_on or m.serial in work:
@@ -557,11 +473,11 @@ class HAGroup:
                 if kind == "destroy":
                     done += m.run(self._destroy_matching, ident, operation="C_DestroyObject")
                 elif kind == "set":
-                    vobj = self._objects.get(ident)
+                    vobj = self._objects.find(ident)
                     if vobj is not None:
                         m.run(lambda conn, v=vobj, a=attrs: self._set_on(m, conn, v, a),
                               operation="C_SetAttributeValue")
-            except _NotOnMember:
+            except NotOnMember:
                 pass
             except Exception as e:
                 if is_member_failure(e):
@@ -606,20 +522,6 @@ class HAGroup:
             if ok:
                 m.ops += 1
 
-    def _request_error(self, e: BaseException, operation: str, m: Member | None) -> BaseException:
-        if isinstance(e, CKRError):
-            return e
-        if isinstance(e, pkcs11.PKCS11Error):
-            err = CKRError(ckr_name(e), operation, m.serial if m else None)
-            err.__cause__ = e
-            return err
-        if isinstance(e, AttributeError):
-            # python-pkcs11 objects lack e.g. .sign when the key may not sign
-            return CKRError("CKR_KEY_FUNCTION_NOT_PERMITTED", operation)
-        if isinstance(e, TypeError | ValueError):
-            return CKRError("CKR_ARGUMENTS_BAD", operation, detail=_safe_detail(e))
-        return e
-
     def execute(self, operation: str, fn: Callable[..., Any], vobjs: Sequence[VObject] = (),
                 only: Member | None = None) -> Any:
         """Run ``fn(member, conn, *real_objects)`` on one member, failing over.
@@ -646,7 +548,7 @@ class HAGroup:
             ok = False
             try:
                 def task(conn: Connection, m: Member = m) -> Any:
-                    objs = [self._resolve(m, conn, v) for v in vobjs]
+                    objs = [self._objects.resolve(m, conn, v) for v in vobjs]
                     try:
                         return fn(m, conn, *objs)
                     except pkcs11.PKCS11Error as e:
@@ -657,7 +559,7 @@ class HAGroup:
                 result = m.run(task, operation=operation)
                 ok = True
                 return result
-            except _NotOnMember:
+            except NotOnMember:
                 tried.add(m)
                 missing = True
             except Exception as e:
@@ -666,7 +568,7 @@ class HAGroup:
                     tried.add(m)
                     failed = True
                     continue
-                raise self._request_error(e, operation, m) from e
+                raise request_error(e, operation, m.serial) from e
             finally:
                 self._done(m, ok)
 
@@ -742,7 +644,7 @@ class HAGroup:
                 raise CKRError("CKR_DEVICE_ERROR", operation, m.serial,
                                detail="the member serving this multi-part operation "
                                       "failed") from e
-            raise self._request_error(e, operation, m) from e
+            raise request_error(e, operation, m.serial) from e
         finally:
             self._done(m, ok)
 
@@ -796,18 +698,18 @@ class HAGroup:
                 def task(conn: Connection, m: Member = m) -> Any:
                     if vobj is None:
                         return fn(m, conn)
-                    return fn(m, conn, self._resolve(m, conn, vobj))
+                    return fn(m, conn, self._objects.resolve(m, conn, vobj))
 
                 results[m.serial] = m.run(task, operation=operation)
                 with self._lock:
                     m.ops += 1
-            except _NotOnMember:
+            except NotOnMember:
                 continue
             except Exception as e:
                 if is_member_failure(e):
                     self._mark_failed(m, e)
                     continue
-                first_error = first_error or self._request_error(e, operation, m)
+                first_error = first_error or request_error(e, operation, m.serial)
         if first_error is not None:
             raise first_error
         if not results and not any(m.alive for m in targets):
@@ -817,83 +719,7 @@ class HAGroup:
     # ------------------------------------------------------------------
     # virtual objects
     def vobject(self, handle: int, operation: str = "") -> VObject:
-        with self._lock:
-            v = self._objects.get(int(handle))
-        if v is None:
-            raise CKRError("CKR_OBJECT_HANDLE_INVALID", operation)
-        return v
-
-    def _map(self, m: Member, conn: Connection, vobj: VObject, obj: Any) -> None:
-        with self._lock:
-            if m.conn is not conn:
-                return  # stale connection (an abandoned call): touch nothing
-            old = vobj.real.get(m.serial)
-            if old is not None:
-                self._by_real.pop((m.serial, old[0], old[1]), None)
-            vobj.real[m.serial] = (conn.id, obj.handle)
-            vobj.absent.pop(m.serial, None)
-            self._by_real[(m.serial, conn.id, obj.handle)] = vobj
-        conn.remember(obj)
-
-    def _resolve(self, m: Member, conn: Connection, vobj: VObject) -> Any:
-        """The python-pkcs11 object behind ``vobj`` on ``m`` (worker thread)."""
-        ent = vobj.real.get(m.serial)
-        if ent is not None and ent[0] == conn.id:
-            obj = conn.objects.get(ent[1])
-            if obj is not None:
-                return obj
-        if vobj.absent.get(m.serial) == conn.id:
-            raise _NotOnMember()
-        candidates = list(conn.work.get_objects(vobj.ident))
-        with self._lock:
-            free = [c for c in candidates
-                    if self._by_real.get((m.serial, conn.id, c.handle)) in (None, vobj)]
-            if not free:
-                if m.conn is conn:
-                    vobj.absent[m.serial] = conn.id
-                raise _NotOnMember()
-        self._map(m, conn, vobj, free[0])
-        return free[0]
-
-    def _register(self, m: Member, conn: Connection, obj: Any, ident: dict[Any, Any],
-                  owner: int | None) -> VObject:
-        """The virtual object for a real one: the one already mapped to it, else
-        one with the same identity not yet found on this member (so that an
-        object copied to a member, e.g. by synchronisation, keeps its handle),
-        else a new one."""
-        key = replication.ident_key(ident)
-        with self._lock:
-            existing = self._by_real.get((m.serial, conn.id, obj.handle))
-            if existing is not None:
-                return existing
-            for v in self._by_ident.get(key, ()):
-                ent = v.real.get(m.serial)
-                if ent is None or ent[0] != conn.id:
-                    break
-            else:
-                v = VObject(handle=next(self._ids), ident=ident, cls=ident.get(Attribute.CLASS),
-                            owner=None if ident.get(Attribute.TOKEN) else owner)
-                self._objects[v.handle] = v
-                self._by_ident.setdefault(key, []).append(v)
-        self._map(m, conn, v, obj)
-        return v
-
-    def _unindex(self, vobj: VObject) -> None:
-        # self._lock held
-        key = replication.ident_key(vobj.ident)
-        same = self._by_ident.get(key)
-        if same is not None:
-            with contextlib.suppress(ValueError):
-                same.remove(vobj)
-            if not same:
-                del self._by_ident[key]
-
-    def _forget(self, vobj: VObject) -> None:
-        with self._lock:
-            self._objects.pop(vobj.handle, None)
-            self._unindex(vobj)
-            for serial, (cid, h) in vobj.real.items():
-                self._by_real.pop((serial, cid, h), None)
+        return self._objects.get(handle, operation)
 
     # ------------------------------------------------------------------
     # replication
@@ -931,16 +757,16 @@ class HAGroup:
                         how, data = "escrow", {"attrs": template, "wrapped": None}
             if data is None:
                 def export(conn: Connection, s: Member = s, how: str = how) -> dict[str, Any]:
-                    obj = (self._resolve(s, conn, vobj) if vobj is not None
+                    obj = (self._objects.resolve(s, conn, vobj) if vobj is not None
                            else replication.find_first(conn, ident))
                     if obj is None:
-                        raise _NotOnMember()
+                        raise NotOnMember()
                     return replication.export(conn, obj, cls, how)
 
                 try:
                     data = s.run(export, operation="C_WrapKey" if how == "wrap"
                                  else "C_GetAttributeValue")
-                except _NotOnMember as e:
+                except NotOnMember as e:
                     last = e
                     continue
                 except Exception as e:
@@ -960,12 +786,12 @@ class HAGroup:
                         raise CKRError(name, operation, s.serial,
                                        detail="the key may not leave its member (not "
                                               "extractable): it cannot be copied") from None
-                    raise self._request_error(e, operation, s) from None
+                    raise request_error(e, operation, s.serial) from None
 
             def load(conn: Connection, data: dict[str, Any] = data) -> None:
                 obj = replication.import_(conn, data)
                 if vobj is not None:
-                    self._map(dst, conn, vobj, obj)
+                    self._objects.map(dst, conn, vobj, obj)
 
             try:
                 dst.run(load, operation="C_UnwrapKey" if how == "wrap" else "C_CreateObject")
@@ -973,7 +799,7 @@ class HAGroup:
                 if is_member_failure(e):
                     self._mark_failed(dst, e)
                     raise
-                raise self._request_error(e, operation, dst) from None
+                raise request_error(e, operation, dst.serial) from None
             finally:
                 data = None  # the only reference to values read from a key
             if how == "escrow":
@@ -985,9 +811,9 @@ class HAGroup:
     def _replicate(self, vobj: VObject, dst: Member, src: Member | None = None) -> bool:
         """Make ``vobj`` exist on ``dst`` (no-op when it does).  True if copied."""
         try:
-            dst.run(lambda conn: self._resolve(dst, conn, vobj), operation="C_FindObjects")
+            dst.run(lambda conn: self._objects.resolve(dst, conn, vobj), operation="C_FindObjects")
             return False
-        except _NotOnMember:
+        except NotOnMember:
             pass
         except Exception as e:
             if is_member_failure(e):
@@ -1039,12 +865,12 @@ class HAGroup:
                 continue
 
             def task(conn: Connection, m: Member = m) -> None:
-                objs = [self._resolve(m, conn, v) for v in sources]
+                objs = [self._objects.resolve(m, conn, v) for v in sources]
                 made = fn(m, conn, *objs)
                 if len(made) != len(vobjs):
                     raise CKRError("CKR_GENERAL_ERROR", "replicate", m.serial)
                 for v, o in zip(vobjs, made, strict=True):
-                    self._map(m, conn, v, o)
+                    self._objects.map(m, conn, v, o)
 
             try:
                 m.run(task, operation="replicate")
@@ -1054,7 +880,7 @@ class HAGroup:
                     continue
                 with self._lock:
                     m.needs_sync = True
-                if not isinstance(e, CKRError | pkcs11.PKCS11Error | _NotOnMember):
+                if not isinstance(e, CKRError | pkcs11.PKCS11Error | NotOnMember):
                     raise
 
     def create(self, operation: str, fn: Callable[..., list[Any]], vobjs: Sequence[VObject] = (),
@@ -1065,7 +891,7 @@ class HAGroup:
         there too (``replay``, for deterministic calls) or by copying (wrap/value)."""
         def task(m: Member, conn: Connection, *objs: Any) -> tuple[Member, list[VObject]]:
             created = fn(m, conn, *objs)
-            return m, [self._register(m, conn, o, _ident_of(o), owner) for o in created]
+            return m, [self._objects.register(m, conn, o, ident_of(o), owner) for o in created]
 
         primary, out = self.execute(operation, task, vobjs, only)
         if replay:
@@ -1133,9 +959,10 @@ class HAGroup:
                          known: list[VObject] | None = vobjs) -> list[VObject]:
                     objs = [conn.work.create_object(t) for t in full]
                     if known is None:
-                        return [self._register(m, conn, o, _ident_of(o), owner) for o in objs]
+                        return [self._objects.register(m, conn, o, ident_of(o), owner)
+                                for o in objs]
                     for v, o in zip(known, objs, strict=True):
-                        self._map(m, conn, v, o)
+                        self._objects.map(m, conn, v, o)
                     return known
 
                 try:
@@ -1146,7 +973,7 @@ class HAGroup:
                         self._mark_failed(m, e)
                         continue
                     if vobjs is None:
-                        first_error = self._request_error(e, operation, m)
+                        first_error = request_error(e, operation, m.serial)
                         break
                     with self._lock:
                         m.needs_sync = True
@@ -1179,10 +1006,10 @@ class HAGroup:
                         m.journal.append(("destroy", dict(vobj.ident), None))
                         m.needs_sync = True
         self._escrow.drop(replication.ident_key(vobj.ident))
-        self._forget(vobj)
+        self._objects.forget(vobj)
 
     def _set_on(self, m: Member, conn: Connection, vobj: VObject, attrs: dict[Any, Any]) -> None:
-        obj = self._resolve(m, conn, vobj)
+        obj = self._objects.resolve(m, conn, vobj)
         for k, v in attrs.items():
             obj[k] = v
 
@@ -1195,12 +1022,7 @@ class HAGroup:
 
         self.on_each("C_SetAttributeValue", task, vobj, only)
         with self._lock:
-            if any(k in attrs and k in vobj.ident for k in (Attribute.LABEL, Attribute.ID)):
-                self._unindex(vobj)
-                for k in (Attribute.LABEL, Attribute.ID):
-                    if k in attrs and k in vobj.ident:
-                        vobj.ident[k] = attrs[k]
-                self._by_ident.setdefault(replication.ident_key(vobj.ident), []).append(vobj)
+            self._objects.relabel(vobj, attrs)
             if only is None:
                 for m in self.members:
                     if not m.alive:
@@ -1244,7 +1066,7 @@ class HAGroup:
                     continue
                 for d in done:
                     self._logout_member(d)
-                raise self._request_error(e, "C_Login", m) from e
+                raise request_error(e, "C_Login", m.serial) from e
         if not done:
             raise GroupDownError("C_Login", self.label)
         self._pin = _Secret(pin)
@@ -1289,12 +1111,12 @@ class HAGroup:
     def _session_closed(self, vs: Any) -> None:
         with self._lock:
             self._sessions.pop(vs.handle, None)
-            owned = [v for v in self._objects.values() if v.owner == vs.handle]
+            owned = self._objects.owned_by(vs.handle)
         for v in owned:
             try:
                 self.destroy(v)
             except Exception:
-                self._forget(v)
+                self._objects.forget(v)
 
     def sessions(self) -> list[Any]:
         with self._lock:
@@ -1310,12 +1132,7 @@ class HAGroup:
         """
         self.recovery_tick()
         if probe:
-            threads = [threading.Thread(target=self._probe, args=(m,), daemon=True)
-                       for m in self.members if m.alive]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            in_parallel(self._probe, [m for m in self.members if m.alive])
         now = self.clock()
         out = []
         with self._lock:
@@ -1373,10 +1190,4 @@ class HAGroup:
                 vs.close()
 
 
-def random_id() -> bytes:
-    """A CKA_ID for objects created without one, so replicas can be matched."""
-    return os.urandom(16)
-
-
-__all__ = ["DEFAULT_KEY_CAPABILITIES", "WRAP_MECHANISM", "HAGroup", "KeyType", "VObject",
-           "random_id"]
+__all__ = ["HAGroup", "VObject"]

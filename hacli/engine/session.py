@@ -13,7 +13,7 @@ Errors are :class:`~hacli.engine.exceptions.CKRError` with the ``CKR_*`` name.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pkcs11
@@ -23,65 +23,23 @@ from pkcs11.util import ec as _ec
 
 from hacli.engine import multipart, replication
 from hacli.engine.exceptions import CKRError
-from hacli.engine.group import _capability_attrs, _ha_key_attrs, _ident_of, random_id
-from hacli.engine.member import MAPPER
 from hacli.engine.multipart import FUNCTIONS, MultiPart
+from hacli.engine.replication import ident_of
+from hacli.engine.templates import (
+    TEMPORARY,
+    Template,
+    by_value_template,
+    capability_attrs,
+    checked,
+    ha_key_attrs,
+    random_id,
+    take_id,
+)
 from hacli.engine.types import SessionInfo, TokenInfo
 
 if TYPE_CHECKING:
     from hacli.engine.group import HAGroup
     from hacli.engine.member import Connection, Member
-
-Template = Mapping[Any, Any]
-
-# Values read from a temporary key to create the same key on every member when
-# the members cannot carry the transport wrap mechanism (ReplicateByValue).
-_PRIVATE_VALUES = replication.PRIVATE_VALUES
-_PUBLIC_VALUES = replication.PUBLIC_VALUES
-_TEMP = {Attribute.TOKEN: False, Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}
-
-
-def _checked(template: Template | None, operation: str) -> dict[Any, Any]:
-    """A copy of ``template`` whose every value python-pkcs11 can encode.
-
-    python-pkcs11 0.10 frees uninitialised pointers when encoding a template
-    fails half-way (a str attribute given an int, ...), which crashes the
-    process; so every template is encoded once here first.  The error names
-    the attribute, never its value.
-    """
-    out = dict(template or {})
-    for key, value in out.items():
-        try:
-            MAPPER.pack_attribute(key, value)
-        except NotImplementedError:
-            raise CKRError("CKR_ATTRIBUTE_TYPE_INVALID", operation,
-                           detail=f"attribute {_attr_name(key)} is not known") from None
-        except Exception:
-            raise CKRError("CKR_ATTRIBUTE_VALUE_INVALID", operation,
-                           detail=f"{_attr_name(key)}: a {type(value).__name__} is not a "
-                                  "valid value") from None
-    return out
-
-
-def _attr_name(key: Any) -> str:
-    try:
-        return "CKA_" + Attribute(key).name
-    except (ValueError, TypeError):
-        return repr(key) if not isinstance(key, int) else f"0x{key:08X}"
-
-
-def _final(cls: Any, key_type: Any, kid: bytes, label: str | None, token: bool,
-           attrs: Template) -> dict[Any, Any]:
-    t: dict[Any, Any] = {Attribute.CLASS: cls, Attribute.KEY_TYPE: key_type, Attribute.ID: kid,
-                         Attribute.TOKEN: token}
-    if cls != ObjectClass.PUBLIC_KEY:
-        t[Attribute.PRIVATE] = True
-        t[Attribute.SENSITIVE] = True
-    if label:
-        t[Attribute.LABEL] = label
-    t.update(attrs)
-    t.pop(Attribute.EC_PARAMS, None) if cls == ObjectClass.PRIVATE_KEY else None
-    return t
 
 
 class VirtualSession:
@@ -120,6 +78,27 @@ class VirtualSession:
     def _writable(self, template: Template, operation: str) -> None:
         if not self.rw and template.get(Attribute.TOKEN):
             raise CKRError("CKR_SESSION_READ_ONLY", operation)
+
+    @staticmethod
+    def _key_template(cls: Any, key_type: KeyType, capabilities: int | None,
+                      template: Template | None, token: bool,
+                      operation: str) -> dict[Any, Any]:
+        """A new key's template: python-pkcs11's default capabilities for the key
+        type (or ``capabilities``), then the caller's template (checked)."""
+        if capabilities is None:
+            capabilities = DEFAULT_KEY_CAPABILITIES.get(key_type, 0)
+        t = capability_attrs(cls, capabilities)
+        t.update(checked(template, operation))
+        t[Attribute.TOKEN] = token
+        return t
+
+    def _replicable(self, template: dict[Any, Any], given_id: bytes | None,
+                    operation: str) -> tuple[dict[Any, Any], bytes]:
+        """A secret or private key's template as a group makes it (writable
+        session, replicable attributes), and its CKA_ID."""
+        self._writable(template, operation)
+        t = ha_key_attrs(template, operation)
+        return t, take_id(given_id, t)
 
     def _member_failed(self, member: Member) -> None:
         """Called by the group (its lock held) when a member is marked down:
@@ -195,11 +174,11 @@ class VirtualSession:
     # -- objects -----------------------------------------------------------
     def create_object(self, template: Template) -> int:
         """C_CreateObject; replicated to every member."""
-        t = _checked(template, "C_CreateObject")
+        t = checked(template, "C_CreateObject")
         self._writable(t, "C_CreateObject")
         cls = t.get(Attribute.CLASS)
         if cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
-            t = _ha_key_attrs(t, "C_CreateObject")
+            t = ha_key_attrs(t, "C_CreateObject")
         if cls in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
             t.setdefault(Attribute.ID, random_id())
         # replicated by creating it from the same template on every member: the
@@ -209,7 +188,7 @@ class VirtualSession:
 
     def copy_object(self, handle: int, template: Template | None = None) -> int:
         """C_CopyObject; the copy is replicated to every member."""
-        t = _checked(template, "C_CopyObject")
+        t = checked(template, "C_CopyObject")
         self._writable(t, "C_CopyObject")
         return self._create("C_CopyObject", lambda m, c, o: [o.copy(t)], [handle],
                             replay=True)[0]
@@ -221,12 +200,12 @@ class VirtualSession:
 
     def find_objects(self, template: Template | None = None) -> list[int]:
         """Find objects matching ``template``; the search runs on one member."""
-        t = _checked(template, "C_FindObjectsInit")
+        t = checked(template, "C_FindObjectsInit")
 
         def task(m: Member, conn: Connection) -> list[int]:
             out = []
             for obj in conn.work.get_objects(t):
-                v = self.group._register(m, conn, obj, _ident_of(obj), self.handle)
+                v = self.group._objects.register(m, conn, obj, ident_of(obj), self.handle)
                 out.append(v.handle)
             return out
 
@@ -263,7 +242,7 @@ class VirtualSession:
         """C_SetAttributeValue on every member."""
         self._check("C_SetAttributeValue")
         self.group.set_attributes(self.group.vobject(handle, "C_SetAttributeValue"),
-                                  _checked(attributes, "C_SetAttributeValue"), self.only)
+                                  checked(attributes, "C_SetAttributeValue"), self.only)
 
     def object_class(self, handle: int) -> Any:
         return self.group.vobject(handle).cls
@@ -273,26 +252,23 @@ class VirtualSession:
                      id: bytes | None = None, token: bool = False, capabilities: int | None = None,
                      template: Template | None = None, mechanism: Any = None) -> int:
         """Generate a secret key once and copy it to every member."""
-        caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
-        t = _capability_attrs(ObjectClass.SECRET_KEY, caps)
-        t.update(_checked(template, "C_GenerateKey"))
-        t[Attribute.TOKEN] = token
-        self._writable(t, "C_GenerateKey")
-        t = _ha_key_attrs(t, "C_GenerateKey")
-        kid = id or t.pop(Attribute.ID, None) or random_id()
+        t = self._key_template(ObjectClass.SECRET_KEY, key_type, capabilities, template, token,
+                               "C_GenerateKey")
+        t, kid = self._replicable(t, id, "C_GenerateKey")
 
         self._check("C_GenerateKey")
         self.group.recovery_tick()  # the mode depends on which members serve
         if self.group.generation_mode("C_GenerateKey", self.only) == "value":
             def gen(m: Member, c: Connection) -> list[dict[Any, Any]]:
-                tmp = c.work.generate_key(key_type, bits, template=_TEMP, mechanism=mechanism)
+                tmp = c.work.generate_key(key_type, bits, template=TEMPORARY,
+                                          mechanism=mechanism)
                 try:
                     return [{Attribute.VALUE: tmp[Attribute.VALUE]}]
                 finally:
                     tmp.destroy()
 
             self._check("C_GenerateKey")
-            final = _final(ObjectClass.SECRET_KEY, key_type, kid, label, token, t)
+            final = by_value_template(ObjectClass.SECRET_KEY, key_type, kid, label, token, t)
             return self.group.create_by_value("C_GenerateKey", gen, [final], self.handle,
                                               self.only)[0].handle
 
@@ -310,25 +286,21 @@ class VirtualSession:
                          private_template: Template | None = None,
                          mechanism: Any = None) -> tuple[int, int]:
         """Generate a key pair once and copy it to every member: (public, private)."""
-        caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
-        pub = _capability_attrs(ObjectClass.PUBLIC_KEY, caps)
-        pub.update(_checked(public_template, "C_GenerateKeyPair"))
-        priv = _capability_attrs(ObjectClass.PRIVATE_KEY, caps)
-        priv.update(_checked(private_template, "C_GenerateKeyPair"))
-        pub[Attribute.TOKEN] = priv[Attribute.TOKEN] = token
+        pub = self._key_template(ObjectClass.PUBLIC_KEY, key_type, capabilities, public_template,
+                                 token, "C_GenerateKeyPair")
+        priv = self._key_template(ObjectClass.PRIVATE_KEY, key_type, capabilities,
+                                  private_template, token, "C_GenerateKeyPair")
         if key_type == KeyType.EC:
             if curve is None and Attribute.EC_PARAMS not in pub:
                 curve = "secp256r1"
             if curve is not None:
                 pub[Attribute.EC_PARAMS] = _ec.encode_named_curve_parameters(curve)
-        self._writable(priv, "C_GenerateKeyPair")
-        priv = _ha_key_attrs(priv, "C_GenerateKeyPair")
-        kid = id or priv.pop(Attribute.ID, None) or random_id()
+        priv, kid = self._replicable(priv, id, "C_GenerateKeyPair")
 
         self._check("C_GenerateKeyPair")
         self.group.recovery_tick()  # the mode depends on which members serve
         mode = self.group.generation_mode("C_GenerateKeyPair", self.only)
-        if mode == "value" and key_type not in _PRIVATE_VALUES:
+        if mode == "value" and key_type not in replication.PRIVATE_VALUES:
             raise CKRError("CKR_KEY_NOT_WRAPPABLE", "C_GenerateKeyPair",
                            detail="members cannot wrap keys, and replication by value "
                                   "supports RSA and EC key pairs only")
@@ -336,17 +308,18 @@ class VirtualSession:
             def gen(m: Member, c: Connection) -> list[dict[Any, Any]]:
                 tpub, tpriv = c.work.generate_keypair(
                     key_type, bits, public_template={**pub, Attribute.TOKEN: False},
-                    private_template={Attribute.SIGN: True, **_TEMP}, mechanism=mechanism)
+                    private_template={Attribute.SIGN: True, **TEMPORARY}, mechanism=mechanism)
                 try:
-                    return [{a: tpub[a] for a in _PUBLIC_VALUES[key_type]},
-                            {a: tpriv[a] for a in _PRIVATE_VALUES[key_type]}]
+                    return [{a: tpub[a] for a in replication.PUBLIC_VALUES[key_type]},
+                            {a: tpriv[a] for a in replication.PRIVATE_VALUES[key_type]}]
                 finally:
                     tpub.destroy()
                     tpriv.destroy()
 
             self._check("C_GenerateKeyPair")
-            pub_final = _final(ObjectClass.PUBLIC_KEY, key_type, kid, label, token, pub)
-            priv_final = _final(ObjectClass.PRIVATE_KEY, key_type, kid, label, token, priv)
+            pub_final = by_value_template(ObjectClass.PUBLIC_KEY, key_type, kid, label, token, pub)
+            priv_final = by_value_template(ObjectClass.PRIVATE_KEY, key_type, kid, label, token,
+                                           priv)
             pv, kv = self.group.create_by_value("C_GenerateKeyPair", gen, [pub_final, priv_final],
                                                 self.handle, self.only)
             return pv.handle, kv.handle
@@ -403,13 +376,9 @@ class VirtualSession:
                    template: Template | None = None, mechanism: Any = None,
                    mechanism_param: Any = None) -> int:
         """C_UnwrapKey on one member; the new key is copied to every member."""
-        caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
-        t = _capability_attrs(object_class, caps)
-        t.update(_checked(template, "C_UnwrapKey"))
-        t[Attribute.TOKEN] = token
-        self._writable(t, "C_UnwrapKey")
-        t = _ha_key_attrs(t, "C_UnwrapKey")
-        kid = id or t.pop(Attribute.ID, None) or random_id()
+        t = self._key_template(object_class, key_type, capabilities, template, token,
+                               "C_UnwrapKey")
+        t, kid = self._replicable(t, id, "C_UnwrapKey")
 
         def task(m: Member, c: Connection, u: Any) -> list[Any]:
             return [u.unwrap_key(object_class, key_type, wrapped, id=kid, label=label,
@@ -424,13 +393,9 @@ class VirtualSession:
                    id: bytes | None = None, token: bool = False,
                    capabilities: int | None = None, template: Template | None = None) -> int:
         """C_DeriveKey (e.g. ECDH1_DERIVE) on one member; the result is copied to every member."""
-        caps = DEFAULT_KEY_CAPABILITIES.get(key_type, 0) if capabilities is None else capabilities
-        t = _capability_attrs(ObjectClass.SECRET_KEY, caps)
-        t.update(_checked(template, "C_DeriveKey"))
-        t[Attribute.TOKEN] = token
-        self._writable(t, "C_DeriveKey")
-        t = _ha_key_attrs(t, "C_DeriveKey")
-        kid = id or t.pop(Attribute.ID, None) or random_id()
+        t = self._key_template(ObjectClass.SECRET_KEY, key_type, capabilities, template, token,
+                               "C_DeriveKey")
+        t, kid = self._replicable(t, id, "C_DeriveKey")
 
         def task(m: Member, c: Connection, b: Any) -> list[Any]:
             return [b.derive_key(key_type, bits, id=kid, label=label, store=token, template=t,
