@@ -8,17 +8,17 @@
 >>> lab.down()                         # every process gone; tokens kept
 
 No click or rich here: ``hacli lab ...`` (``hacli.cli.lab``) renders these.
-See ``docs/lab.md``.
+See ``docs/lab.md`` (its last section maps the modules of this package).
 """
 
-from hacli.lab.lab import (
+from hacli.lab.lab import Lab
+from hacli.lab.model import (
     DEFAULT_MEMBERS,
     FAILED,
     GROUP_LABEL,
     HUNG,
     MAX_MEMBERS,
     RUNNING,
-    Lab,
     LabMember,
     LabStatus,
     LabUsageError,

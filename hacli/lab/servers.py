@@ -1,0 +1,241 @@
+"""The members' ``p11-kit server`` processes: start, check, signal, stop, and their state.
+
+A member is described by its ``lab.json`` record (:mod:`hacli.lab.state`);
+functions here set its ``pid`` and ``start_time`` when they start or stop it,
+and the caller saves the state.  Each server runs in its own process group
+(``docs/lab.md``, "The processes"), so signals always go to the group.
+Every wait is bounded by *timeout* seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hacli.errors import LabError
+from hacli.lab import procs
+from hacli.lab.model import FAILED, HUNG, RUNNING, MemberStatus
+from hacli.lab.paths import LabPaths
+from hacli.lab.tokens import list_tokens
+from hacli.lab.tools import LabTools
+
+
+def server_env(paths: LabPaths) -> dict[str, str]:
+    """The environment SoftHSM2 runs in for this lab: only here is ``SOFTHSM2_CONF`` set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P11_KIT_SERVER_")}
+    env["SOFTHSM2_CONF"] = str(paths.softhsm2_conf)
+    return env
+
+
+def state_of(paths: LabPaths, rec: dict[str, Any]) -> str:
+    """running / failed / hung, from the process itself.
+
+    The pid must still be *our* server: same start time as recorded and
+    the member's URI among its arguments, so a pid reused after a reboot
+    is not taken for a live member.
+    """
+    pid = rec.get("pid")
+    if not pid:
+        return FAILED
+    procs.reap(pid)
+    state = procs.proc_state(pid)
+    if state is None or state in "ZXx":
+        return FAILED
+    if procs.proc_start_time(pid) != rec.get("start_time"):
+        return FAILED
+    cmdline = procs.proc_cmdline(pid)
+    # While `p11-kit server` execs p11-kit-server, /proc/<pid>/cmdline is
+    # briefly empty; the start time above already rules out a reused pid.
+    if cmdline and paths.member_of(rec).uri not in cmdline:
+        return FAILED
+    return HUNG if state in "Tt" else RUNNING
+
+
+def member_status(paths: LabPaths, rec: dict[str, Any]) -> MemberStatus:
+    state = state_of(paths, rec)
+    return MemberStatus(
+        serial=rec["serial"],
+        label=rec["label"],
+        state=state,
+        pid=rec["pid"] if state != FAILED else None,
+    )
+
+
+def _own_group(paths: LabPaths, rec: dict[str, Any]) -> int | None:
+    """The member's process group id if processes of ours are in it."""
+    pgid = rec.get("pid")
+    if not pgid:
+        return None
+    uri = paths.member_of(rec).uri
+    if any(uri in procs.proc_cmdline(p) for p in procs.group_pids(pgid)):
+        return pgid
+    return None
+
+
+def stop(paths: LabPaths, rec: dict[str, Any], timeout: float) -> None:
+    """End every process of a member (server, its connections, leftovers)."""
+    pgid = _own_group(paths, rec)
+    if pgid is not None:
+        procs.stop_group(pgid, grace=min(3.0, timeout))
+    # Belt and braces: anything else still serving this token (e.g. a
+    # connection child whose group leader was killed long ago).
+    uri = paths.member_of(rec).uri
+    for pid in procs.pids_with_arg(uri):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    procs.wait_until(lambda: not procs.pids_with_arg(uri), timeout)
+    rec["pid"] = None
+    rec["start_time"] = None
+
+
+def _signal(
+    rec: dict[str, Any],
+    sig: signal.Signals,
+    done: Callable[[], bool],
+    timeout: float,
+    failure: str,
+) -> None:
+    """Send *sig* to the member's process group; LabError ``label: failure`` unless *done* soon."""
+    procs.signal_group(rec["pid"], sig)
+    if not procs.wait_until(done, timeout):
+        raise LabError(f"{rec['label']}: {failure}")
+
+
+def kill(rec: dict[str, Any], timeout: float) -> None:
+    """SIGKILL a member's process group (``fail``); LabError if anything survives."""
+    _signal(
+        rec,
+        signal.SIGKILL,
+        lambda: not procs.group_pids(rec["pid"]),
+        timeout,
+        "processes survived SIGKILL",
+    )
+
+
+def freeze(paths: LabPaths, rec: dict[str, Any], timeout: float) -> None:
+    """SIGSTOP a member's process group (``hang``) and wait until it is stopped."""
+    _signal(
+        rec,
+        signal.SIGSTOP,
+        lambda: state_of(paths, rec) == HUNG,
+        timeout,
+        "did not stop on SIGSTOP",
+    )
+
+
+def resume(paths: LabPaths, rec: dict[str, Any], timeout: float) -> None:
+    """SIGCONT a hung member's process group and wait until it runs."""
+    _signal(
+        rec,
+        signal.SIGCONT,
+        lambda: state_of(paths, rec) == RUNNING,
+        timeout,
+        "did not resume on SIGCONT",
+    )
+
+
+def _spawn(paths: LabPaths, rec: dict[str, Any], tools: LabTools, timeout: float) -> None:
+    member = paths.member_of(rec)
+    mdir = member.socket.parent
+    mdir.mkdir(mode=0o700, exist_ok=True)
+    stop(paths, rec, timeout)  # leftovers of an earlier server (connections it forked)
+    with contextlib.suppress(FileNotFoundError):
+        member.socket.unlink()  # a killed server leaves its socket file behind
+    cmd = [
+        tools.p11kit,
+        "server",
+        "--foreground",  # the pid we hold is the server itself
+        "--provider",
+        tools.softhsm2,
+        "--name",
+        str(member.socket),
+        member.uri,  # export this member's token only
+    ]
+    with open(mdir / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=mdir,
+            env=server_env(paths),
+            # own session => own process group: fail/hang/restore signal
+            # the group, which holds the p11-kit-remote children too.
+            start_new_session=True,
+        )
+    procs.adopt(proc)
+    rec["pid"] = proc.pid
+    rec["start_time"] = procs.proc_start_time(proc.pid)
+
+
+def _connectable(path: Path) -> bool:
+    """True when a server accepts connections on the unix socket *path*."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    # the server prints shell assignments on start; skip them
+    lines = [ln for ln in lines if not ln.startswith("P11_KIT_SERVER_")]
+    return lines[-1] if lines else ""
+
+
+def _verify(paths: LabPaths, recs: list[dict[str, Any]], timeout: float) -> None:
+    """Each server must serve exactly its own token, as a client sees it."""
+    members = [paths.member_of(rec) for rec in recs]
+    for member, seen in zip(members, list_tokens(members, timeout), strict=True):
+        expected = [{"label": member.label, "serial": member.serial}]
+        if seen != expected:
+            shown = ", ".join(f"{t['label']}/{t['serial']}" for t in seen) or "no token"
+            raise LabError(
+                f"{member.socket} serves {shown}, expected only {member.label}/{member.serial}"
+            )
+
+
+def start(paths: LabPaths, recs: list[dict[str, Any]], tools: LabTools, timeout: float) -> None:
+    """Start the servers of *recs*, wait until they accept, check what they serve.
+
+    Readiness is polled, never slept for.  On any failure every server of
+    *recs* is stopped again before the error goes on.
+    """
+    try:
+        for rec in recs:
+            _spawn(paths, rec, tools, timeout)
+        pending = list(recs)
+
+        def ready() -> bool:
+            for rec in list(pending):
+                if state_of(paths, rec) == FAILED:
+                    log = _log_tail(paths.member_dir(rec["index"]) / "server.log")
+                    raise LabError(
+                        f"p11-kit server of {rec['label']} exited" + (f": {log}" if log else "")
+                    )
+                if _connectable(paths.member_of(rec).socket):
+                    pending.remove(rec)
+            return not pending
+
+        if not procs.wait_until(ready, timeout):
+            names = ", ".join(r["label"] for r in pending)
+            raise LabError(f"p11-kit server of {names} not ready within {timeout:g} s")
+        _verify(paths, recs, timeout)
+    except BaseException:
+        for rec in recs:
+            stop(paths, rec, timeout)
+        raise
