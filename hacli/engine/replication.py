@@ -2,7 +2,8 @@
 
 Everything here that touches a python-pkcs11 object runs on the member's
 worker thread (called through ``Member.run``); the orchestration (which member
-to copy from, policy, bookkeeping) is in :mod:`hacli.engine.group`.
+to copy from, policy, bookkeeping) is in :mod:`hacli.engine.replicas` and
+:mod:`hacli.engine.sync`.
 
 How an object travels (docs/engine.md, "Replication"):
 

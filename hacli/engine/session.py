@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import pkcs11
 from pkcs11 import Attribute, KeyType, ObjectClass
-from pkcs11.defaults import DEFAULT_KEY_CAPABILITIES
 from pkcs11.util import ec as _ec
 
 from hacli.engine import multipart, replication
@@ -29,9 +28,9 @@ from hacli.engine.templates import (
     TEMPORARY,
     Template,
     by_value_template,
-    capability_attrs,
-    checked,
+        checked,
     ha_key_attrs,
+    key_template,
     random_id,
     take_id,
 )
@@ -78,19 +77,6 @@ class VirtualSession:
     def _writable(self, template: Template, operation: str) -> None:
         if not self.rw and template.get(Attribute.TOKEN):
             raise CKRError("CKR_SESSION_READ_ONLY", operation)
-
-    @staticmethod
-    def _key_template(cls: Any, key_type: KeyType, capabilities: int | None,
-                      template: Template | None, token: bool,
-                      operation: str) -> dict[Any, Any]:
-        """A new key's template: python-pkcs11's default capabilities for the key
-        type (or ``capabilities``), then the caller's template (checked)."""
-        if capabilities is None:
-            capabilities = DEFAULT_KEY_CAPABILITIES.get(key_type, 0)
-        t = capability_attrs(cls, capabilities)
-        t.update(checked(template, operation))
-        t[Attribute.TOKEN] = token
-        return t
 
     def _replicable(self, template: dict[Any, Any], given_id: bytes | None,
                     operation: str) -> tuple[dict[Any, Any], bytes]:
@@ -252,8 +238,8 @@ class VirtualSession:
                      id: bytes | None = None, token: bool = False, capabilities: int | None = None,
                      template: Template | None = None, mechanism: Any = None) -> int:
         """Generate a secret key once and copy it to every member."""
-        t = self._key_template(ObjectClass.SECRET_KEY, key_type, capabilities, template, token,
-                               "C_GenerateKey")
+        t = key_template(ObjectClass.SECRET_KEY, key_type, capabilities, template, token,
+                         "C_GenerateKey")
         t, kid = self._replicable(t, id, "C_GenerateKey")
 
         self._check("C_GenerateKey")
@@ -286,10 +272,10 @@ class VirtualSession:
                          private_template: Template | None = None,
                          mechanism: Any = None) -> tuple[int, int]:
         """Generate a key pair once and copy it to every member: (public, private)."""
-        pub = self._key_template(ObjectClass.PUBLIC_KEY, key_type, capabilities, public_template,
-                                 token, "C_GenerateKeyPair")
-        priv = self._key_template(ObjectClass.PRIVATE_KEY, key_type, capabilities,
-                                  private_template, token, "C_GenerateKeyPair")
+        pub = key_template(ObjectClass.PUBLIC_KEY, key_type, capabilities, public_template,
+                           token, "C_GenerateKeyPair")
+        priv = key_template(ObjectClass.PRIVATE_KEY, key_type, capabilities,
+                            private_template, token, "C_GenerateKeyPair")
         if key_type == KeyType.EC:
             if curve is None and Attribute.EC_PARAMS not in pub:
                 curve = "secp256r1"
@@ -376,8 +362,8 @@ class VirtualSession:
                    template: Template | None = None, mechanism: Any = None,
                    mechanism_param: Any = None) -> int:
         """C_UnwrapKey on one member; the new key is copied to every member."""
-        t = self._key_template(object_class, key_type, capabilities, template, token,
-                               "C_UnwrapKey")
+        t = key_template(object_class, key_type, capabilities, template, token,
+                         "C_UnwrapKey")
         t, kid = self._replicable(t, id, "C_UnwrapKey")
 
         def task(m: Member, c: Connection, u: Any) -> list[Any]:
@@ -393,8 +379,8 @@ class VirtualSession:
                    id: bytes | None = None, token: bool = False,
                    capabilities: int | None = None, template: Template | None = None) -> int:
         """C_DeriveKey (e.g. ECDH1_DERIVE) on one member; the result is copied to every member."""
-        t = self._key_template(ObjectClass.SECRET_KEY, key_type, capabilities, template, token,
-                               "C_DeriveKey")
+        t = key_template(ObjectClass.SECRET_KEY, key_type, capabilities, template, token,
+                         "C_DeriveKey")
         t, kid = self._replicable(t, id, "C_DeriveKey")
 
         def task(m: Member, c: Connection, b: Any) -> list[Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pkcs11 import Attribute, ObjectClass
 from pkcs11.constants import MechanismFlag
+from pkcs11.defaults import DEFAULT_KEY_CAPABILITIES
 
 from hacli.engine.exceptions import CKRError
 from hacli.engine.member import MAPPER
@@ -45,6 +46,19 @@ def random_id() -> bytes:
 def capability_attrs(cls: Any, caps: int) -> dict[Any, bool]:
     """python-pkcs11's capability flags (``MechanismFlag``) as key attributes."""
     return {a: bool(caps & flag) for a, flag in _CAPABILITIES[cls].items()}
+
+
+def key_template(cls: Any, key_type: Any, capabilities: int | None, template: Template | None,
+                 token: bool, operation: str) -> dict[Any, Any]:
+    """A new key's template: python-pkcs11's default capabilities for the key
+    type (or ``capabilities``), then the caller's template (checked), then the
+    token flag."""
+    if capabilities is None:
+        capabilities = DEFAULT_KEY_CAPABILITIES.get(key_type, 0)
+    t = capability_attrs(cls, capabilities)
+    t.update(checked(template, operation))
+    t[Attribute.TOKEN] = token
+    return t
 
 
 def ha_key_attrs(template: dict[Any, Any], operation: str) -> dict[Any, Any]:
@@ -116,4 +130,4 @@ def by_value_template(cls: Any, key_type: Any, kid: bytes, label: str | None, to
 
 
 __all__ = ["TEMPORARY", "Template", "attr_name", "by_value_template", "capability_attrs",
-           "checked", "ha_key_attrs", "random_id", "take_id"]
+           "checked", "ha_key_attrs", "key_template", "random_id", "take_id"]

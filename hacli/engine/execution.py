@@ -1,0 +1,118 @@
+"""Running a call through a group: on one member with failover, or on each member.
+
+A member failure (``ckr.is_member_failure``: the one rule) marks the member
+down and the call moves on to another member; a request error goes straight
+back to the caller and never marks a member down.  The member for a
+single-part call comes from the balancer (balancer.py).
+
+Uses from the other parts: ``recovery_tick`` (recovery.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pkcs11
+
+from hacli.engine.ckr import ckr_name, is_member_failure
+from hacli.engine.exceptions import CKRError, GroupDownError, request_error
+from hacli.engine.groupcore import GroupCore
+from hacli.engine.member import Connection, Member
+from hacli.engine.objects import NotOnMember, VObject
+from hacli.engine.replication import KEY_CLASSES
+
+#: Errors after which the shared work session may still have an operation active.
+LEAVES_OPERATION_ACTIVE = ("CKR_BUFFER_TOO_SMALL", "CKR_OPERATION_ACTIVE")
+
+
+class Execution(GroupCore):
+    """``execute`` (one member, failing over) and ``on_each`` (every member)."""
+
+    def execute(self, operation: str, fn: Callable[..., Any], vobjs: Sequence[VObject] = (),
+                only: Member | None = None) -> Any:
+        """Run ``fn(member, conn, *real_objects)`` on one member, failing over.
+
+        The recovery policy runs first.  Member failures mark the member down
+        and the call moves on; request errors go straight to the caller.
+        """
+        self.recovery_tick()
+        tried: set[Member] = set()
+        missing = failed = False
+        while True:
+            m = self._balancer.pick(tried, only, vobjs)
+            if m is None:
+                if vobjs and not failed and not any(
+                        m.alive and all(v.absent.get(m.serial) != m.conn.id for v in vobjs)
+                        for m in self.members if m.conn is not None):
+                    missing = True
+                if missing and not failed:
+                    code = ("CKR_KEY_HANDLE_INVALID" if any(v.cls in KEY_CLASSES for v in vobjs)
+                            else "CKR_OBJECT_HANDLE_INVALID")
+                    raise CKRError(code, operation)
+                raise GroupDownError(operation, self.label)
+            ok = False
+            try:
+                def task(conn: Connection, m: Member = m) -> Any:
+                    objs = [self._objects.resolve(m, conn, v) for v in vobjs]
+                    try:
+                        return fn(m, conn, *objs)
+                    except pkcs11.PKCS11Error as e:
+                        if ckr_name(e) in LEAVES_OPERATION_ACTIVE:
+                            conn.rotate_work_session()
+                        raise
+
+                result = m.run(task, operation=operation)
+                ok = True
+                return result
+            except NotOnMember:
+                tried.add(m)
+                missing = True
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(m, e)
+                    tried.add(m)
+                    failed = True
+                    continue
+                raise request_error(e, operation, m.serial) from e
+            finally:
+                self._balancer.done(m, ok)
+
+    def on_each(self, operation: str, fn: Callable[..., Any], vobj: VObject | None = None,
+                only: Member | None = None) -> dict[str, Any]:
+        """Run ``fn(member, conn[, obj])`` on every alive member; returns serial -> result.
+
+        Members that fail are marked down (and need sync); members without the
+        object are skipped; the first request error is raised after the others ran.
+        """
+        self.recovery_tick()
+        results: dict[str, Any] = {}
+        first_error: BaseException | None = None
+        targets = self._alive_members(only)
+        if not targets:
+            raise GroupDownError(operation, self.label)
+        for m in targets:
+            try:
+                def task(conn: Connection, m: Member = m) -> Any:
+                    if vobj is None:
+                        return fn(m, conn)
+                    return fn(m, conn, self._objects.resolve(m, conn, vobj))
+
+                results[m.serial] = m.run(task, operation=operation)
+                with self._lock:
+                    m.ops += 1
+            except NotOnMember:
+                continue
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(m, e)
+                    continue
+                first_error = first_error or request_error(e, operation, m.serial)
+        if first_error is not None:
+            raise first_error
+        if not results and not any(m.alive for m in targets):
+            raise GroupDownError(operation, self.label)
+        return results
+
+
+__all__ = ["LEAVES_OPERATION_ACTIVE", "Execution"]

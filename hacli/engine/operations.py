@@ -1,0 +1,141 @@
+"""Multi-part operations through a group: begun on the balancer's pick, then pinned.
+
+``C_xInit`` goes to the member the balancer picks (failing over while nothing
+has started); every later step goes to that member.  When it fails, the
+operation is over (``CKR_DEVICE_ERROR`` at the next step) and the session can
+begin a new one elsewhere.  The mechanics of driving python-pkcs11 one step
+at a time are in :mod:`hacli.engine.multipart`.
+
+Uses from the other parts: ``execute`` (execution.py), ``recovery_tick``
+(recovery.py), ``sessions`` (group.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from hacli.engine import multipart
+from hacli.engine.ckr import is_member_failure
+from hacli.engine.exceptions import CKRError, ModuleUnavailable, request_error
+from hacli.engine.groupcore import GroupCore
+from hacli.engine.member import Connection, Member
+from hacli.engine.multipart import MultiPart
+from hacli.engine.objects import VObject
+
+_MEMBER_FAILED = "the member serving this multi-part operation failed"
+
+
+class Operations(GroupCore):
+    """Begin, step and end the multi-part operations of a group's sessions."""
+
+    def begin_operation(self, operation: str, kind: str, vobj: VObject | None,
+                        mechanism: Any, param: Any, only: Member | None = None) -> MultiPart:
+        """``C_xInit`` on the member the balancer picks (failing over while none
+        has started); the operation stays on that member until it ends."""
+        def task(m: Member, conn: Connection, *objs: Any) -> MultiPart:
+            session = multipart.take_session(conn)
+            try:
+                target = (multipart.key_on(session, vobj.ident, objs[0].handle)
+                          if vobj is not None else session)
+                op = MultiPart(kind, m, conn, session,
+                               key_handle=vobj.handle if vobj is not None else None)
+                if kind == "verify":
+                    length = multipart.signature_length(target, mechanism)
+                    if length is None:
+                        # signature length unknown: keep the chunks, run the whole
+                        # operation at verify_final (still C_VerifyInit/Update/Final)
+                        op.deferred = []
+                        op.deferred_args = (mechanism, param)
+                        multipart.give_back(conn, session)
+                        return op
+                    op.sigbuf = bytearray(length)
+                op.driver = multipart.StepDriver(
+                    multipart.body_for(kind, target, mechanism, param, op.sigbuf),
+                    name=f"hacli-op-{kind}-{m.serial}")
+                op.driver.start()
+                return op
+            except BaseException:
+                multipart.drop_session(session)
+                raise
+
+        return self.execute(operation, task, [vobj] if vobj is not None else [], only)
+
+    def step_operation(self, op: MultiPart, operation: str,
+                       action: Callable[[MultiPart], Any]) -> Any:
+        """Run one step of ``op`` (``action(op)`` on its member's worker).
+
+        A member that failed since the operation began (or fails now) gives
+        ``CKR_DEVICE_ERROR``: the operation is over, the session can start a
+        new one (on a member that serves).
+        """
+        self.recovery_tick()
+        m = op.member
+        with self._lock:
+            if op.dead is None and (m.conn is not op.conn or not m.alive):
+                op.dead = "CKR_DEVICE_ERROR"
+            dead = op.dead
+            if dead is None:
+                m.in_flight += 1
+        if dead is not None:
+            raise CKRError(dead, operation, m.serial, detail=_MEMBER_FAILED)
+        ok = False
+
+        def task(conn: Connection) -> Any:
+            if conn is not op.conn:
+                raise ModuleUnavailable(m.serial, "connection replaced")
+            return action(op)
+
+        try:
+            result = m.run(task, operation=operation)
+            ok = True
+            return result
+        except Exception as e:
+            if is_member_failure(e):
+                self._mark_failed(m, e)
+                with self._lock:
+                    op.dead = "CKR_DEVICE_ERROR"
+                raise CKRError("CKR_DEVICE_ERROR", operation, m.serial,
+                               detail=_MEMBER_FAILED) from e
+            raise request_error(e, operation, m.serial) from e
+        finally:
+            self._balancer.done(m, ok)
+
+    def abort_operation(self, op: MultiPart) -> None:
+        """End ``op`` early on its member (never raises)."""
+        if op.driver is None or op.driver.done:
+            return
+        m = op.member
+        with self._lock:
+            live = op.dead is None and m.conn is op.conn and m.alive
+        if not live:
+            return  # _member_failed queued the abort already
+
+        def task(conn: Connection) -> None:
+            if conn is op.conn and op.driver is not None:
+                op.driver.abort()
+                multipart.drop_session(op.session)
+
+        self._best_effort(m, task, operation="C_xFinal")
+
+    def operation_member_failed(self, op: MultiPart) -> None:
+        """``op``'s member was marked down (group lock held): end it there.
+
+        The abort is queued on the member's worker behind the calls already
+        queued (before any recovery re-initialises the module); nothing is
+        queued when the instance was abandoned (see hacli.engine.multipart).
+        """
+        op.dead = op.dead or "CKR_DEVICE_ERROR"
+        if op.driver is not None and not op.driver.done:
+            op.conn.instance.submit(op.driver.abort)
+
+    def end_operations(self) -> None:
+        """End the multi-part operations of every session (engine close), so
+        no helper thread is left parked in an operation."""
+        for vs in self.sessions():
+            with contextlib.suppress(Exception):
+                vs._abort_operations()
+
+
+__all__ = ["Operations"]

@@ -1,0 +1,254 @@
+"""Synchronisation (HASynchronize): what members lack, and copying it to them.
+
+Members are compared by an *inventory* of their token objects (keys,
+certificates, data objects; by class, CKA_ID, CKA_LABEL, key type); the union
+is the target.  Automatic runs (after login, after a recovery, and every X s
+while an alive member needs sync) happen only when the group's HASynchronize
+flag is set and the group is logged in (private objects are invisible
+otherwise); without the flag, login and recovery still take an inventory so
+that ``needs_sync`` is right, but copy nothing.
+
+Uses from the other parts: ``recovery_tick`` (recovery.py); ``_login``,
+``logout``, ``_logged_in_for`` (login.py); ``_transfer``, ``_replicate``,
+``_set_on`` (replicas.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from hacli.engine import halog, replication
+from hacli.engine.ckr import ckr_name, is_member_failure
+from hacli.engine.groupcore import GroupCore
+from hacli.engine.member import Connection, Member
+from hacli.engine.objects import NotOnMember
+from hacli.engine.parallel import in_parallel
+from hacli.engine.types import (
+    InventoryDiff,
+    MemberInventory,
+    ObjectSummary,
+    SyncFailure,
+    SyncReport,
+)
+
+#: A member's token objects: (identity, other attributes) per object.
+Inventory = list[tuple[dict[Any, Any], dict[Any, Any]]]
+#: identity key -> (identity, attributes, serials of the members that hold it)
+Union = dict[Any, tuple[dict[Any, Any], dict[Any, Any], list[str]]]
+
+
+def union_of(inv: dict[str, Inventory]) -> tuple[Union, dict[str, list[Any]]]:
+    """The union of the members' inventories, and per member the identity keys it lacks."""
+    union: Union = {}
+    for serial, objs in inv.items():
+        for ident, info in objs:
+            key = replication.ident_key(ident)
+            if key not in union:
+                union[key] = (ident, info, [])
+            if serial not in union[key][2]:
+                union[key][2].append(serial)
+    missing = {serial: [k for k, (_i, _f, holders) in union.items() if serial not in holders]
+               for serial in inv}
+    return union, missing
+
+
+def destroy_matching(conn: Connection, ident: dict[Any, Any]) -> int:
+    """Destroy every object of identity ``ident`` on a member (worker thread)."""
+    n = 0
+    for obj in list(conn.work.get_objects(ident)):
+        obj.destroy()
+        conn.objects.pop(obj.handle, None)
+        n += 1
+    return n
+
+
+class Synchronisation(GroupCore):
+    """Inventories, ``inventory_diff``, ``synchronize`` and the automatic runs."""
+
+    @property
+    def sync_enabled(self) -> bool:
+        """``HASynchronize`` for this group: automatic synchronisation."""
+        return bool(self.conf.synchronize)
+
+    def _sync_due(self) -> bool:
+        return (self.conf.synchronize and self._pin is not None
+                and any(m.alive and m.needs_sync for m in self.members)
+                and self.clock() - self._last_sync > self._sync_period)
+
+    def _sync_all(self) -> None:
+        # periodic retry; backs off while nothing can be copied (e.g. a
+        # sensitive key that no member can wrap), from X s up to an hour
+        try:
+            report = self._synchronize()
+        except Exception:
+            report = None
+        if report is not None and (report.copied or report.destroyed):
+            self._sync_period = self.policy.interval
+        else:
+            self._sync_period = min(max(self._sync_period, 1.0) * 2, 3600.0)
+
+    def _catch_up(self) -> None:
+        """Synchronise when HASynchronize is set, else only measure (``needs_sync``)."""
+        if self.conf.synchronize:
+            self._synchronize()
+        else:
+            self._refresh_needs_sync()
+
+    def _after_recovery(self, m: Member) -> None:
+        """A member is back: catch it up (HASynchronize) or at least measure."""
+        if self._pin is None:
+            return  # private objects are invisible: needs_sync stays as it is
+        try:
+            self._catch_up()
+        except Exception as e:
+            if is_member_failure(e) and m.alive:
+                self._mark_failed(m, e)
+
+    def _after_login(self) -> None:
+        # never fails the login; needs_sync stays as it was
+        with contextlib.suppress(Exception):
+            self._catch_up()
+
+    def _inventories(self) -> dict[str, Inventory]:
+        """Token objects of every alive member (in parallel, each bounded)."""
+        found: dict[str, Inventory] = {}
+
+        def one(m: Member) -> None:
+            objs = self._best_effort(m, replication.list_token_objects,
+                                     operation="C_FindObjects")
+            if objs is not None:
+                found[m.serial] = objs
+
+        in_parallel(one, self._alive_members())
+        return found
+
+    def _refresh_needs_sync(self) -> InventoryDiff:
+        inv = self._inventories()
+        union, missing = union_of(inv)
+        out = []
+        with self._lock:
+            for m in self.members:
+                if m.serial not in inv:
+                    out.append(MemberInventory(m.serial, reachable=False,
+                                               error=m.last_error or "CKR_DEVICE_ERROR"))
+                    continue
+                lacks = tuple(replication.summarize(*union[k][:2]) for k in missing[m.serial])
+                m.needs_sync = bool(lacks) or bool(m.journal)
+                out.append(MemberInventory(m.serial, reachable=True,
+                                           objects=len(inv[m.serial]), missing=lacks))
+        return InventoryDiff(self.label, tuple(out))
+
+    def inventory_diff(self, pin: str | None = None) -> InventoryDiff:
+        """Compare the token objects of the alive members (lunacm's "Needs sync").
+
+        Returns, per member, what it lacks compared to the union of all
+        members' token objects, and updates every alive member's
+        ``needs_sync``.  Copies nothing.  Needs a login: when the group is not
+        logged in, ``pin`` logs it in for the comparison and out again
+        (``CKR_USER_NOT_LOGGED_IN`` without it).
+        """
+        self.recovery_tick()
+        with self._logged_in_for(pin, "inventory"):
+            return self._refresh_needs_sync()
+
+    def synchronize(self, pin: str | None = None) -> SyncReport:
+        """``hagroup synchronize``: copy every token object a member lacks from a
+        member that has it (and replay destroys/attribute changes members missed).
+
+        Secret and private keys travel wrapped under the transport key, or by
+        value only under ReplicateByValue (and only if readable or in the
+        escrow); public objects by value.  What cannot be copied is reported in
+        :attr:`SyncReport.failed`, never hidden.  Idempotent.  Needs a login,
+        like :meth:`inventory_diff`; runs whatever the HASynchronize flag says.
+        """
+        self.recovery_tick()
+        with self._logged_in_for(pin, "synchronize"):
+            return self._synchronize()
+
+    def _synchronize(self) -> SyncReport:
+        with self._sync_lock:
+            self._last_sync = self.clock()
+            copied: list[tuple[str, ObjectSummary, str]] = []
+            failed: list[SyncFailure] = []
+            destroyed = 0
+            work: set[str] = set()
+            # 1. changes made through the group while a member was down
+            for m in self._alive_members():
+                n = self._replay_journal(m)
+                if n:
+                    destroyed += n
+                    work.add(m.serial)
+            # 2. session objects made through the group (token objects: step 3)
+            session_objs = self._objects.replicable_session_objects()
+            for m in self._alive_members():
+                for v in session_objs:
+                    try:
+                        if self._replicate(v, m):
+                            copied.append((m.serial, replication.summarize(v.ident), "-"))
+                    except Exception as e:
+                        if is_member_failure(e) and not m.alive:
+                            break
+                        failed.append(SyncFailure(m.serial, replication.summarize(v.ident),
+                                                  ckr_name(e), getattr(e, "detail", "")))
+            # 3. token objects: the union of the members' inventories
+            inv = self._inventories()
+            union, missing = union_of(inv)
+            for serial, keys in missing.items():
+                m = self._member(serial)
+                for k in keys:
+                    ident, info, holders = union[k]
+                    summary = replication.summarize(ident, info)
+                    sources = [s for s in self.members if s.serial in holders and s.alive]
+                    try:
+                        how = self._transfer(ident, m, sources, operation="synchronize")
+                        copied.append((serial, summary, how))
+                    except Exception as e:
+                        if is_member_failure(e) and not m.alive:
+                            break
+                        failed.append(SyncFailure(serial, summary, ckr_name(e),
+                                                  getattr(e, "detail", "")))
+            copied_to = {s for s, _o, _h in copied}
+            failed_on: dict[str, str] = {}
+            for f in failed:
+                failed_on.setdefault(f.serial, f.ckr)
+            with self._lock:
+                for m in self.members:
+                    if m.alive and m.serial in inv:
+                        m.needs_sync = m.serial in failed_on or bool(m.journal)
+                    if m.serial in copied_to:
+                        self._objects.present_on(m.serial)
+                unreachable = tuple(m.serial for m in self.members if m.serial not in inv)
+            for m in self.members:
+                if m.serial in copied_to or m.serial in failed_on or m.serial in work:
+                    self._log.event(self.label, m.serial, halog.SYNCHRONIZED,
+                                    failed_on.get(m.serial))
+            return SyncReport(self.label, tuple(copied), tuple(failed), unreachable, destroyed)
+
+    def _replay_journal(self, m: Member) -> int:
+        """Apply destroys/attribute changes ``m`` missed; returns destroys done."""
+        with self._lock:
+            journal, m.journal = m.journal, []
+        done = 0
+        for i, entry in enumerate(journal):
+            kind, ident, attrs = entry
+            try:
+                if kind == "destroy":
+                    done += m.run(destroy_matching, ident, operation="C_DestroyObject")
+                elif kind == "set":
+                    vobj = self._objects.find(ident)
+                    if vobj is not None:
+                        m.run(lambda conn, v=vobj, a=attrs: self._set_on(m, conn, v, a),
+                              operation="C_SetAttributeValue")
+            except NotOnMember:
+                pass
+            except Exception as e:
+                if is_member_failure(e):
+                    with self._lock:
+                        m.journal = journal[i:] + m.journal
+                    self._mark_failed(m, e)
+                    return done
+        return done
+
+
+__all__ = ["Synchronisation", "destroy_matching", "union_of"]
