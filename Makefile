@@ -36,7 +36,8 @@ lint: install
 	$(VENV)/bin/ruff check hacli tests bench scripts
 
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/startup.py
+	$(PY) bench/ha_bench.py
 
 completions: install
 	$(PY) scripts/gen_completions.py
