@@ -46,9 +46,9 @@ def fields(pairs: Sequence[tuple[str, Any]]) -> None:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
     """A table: rich for a colour terminal, aligned plain text otherwise."""
     cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    if title:  # a line of its own: rich would wrap a title wider than the table
+        echo(title)
     if plain():
-        if title:
-            echo(title)
         widths = [len(h) for h in headers]
         for row in cells:
             widths = [max(w, len(c)) for w, c in zip(widths, row, strict=False)]
@@ -60,7 +60,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | No
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=title, title_justify="left")
+    t = Table()
     for h in headers:
         t.add_column(h)
     for row in cells:
