@@ -207,6 +207,18 @@ class MemberClient:
     def call(self, code: str, timeout: float = 10.0) -> dict[str, Any]:
         return self._send({"code": code, "timeout": timeout})
 
+    def create_data(self, label: str, value: bytes = b"x") -> None:
+        """A token data object made on this member only (bypassing the group)."""
+        made = self.call(f"_ = session.create_object({{Attribute.CLASS: ObjectClass.DATA, "
+                         f"Attribute.LABEL: {label!r}, Attribute.VALUE: {value!r}, "
+                         f"Attribute.TOKEN: True}})")
+        assert "value" in made, made
+
+    def destroy_labelled(self, label: str) -> None:
+        """Destroy every object with this label on this member."""
+        self.call(f"_ = [o.destroy() for o in list(session.get_objects("
+                  f"{{Attribute.LABEL: {label!r}}}))]")
+
     def join(self, timeout: float = 10.0) -> dict[str, Any]:
         return self._send({"timeout": timeout})
 

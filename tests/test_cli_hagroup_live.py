@@ -68,10 +68,7 @@ def test_needs_sync_and_synchronize(healthy_lab: Lab, member_client) -> None:  #
     m0, m1 = (m.serial for m in healthy_lab.members())
     label = "cli-sync-probe"
     c1 = member_client(healthy_lab, "member1")
-    made = c1.call(f"_ = session.create_object({{Attribute.CLASS: ObjectClass.DATA, "
-                   f"Attribute.LABEL: {label!r}, Attribute.TOKEN: True, "
-                   f"Attribute.VALUE: b'hello'}})")
-    assert "value" in made, made
+    c1.create_data(label, b"hello")
     c0 = member_client(healthy_lab, "member0")
     count = f"len(list(session.get_objects({{Attribute.LABEL: {label!r}}})))"
     try:
@@ -90,5 +87,4 @@ def test_needs_sync_and_synchronize(healthy_lab: Lab, member_client) -> None:  #
         assert again.code == 0 and "0 object(s) copied; in sync" in again.out
     finally:
         for client in (c0, c1):
-            client.call(f"_ = [o.destroy() for o in session.get_objects("
-                        f"{{Attribute.LABEL: {label!r}}})]")
+            client.destroy_labelled(label)

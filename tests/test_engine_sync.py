@@ -324,10 +324,7 @@ def test_no_automatic_sync_when_disabled(healthy_lab, engine_factory, member_cli
     lab = healthy_lab
     m0, _m1 = (m.serial for m in lab.members())
     client = member_client(lab, "member1")
-    made = client.call("_ = session.create_object({Attribute.CLASS: ObjectClass.DATA, "
-                       "Attribute.LABEL: 'nosync-data', Attribute.VALUE: b'x', "
-                       "Attribute.TOKEN: True})")
-    assert "value" in made, made
+    client.create_data("nosync-data", b'x')
     engine = engine_factory(lab, synchronize=False)
     g = engine.group()
     try:
@@ -357,18 +354,14 @@ def test_no_automatic_sync_when_disabled(healthy_lab, engine_factory, member_cli
                                                                       "nosync-gen"}
             purge(g, ["nosync-data", "nosync-gen"])
     finally:
-        client.call("_ = [o.destroy() for o in list(session.get_objects("
-                    "{Attribute.LABEL: 'nosync-data'}))]")
+        client.destroy_labelled("nosync-data")
 
 
 def test_login_synchronises_when_enabled(healthy_lab, engine_factory, member_client) -> None:
     lab = healthy_lab
     m0, _m1 = (m.serial for m in lab.members())
     client = member_client(lab, "member1")
-    made = client.call("_ = session.create_object({Attribute.CLASS: ObjectClass.DATA, "
-                       "Attribute.LABEL: 'login-sync', Attribute.VALUE: b'y', "
-                       "Attribute.TOKEN: True})")
-    assert "value" in made, made
+    client.create_data("login-sync", b'y')
     engine = engine_factory(lab, synchronize=True)
     g = engine.group()
     try:
@@ -377,8 +370,7 @@ def test_login_synchronises_when_enabled(healthy_lab, engine_factory, member_cli
             assert labels_on(g, m0, ["login-sync"]) == {"login-sync"}
             purge(g, ["login-sync"])
     finally:
-        client.call("_ = [o.destroy() for o in list(session.get_objects("
-                    "{Attribute.LABEL: 'login-sync'}))]")
+        client.destroy_labelled("login-sync")
 
 
 def test_lab_config_file_allows_by_value(healthy_lab) -> None:

@@ -7,6 +7,7 @@ import click
 from hacli.cli import render
 from hacli.cli.context import app, json_option
 from hacli.cli.pin import pin_file_option, resolve_pin
+from hacli.conf.model import load_config
 from hacli.conf.model_types import HACLI_SECTION
 
 MODE_NAMES = ("rsasign", "ecsign", "aesenc", "random")
@@ -36,10 +37,11 @@ def multitoken(mode: str, slot: str, label: str | None, threads: int, seconds: f
     from hacli.multitoken.targets import DirectTarget, HATarget
 
     ctx = app()
-    config = ctx.config()
+    doc = ctx.load()
+    config = load_config(doc, str(ctx.path))
     if not config.groups:
         raise click.ClickException(f"no HA groups are configured in {ctx.path}")
-    pin = resolve_pin(pin_file, ctx.load().get(HACLI_SECTION, "LabDir"))
+    pin = resolve_pin(pin_file, doc.get(HACLI_SECTION, "LabDir"))
     with Engine(config, groups=[label] if label else None) as engine:
         group = engine.group(label)
         if slot.lower() == "ha":
