@@ -3,9 +3,12 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := softhsm2 p11-kit
+DEB_PACKAGES := softhsm2 p11-kit opensc
+# The lab's own p11-kit (0.25.5 + hacli's RPC patch; see docs/lab.md).
+P11KIT_PREFIX := $(CURDIR)/$(VENV)/p11-kit
+P11KIT_STAMP := $(P11KIT_PREFIX)/.hacli-build-stamp
 
-.PHONY: test demo install deps lint bench completions clean
+.PHONY: test demo install deps p11kit lint bench soak completions clean
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -23,7 +26,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-install: deps $(STAMP)
+# Builds once; the script's own stamp check makes a later run a no-op.
+p11kit: deps
+	@packaging/p11-kit/build.sh $(P11KIT_PREFIX)
+
+install: deps p11kit $(STAMP)
 
 test: install
 	$(VENV)/bin/ruff check hacli tests bench scripts
@@ -38,6 +45,10 @@ lint: install
 bench: install
 	$(PY) bench/startup.py
 	$(PY) bench/ha_bench.py
+
+soak: install
+	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-60} --mode activeBasic
+	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-60} --mode activeEnhanced
 
 completions: install
 	$(PY) scripts/gen_completions.py
