@@ -15,15 +15,14 @@ from hacli.lab.procs import wait_until
 
 def lab_config(lab: Any, log_dir: Path, *, interval: int = 1, timeout_ms: int = 2000,
                reconn: int = -1, mode: str = "activeBasic", ha_only: bool = False,
-               by_value: bool = True, synchronize: bool = False) -> HAConfig:
-    """The lab's group as an HAConfig (like the lab's Chrystoki.conf: by-value
-    replication allowed, because p11-kit 0.24 cannot carry AES key wrap)."""
+               synchronize: bool = False) -> HAConfig:
+    """The lab's group as an HAConfig, as the lab's Chrystoki.conf has it (members
+    behind the lab's own p11-kit build, which carries AES key wrap)."""
     ms = lab.members()
     return HAConfig(
         settings=HASettings(reconn_att=reconn, auto_reconnect_interval=interval,
                             receive_timeout_ms=timeout_ms, ha_log_enabled=True,
-                            ha_log_path=str(log_dir), recovery_mode=mode, ha_only=ha_only,
-                            replicate_by_value=by_value),
+                            ha_log_path=str(log_dir), recovery_mode=mode, ha_only=ha_only),
         groups=(GroupConf(0, lab.group_label, lab.group_serial, tuple(m.serial for m in ms),
                           synchronize=synchronize),),
         members={m.serial: MemberLocation(m.serial, lab.client_library, dict(m.env)) for m in ms},
@@ -32,8 +31,8 @@ def lab_config(lab: Any, log_dir: Path, *, interval: int = 1, timeout_ms: int = 
 
 def direct_config(lab: Any, log_dir: Path, **kw: Any) -> HAConfig:
     """The lab's group with every member opened *directly* through libsofthsm2.so
-    (the lab's softhsm2.conf), bypassing p11-kit: all mechanisms, including
-    CKM_AES_KEY_WRAP_PAD (the transport wrap), but members cannot be crashed."""
+    (the lab's softhsm2.conf), bypassing p11-kit: members cannot be crashed, but
+    one can be made unreachable by pointing its location at a missing library."""
     cfg = lab_config(lab, log_dir, **kw)
     lib = find_tools().softhsm2
     env = {"SOFTHSM2_CONF": str(lab.softhsm2_conf)}

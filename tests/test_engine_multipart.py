@@ -85,60 +85,42 @@ def test_multipart_sign_verify_digest_encrypt(healthy_lab, engine_factory) -> No
             s.destroy_object(h)
 
 
-def test_multipart_encrypt_decrypt(healthy_lab, engine_factory) -> None:
-    """AES_ECB in parts, members opened directly (see the next test for p11-kit)."""
-    engine = engine_factory(healthy_lab, direct=True)
-    g = engine.group()
-    with g.open_session() as s:
-        s.login(healthy_lab.pin())
-        aes = s.generate_key(KeyType.AES, 256, label="mp-aes-direct")
-        plain = os.urandom(16 * 9)
-        s.encrypt_init(aes, mechanism=Mechanism.AES_ECB)
-        parts = [s.encrypt_update(plain[:10]), s.encrypt_update(plain[10:100]),
-                 s.encrypt_update(plain[100:])]
-        assert parts[0] == b""  # not a whole block yet
-        parts.append(s.encrypt_final())
-        cipher = b"".join(parts)
-        assert cipher == s.encrypt(aes, plain, mechanism=Mechanism.AES_ECB)
-        s.decrypt_init(aes, mechanism=Mechanism.AES_ECB)
-        out = s.decrypt_update(cipher[:40]) + s.decrypt_update(cipher[40:])
-        assert out + s.decrypt_final() == plain
-        # an error ends the operation: a partial block at final
-        s.encrypt_init(aes, mechanism=Mechanism.AES_ECB)
-        s.encrypt_update(b"12345")
-        with pytest.raises(CKRError) as exc:
-            s.encrypt_final()
-        assert exc.value.ckr == "CKR_DATA_LEN_RANGE"
-        with pytest.raises(CKRError) as exc:
-            s.encrypt_update(b"0123456789abcdef")
-        assert exc.value.ckr == "CKR_OPERATION_NOT_INITIALIZED"
-        s.encrypt_init(aes, mechanism=Mechanism.AES_ECB)  # a new one starts fine
-        assert len(s.encrypt_update(bytes(16))) == 16
-        assert s.encrypt_final() == b""
-        s.destroy_object(aes)
-
-
-def test_multipart_encrypt_over_p11kit_fails_cleanly(healthy_lab, engine_factory) -> None:
-    """p11-kit 0.24's RPC cannot carry an empty output buffer (it reads as a length
-    query), so AES_ECB's C_EncryptFinal cannot succeed through it: the engine says
-    why, and the session stays usable."""
+@pytest.mark.parametrize("mechanism,iv", [(Mechanism.AES_ECB, None),
+                                           (Mechanism.AES_CBC_PAD, bytes(range(16))),
+                                           (Mechanism.AES_CBC, bytes(range(16, 32)))])
+def test_multipart_encrypt_decrypt(healthy_lab, engine_factory, mechanism, iv) -> None:
+    """AES in parts through the HA slot on lab members (the lab's p11-kit
+    carries IV parameters and empty outputs): the same as single-part."""
     engine = engine_factory(healthy_lab)
     g = engine.group()
+    pad = mechanism == Mechanism.AES_CBC_PAD
     with g.open_session() as s:
         s.login(healthy_lab.pin())
-        aes = s.generate_key(KeyType.AES, 256, label="mp-aes-p11kit")
-        s.encrypt_init(aes, mechanism=Mechanism.AES_ECB)
-        assert len(s.encrypt_update(bytes(32))) == 32
-        with pytest.raises(CKRError) as exc:
-            s.encrypt_final()
-        assert exc.value.ckr == "CKR_BUFFER_TOO_SMALL" and "p11-kit" in str(exc.value)
-        assert s.active_operations() == {}
-        for _ in range(3):  # no operation left active on any member session
-            s.encrypt_init(aes, mechanism=Mechanism.AES_ECB)
-            assert len(s.encrypt_update(bytes(16))) == 16
-            with pytest.raises(CKRError):
+        aes = s.generate_key(KeyType.AES, 256, label="mp-aes")
+        plain = os.urandom(16 * 9 + (5 if pad else 0))
+        s.encrypt_init(aes, mechanism=mechanism, mechanism_param=iv)
+        parts = [s.encrypt_update(plain[:10]), s.encrypt_update(plain[10:100]),
+                 s.encrypt_update(plain[100:])]
+        assert parts[0] == b""  # not a whole block yet: an empty output travels
+        parts.append(s.encrypt_final())
+        cipher = b"".join(parts)
+        assert cipher == s.encrypt(aes, plain, mechanism=mechanism, mechanism_param=iv)
+        s.decrypt_init(aes, mechanism=mechanism, mechanism_param=iv)
+        out = s.decrypt_update(cipher[:40]) + s.decrypt_update(cipher[40:])
+        assert out + s.decrypt_final() == plain
+        if not pad:
+            # an error ends the operation: a partial block at final
+            s.encrypt_init(aes, mechanism=mechanism, mechanism_param=iv)
+            s.encrypt_update(b"12345")
+            with pytest.raises(CKRError) as exc:
                 s.encrypt_final()
-        assert s.encrypt(aes, bytes(16), mechanism=Mechanism.AES_ECB)
+            assert exc.value.ckr == "CKR_DATA_LEN_RANGE"
+            with pytest.raises(CKRError) as exc:
+                s.encrypt_update(bytes(16))
+            assert exc.value.ckr == "CKR_OPERATION_NOT_INITIALIZED"
+        s.encrypt_init(aes, mechanism=mechanism, mechanism_param=iv)  # a new one starts
+        assert len(s.encrypt_update(bytes(16))) == 16
+        assert len(s.encrypt_final()) == (16 if pad else 0)
         s.destroy_object(aes)
     assert all(m.alive and m.failures == 0 for m in g.members)
 

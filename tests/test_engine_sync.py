@@ -1,12 +1,10 @@
-"""Replication policy (ReplicateByValue) and synchronisation (HASynchronize), on the lab.
+"""Replication (keys travel only wrapped) and synchronisation (HASynchronize), on the lab.
 
-Two ways to reach the lab's tokens:
-
-* through p11-kit (the lab as it runs): members can crash, but cannot wrap keys
-  (p11-kit 0.24's RPC forwards no AES key-wrap mechanism);
-* directly through libsofthsm2.so (``direct=True``): members can wrap under the
-  transport key, so the secure path is exercised; a member is "down" there by
-  pointing its location at a library that does not exist, then back.
+The lab's members are reached through the lab's own p11-kit build, which
+carries CKM_AES_KEY_WRAP_PAD and IV mechanisms (docs/lab.md): sensitive keys
+travel wrapped under the group's transport key, and members can crash.  One
+test opens the members directly through libsofthsm2.so (``direct_config``), where a
+member is "down" by pointing its location at a library that does not exist.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from hacli.conf.model_types import MemberLocation
 from hacli.engine import CKRError, Engine, provision_transport_key
 from hacli.engine.halog import LOG_NAME
+from hacli.engine.member import TRANSPORT_LABEL
 
 pytestmark = pytest.mark.lab
 
@@ -70,20 +69,45 @@ def encrypt_on(g: Any, serial: str, label: str) -> bytes:
 # the policy
 
 
-def test_policy_refuses_keys_that_cannot_travel_wrapped(healthy_lab, engine_factory) -> None:
+@pytest.fixture
+def transport_key_missing_on_member1(healthy_lab, tmp_path) -> Iterator[str]:
+    """member1 without the group's transport key (destroyed through a raw
+    session); provisioned again afterwards from member0, with the same value."""
+    lab = healthy_lab
+    m1 = lab.members()[1].serial
+    cfg = lab_config(lab, tmp_path / "prov")
+    with Engine(cfg) as engine, engine.group().open_session(member=m1) as ms:
+        ms.login(lab.pin())
+        handles = ms.find_objects({Attribute.LABEL: TRANSPORT_LABEL})
+        assert handles
+        for h in handles:
+            ms.destroy_object(h)
+    try:
+        yield m1
+    finally:
+        provision_transport_key(cfg, lab.group_label, lab.so_pin(), lab.pin())
+
+
+def test_policy_refuses_keys_that_cannot_travel_wrapped(healthy_lab, engine_factory,
+                                                        transport_key_missing_on_member1
+                                                        ) -> None:
+    """A member that cannot receive wrapped keys (here: no transport key): a
+    generated secret or private key is refused, never copied in the clear."""
     lab = healthy_lab
     m0, m1 = (m.serial for m in lab.members())
-    engine = engine_factory(lab, by_value=False)
+    cfg = lab_config(lab, Path(lab.directory) / "halog-policy")
+    engine = Engine(cfg)  # not engine_factory: that would provision the key again
     g = engine.group()
     labels = ["pol-gen", "pol-pair", "pol-created", "pol-local", "pol-data"]
-    with g.open_session() as s:
+    with engine, g.open_session() as s:
         s.login(lab.pin())
         try:
+            assert not g.can_wrap()
             with pytest.raises(CKRError) as exc:
                 s.generate_key(KeyType.AES, 256, label="pol-gen", token=True)
             err = exc.value
             assert err.ckr == "CKR_KEY_NOT_WRAPPABLE"
-            assert "CKM_AES_KEY_WRAP_PAD" in str(err) and "ReplicateByValue" in str(err)
+            assert m1 in str(err) and "transport key" in str(err)
             with pytest.raises(CKRError) as exc:
                 s.generate_keypair(KeyType.RSA, 2048, label="pol-pair", token=True)
             assert exc.value.ckr == "CKR_KEY_NOT_WRAPPABLE"
@@ -109,18 +133,19 @@ def test_policy_refuses_keys_that_cannot_travel_wrapped(healthy_lab, engine_fact
             report = g.synchronize()
             ours = [f for f in report.failed if f.object.label == "pol-local"]
             assert [(f.serial, f.ckr) for f in ours] == [(m1, "CKR_KEY_NOT_WRAPPABLE")]
-            assert "ReplicateByValue" in ours[0].reason
+            assert "transport key" in ours[0].reason
             assert g.members[1].needs_sync
         finally:
             purge(g, labels)
 
 
-def test_keys_travel_wrapped_when_members_can(healthy_lab, engine_factory) -> None:
-    """Members opened directly can wrap: generated keys are copied under the
-    transport key, with ReplicateByValue off."""
+def test_keys_travel_wrapped_through_the_labs_p11kit(healthy_lab, engine_factory) -> None:
+    """Lab members behind p11-kit: generated keys (sensitive) are copied under
+    the transport key; a key made on one member alone reaches the other by
+    synchronize, wrapped."""
     lab = healthy_lab
     m0, m1 = (m.serial for m in lab.members())
-    engine = engine_factory(lab, direct=True, by_value=False)
+    engine = engine_factory(lab)
     g = engine.group()
     assert g.can_wrap()
     labels = ["wrap-aes", "wrap-rsa", "wrap-local"]
@@ -168,25 +193,22 @@ def test_key_material_never_shown(healthy_lab, engine_factory, tmp_path) -> None
                                  Attribute.LABEL: "secret-shown", Attribute.TOKEN: True,
                                  Attribute.ENCRYPT: True})
             kid = s.generate_key(KeyType.AES, 256, label="secret-gen", token=True)
-            assert len(g._escrow) == 1  # kept for the member that is down
             for bad in ({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.VALUE: value,
                          Attribute.KEY_TYPE: KeyType.AES, Attribute.LABEL: 5},
                         {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.VALUE: value}):
                 with pytest.raises(CKRError) as exc:
                     s.create_object(bad)
                 texts += [str(exc.value), repr(exc.value), exc.value.detail]
-            texts += [repr(g), repr(vars(g)), repr(s), repr(vars(s)), repr(g._escrow),
+            texts += [repr(g), repr(vars(g)), repr(s), repr(vars(s)),
                       repr(g.vobject(h)), repr(g.vobject(kid)), repr(g.members),
                       str(g.status()), str(g.inventory_diff())]
         finally:
             lab.restore(m1)
         assert wait_for(lambda: (s.generate_random(8), g.members[1].alive)[1])
-        report = g.synchronize()  # HASynchronize is off: by hand, from the escrow
+        report = g.synchronize()  # HASynchronize is off: by hand
         got = {(c[1].label, c[2]) for c in report.copied if c[0] == m1}
-        # generated by value: only the escrow has it; the created one (not
-        # sensitive: SoftHSM's default) is read from the member that has it
-        assert {("secret-gen", "escrow"), ("secret-shown", "value")} <= got
-        assert len(g._escrow) == 0  # delivered: dropped
+        # secret keys travel wrapped, whether generated or created from a value
+        assert {("secret-gen", "wrap"), ("secret-shown", "wrap")} <= got
         texts += [str(report), repr(report.as_dict())]
         assert encrypt_on(g, m0, "secret-gen") == encrypt_on(g, m1, "secret-gen")
         purge(g, ["secret-shown", "secret-gen"])
@@ -234,27 +256,32 @@ def test_synchronize_copies_what_a_member_lacks(healthy_lab, engine_factory,
 
         report = g.synchronize(lab.pin())
         got = {(c[1].label, c[1].object_class, c[2]) for c in report.copied if c[0] == m1}
-        assert {("sync-data", "CKO_DATA", "value"), ("sync-plain", "CKO_SECRET_KEY", "value"),
-                ("sync-rsa", "CKO_PUBLIC_KEY", "value")} <= got
-        failed = {(f.object.label, f.object.object_class, f.ckr)
-                  for f in report.failed if f.serial == m1}
-        # sensitive keys cannot leave a member that cannot wrap: reported, not hidden
-        assert {("sync-secret", "CKO_SECRET_KEY", "CKR_KEY_NOT_WRAPPABLE"),
-                ("sync-rsa", "CKO_PRIVATE_KEY", "CKR_KEY_NOT_WRAPPABLE")} <= failed
-        assert not report.complete
+        assert {("sync-data", "CKO_DATA", "value"), ("sync-plain", "CKO_SECRET_KEY", "wrap"),
+                ("sync-secret", "CKO_SECRET_KEY", "wrap"),
+                ("sync-rsa", "CKO_PUBLIC_KEY", "value"),
+                ("sync-rsa", "CKO_PRIVATE_KEY", "wrap")} <= got
+        assert report.complete, report.failed
         with g.open_session() as s:
             s.login(lab.pin())
             assert encrypt_on(g, m0, "sync-plain") == encrypt_on(g, m1, "sync-plain")
             with g.open_session(member=m1) as ms:
                 (d,) = ms.find_objects({Attribute.LABEL: "sync-data"})
                 assert ms.get_attribute(d, Attribute.VALUE) == b"shared"
+            assert encrypt_on(g, m0, "sync-secret") == encrypt_on(g, m1, "sync-secret")
+            with g.open_session(member=m1) as ms:
+                (priv,) = ms.find_objects({Attribute.LABEL: "sync-rsa",
+                                           Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+                (pub,) = ms.find_objects({Attribute.LABEL: "sync-rsa",
+                                          Attribute.CLASS: ObjectClass.PUBLIC_KEY})
+                sig = ms.sign(priv, b"copied", mechanism=Mechanism.SHA256_RSA_PKCS)
+                assert ms.verify(pub, b"copied", sig, mechanism=Mechanism.SHA256_RSA_PKCS)
             again = g.synchronize()
             assert not [c for c in again.copied if c[1].label in labels]  # idempotent
-            assert g.members[1].needs_sync  # the sensitive keys are still missing
+            assert not g.members[1].needs_sync
             purge(g, labels)
             assert not missing_labels(g.inventory_diff(), m1) & set(labels)
         log = (tmp_path / "halog" / LOG_NAME).read_text()
-        assert f"{lab.group_label} {m1} synchronized CKR_KEY_NOT_WRAPPABLE" in log
+        assert f"{lab.group_label} {m1} synchronized -" in log
     finally:
         client.call("_ = [o.destroy() for l in ('sync-data', 'sync-plain', 'sync-secret', "
                     "'sync-rsa') for o in list(session.get_objects({Attribute.LABEL: l}))]")
@@ -263,7 +290,7 @@ def test_synchronize_copies_what_a_member_lacks(healthy_lab, engine_factory,
 def test_member_down_while_generating_is_synchronised_on_recovery(healthy_lab,
                                                                   engine_factory,
                                                                   tmp_path) -> None:
-    """Through p11-kit (ReplicateByValue, as the lab's file says): from the escrow."""
+    """Through the lab's p11-kit: the key generated meanwhile arrives wrapped."""
     lab = healthy_lab
     m0, m1 = (m.serial for m in lab.members())
     engine = engine_factory(lab, synchronize=True)
@@ -294,11 +321,11 @@ def test_member_down_while_generating_is_synchronised_on_recovery(healthy_lab,
 
 
 def test_recovery_synchronises_with_wrap(healthy_lab, tmp_path) -> None:
-    """Members opened directly (they can wrap), ReplicateByValue off: a member
-    that was unreachable while a key was generated gets it wrapped on recovery."""
+    """Members opened directly: a member that was unreachable (its module
+    missing) while a key was generated gets it wrapped on recovery."""
     lab = healthy_lab
     m0, m1 = (m.serial for m in lab.members())
-    good = direct_config(lab, tmp_path / "halog", by_value=False, synchronize=True)
+    good = direct_config(lab, tmp_path / "halog", synchronize=True)
     provision_transport_key(good, lab.group_label, lab.so_pin())
     members = dict(good.members)
     members[m1] = MemberLocation(m1, str(tmp_path / "not-there.so"))
@@ -308,7 +335,6 @@ def test_recovery_synchronises_with_wrap(healthy_lab, tmp_path) -> None:
         with g.open_session() as s:
             s.login(lab.pin())
             s.generate_key(KeyType.AES, 256, label="wrap-down", token=True)
-            assert len(g._escrow) == 0  # nothing in the clear, ever
             engine.member(m1).location = good.members[m1]  # the member comes back
             assert g.recover_now(m1)
             assert labels_on(g, m1, ["wrap-down"]) == {"wrap-down"}
@@ -348,7 +374,7 @@ def test_no_automatic_sync_when_disabled(healthy_lab, engine_factory, member_cli
                 s.encrypt(k, bytes(16), mechanism=ECB)
             # by hand it is
             report = g.synchronize()
-            assert {("nosync-data", "value"), ("nosync-gen", "escrow")} <= {
+            assert {("nosync-data", "value"), ("nosync-gen", "wrap")} <= {
                 (c[1].label, c[2]) for c in report.copied if c[0] == m0}
             assert labels_on(g, m0, ["nosync-data", "nosync-gen"]) == {"nosync-data",
                                                                       "nosync-gen"}
@@ -373,13 +399,14 @@ def test_login_synchronises_when_enabled(healthy_lab, engine_factory, member_cli
         client.destroy_labelled("login-sync")
 
 
-def test_lab_config_file_allows_by_value(healthy_lab) -> None:
-    """`hacli lab up` writes ReplicateByValue = 1 (with its reason) into the lab's file."""
-    from hacli.conf.model import load_config
-    from hacli.conf.store import load
+def test_lab_config_file_replicates_wrapped_only(healthy_lab) -> None:
+    """The lab's file no longer allows copying keys by value; an old file that
+    still says ReplicateByValue gets a `conf check` warning naming the line."""
+    from hacli.conf.check import check
+    from hacli.conf.document import Document
 
     text = healthy_lab.conf_path.read_text()
-    assert "ReplicateByValue = 1;" in text and "p11-kit" in text
-    cfg = load_config(load(healthy_lab.conf_path), str(healthy_lab.conf_path))
-    assert cfg.settings.replicate_by_value is True
-    assert lab_config(healthy_lab, Path("/tmp")).settings.replicate_by_value is True
+    assert "ReplicateByValue" not in text
+    old = Document.parse(text.replace("   LabDir", "   ReplicateByValue = 1;\n   LabDir"))
+    (finding,) = [f for f in check(old) if f.key == "ReplicateByValue"]
+    assert finding.severity == "warning" and "wrapped" in finding.message

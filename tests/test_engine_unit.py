@@ -1,5 +1,5 @@
 """Engine unit tests: recovery policy (fake clock), CKR mapping, HA log, the multi-part
-step driver, the escrow, error texts. No PKCS#11."""
+step driver, error classes, error texts. No PKCS#11."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from hacli.engine import RecoveryPolicy, ckr_name, is_member_failure
 from hacli.engine.exceptions import CallTimeout, CKRError, GroupDownError
 from hacli.engine.halog import LOG_NAME, HALog
 from hacli.engine.multipart import StepDriver
-from hacli.engine.replication import Escrow
 
 
 class FakeClock:
@@ -212,18 +211,21 @@ def test_step_driver_errors_and_abort() -> None:
     d.abort()  # idempotent, never raises
 
 
-def test_escrow_never_shows_values() -> None:
-    e = Escrow()
-    secret = bytes(range(32))
-    e.put(("k",), {"VALUE": secret}, ["m1", "m2"])
-    e.put(("nobody",), {"VALUE": secret}, [])  # nothing missing: not kept
-    assert len(e) == 1 and secret.hex() not in repr(e) and "VALUE" not in str(e)
-    assert e.get(("k",), "m0") is None  # not waiting for it
-    assert e.get(("k",), "m1") == {"VALUE": secret}
-    e.delivered(("k",), "m1")
-    assert e.get(("k",), "m1") is None and e.get(("k",), "m2") is not None
-    e.delivered(("k",), "m2")
-    assert len(e) == 0
+def test_error_classes_transport_suspect_request() -> None:
+    """Only a transport failure takes a member down by itself; CKR_GENERAL_ERROR is
+    a suspect (a second member decides); request errors never count."""
+    import pkcs11
+
+    from hacli.engine.ckr import is_member_failure, is_suspect
+
+    for transport in (pkcs11.DeviceError(), pkcs11.DeviceRemoved(), pkcs11.TokenNotPresent(),
+                      pkcs11.SessionHandleInvalid(), TimeoutError(), ConnectionResetError()):
+        assert is_member_failure(transport) and not is_suspect(transport)
+    for suspect in (pkcs11.GeneralError(), pkcs11.DeviceMemory()):
+        assert is_suspect(suspect) and not is_member_failure(suspect)
+    for request in (pkcs11.MechanismInvalid(), pkcs11.KeyTypeInconsistent(),
+                    pkcs11.DataLenRange(), pkcs11.PinIncorrect(), ValueError("bug")):
+        assert not is_member_failure(request) and not is_suspect(request)
 
 
 def test_no_values_in_error_details() -> None:

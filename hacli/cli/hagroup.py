@@ -385,9 +385,8 @@ def listgroups(no_probe: bool, pin_file: str | None, as_json: bool) -> None:
 def synchronize(label: str | None, pin_file: str | None, as_json: bool) -> int:
     """Copy token objects to the members that lack them (lunacm's synchronize).
 
-    Secret and private keys travel wrapped under the group's transport key
-    (by value only where [hacli] ReplicateByValue = 1).  Exit 1 when an object
-    could not be copied.
+    Secret and private keys travel only wrapped under the group's transport
+    key.  Exit 1 when an object could not be copied.
     """
     from hacli.cli.pin import resolve_pin
     from hacli.engine import Engine

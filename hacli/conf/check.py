@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 #: Sections whose every key hacli knows, so an unknown key there is suspicious.
 STRICT_SECTIONS = ("HAConfiguration", "VirtualToken", HACLI_SECTION)
 
+#: Keys earlier hacli versions wrote and this one ignores: (section, key) -> why.
+RETIRED_KEYS = {
+    (HACLI_SECTION, "replicatebyvalue"): (
+        "ReplicateByValue is no longer used: secret and private keys are replicated "
+        "only wrapped under the group transport key; remove this line"),
+}
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -81,6 +88,10 @@ def check(doc: Document) -> list[Finding]:
             continue
         for key, value in doc.items(section):
             line = doc.line_of(section, key)
+            retired = RETIRED_KEYS.get((canonical, key.lower()))
+            if retired:
+                findings.append(Finding("warning", line, section, key, retired))
+                continue
             if canonical in STRICT_SECTIONS and not _is_known(canonical, key):
                 hint = _suggest(key, _known_keys(canonical, key))
                 findings.append(Finding("warning", line, section, key,

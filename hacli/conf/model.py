@@ -101,7 +101,6 @@ def load_settings(doc: Document) -> HASettings:
         log_len=int(typed(doc, HACONF, "logLen")),  # type: ignore[arg-type]
         recovery_mode=str(typed(doc, VT, "VirtualTokenActiveRecovery")),
         receive_timeout_ms=int(typed(doc, CLIENT, "ReceiveTimeout")),  # type: ignore[arg-type]
-        replicate_by_value=bool(typed(doc, HACLI_SECTION, "ReplicateByValue")),
     )
 
 

@@ -35,9 +35,6 @@ class HASettings:
     recovery_mode: str = "activeBasic"
     #: ``ReceiveTimeout`` (``LunaSA Client``), milliseconds: the command timeout.
     receive_timeout_ms: int = 20_000
-    #: ``ReplicateByValue`` (``hacli``): allow secret/private keys to be copied
-    #: in the clear through host memory when members cannot wrap them.
-    replicate_by_value: bool = False
 
 
 @dataclass(frozen=True)

@@ -198,8 +198,8 @@ _EXCEPTION_CKR: dict[str, str] = {
     "AlreadyInitialized": "CKR_CRYPTOKI_ALREADY_INITIALIZED",
 }
 
-#: Codes that mean the member (device, its connection, or our sessions on it)
-#: is gone.  Everything else is a request error and never marks a member down.
+#: Codes that mean the member's transport is gone (device, its connection, or
+#: our sessions on it).  Only these mark a member down by themselves.
 MEMBER_FAILURE_CODES: frozenset[str] = frozenset(
     {
         "CKR_DEVICE_ERROR",
@@ -208,11 +208,16 @@ MEMBER_FAILURE_CODES: frozenset[str] = frozenset(
         "CKR_TOKEN_NOT_RECOGNIZED",
         "CKR_SESSION_HANDLE_INVALID",
         "CKR_SESSION_CLOSED",
-        "CKR_GENERAL_ERROR",
         "CKR_CRYPTOKI_NOT_INITIALIZED",
         "CKR_SLOT_ID_INVALID",
     }
 )
+
+#: Codes a healthy token also gives to a wrong request: SoftHSM2 behind p11-kit
+#: 0.25 answers ``CKR_GENERAL_ERROR`` to e.g. signing with an AES key under
+#: ``CKM_SHA256_RSA_PKCS``.  Such an error is the request's until the same call
+#: succeeds on another member: only then was the first member sick.
+SUSPECT_CODES: frozenset[str] = frozenset({"CKR_GENERAL_ERROR", "CKR_DEVICE_MEMORY"})
 
 _UNMAPPED_RE = re.compile(r"0x([0-9a-fA-F]+)")
 
@@ -262,10 +267,11 @@ def ckr_value(name: str) -> int:
 
 
 def is_member_failure(error: BaseException) -> bool:
-    """True when ``error`` means the member is gone rather than the request is wrong.
+    """True when ``error`` means the member's transport is gone.
 
     Loading problems (an ``OSError``/``PKCS11Error`` while loading a module),
-    connection losses and timeouts count as member failures.
+    connection losses and timeouts count as member failures.  A request error
+    never does, and neither does a *suspect* code (:func:`is_suspect`) on its own.
     """
     if isinstance(error, TimeoutError | ConnectionError | OSError):
         return True
@@ -274,11 +280,21 @@ def is_member_failure(error: BaseException) -> bool:
     return ckr_name(error) in MEMBER_FAILURE_CODES
 
 
+def is_suspect(error: BaseException) -> bool:
+    """True for an error that is a request error unless another member serves the
+    same call (:data:`SUSPECT_CODES`); the caller asks a second member to decide."""
+    if not isinstance(error, px.PKCS11Error) and not hasattr(error, "ckr"):
+        return False
+    return ckr_name(error) in SUSPECT_CODES
+
+
 __all__ = [
     "CKR_CODES",
     "CKR_NAMES",
     "MEMBER_FAILURE_CODES",
+    "SUSPECT_CODES",
     "ckr_name",
     "ckr_value",
     "is_member_failure",
+    "is_suspect",
 ]

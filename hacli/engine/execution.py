@@ -1,8 +1,12 @@
 """Running a call through a group: on one member with failover, or on each member.
 
-A member failure (``ckr.is_member_failure``: the one rule) marks the member
-down and the call moves on to another member; a request error goes straight
-back to the caller and never marks a member down.  The member for a
+A member failure (``ckr.is_member_failure``: the transport is gone) marks the
+member down and the call moves on to another member; a request error goes
+straight back to the caller and never marks a member down.  A *suspect* error
+(``ckr.is_suspect``: ``CKR_GENERAL_ERROR``, which healthy tokens also give to
+wrong requests) is asked of a second member: if the same call succeeds there,
+the first member was sick and is marked down; if it fails there too, it was
+the request's fault and goes back to the caller.  The member for a
 single-part call comes from the balancer (balancer.py).
 
 Uses from the other parts: ``recovery_tick`` (recovery.py).
@@ -15,7 +19,7 @@ from typing import Any
 
 import pkcs11
 
-from hacli.engine.ckr import ckr_name, is_member_failure
+from hacli.engine.ckr import ckr_name, is_member_failure, is_suspect
 from hacli.engine.exceptions import CKRError, GroupDownError, request_error
 from hacli.engine.groupcore import GroupCore
 from hacli.engine.member import Connection, Member
@@ -39,9 +43,13 @@ class Execution(GroupCore):
         self.recovery_tick()
         tried: set[Member] = set()
         missing = failed = False
+        # (member, error) of a suspect error waiting for a second member's verdict
+        suspect: tuple[Member, BaseException] | None = None
         while True:
             m = self._balancer.pick(tried, only, vobjs)
             if m is None:
+                if suspect is not None:
+                    raise request_error(suspect[1], operation, suspect[0].serial)
                 if vobjs and not failed and not any(
                         m.alive and all(v.absent.get(m.serial) != m.conn.id for v in vobjs)
                         for m in self.members if m.conn is not None):
@@ -64,6 +72,9 @@ class Execution(GroupCore):
 
                 result = m.run(task, operation=operation)
                 ok = True
+                if suspect is not None:
+                    # the same call served here: the first member was sick
+                    self._mark_failed(suspect[0], suspect[1])
                 return result
             except NotOnMember:
                 tried.add(m)
@@ -74,6 +85,13 @@ class Execution(GroupCore):
                     tried.add(m)
                     failed = True
                     continue
+                if suspect is None and is_suspect(e):
+                    suspect = (m, e)
+                    tried.add(m)
+                    continue
+                if suspect is not None:
+                    # failed on a second member too: the request's fault
+                    raise request_error(suspect[1], operation, suspect[0].serial) from e
                 raise request_error(e, operation, m.serial) from e
             finally:
                 self._balancer.done(m, ok)
@@ -84,10 +102,13 @@ class Execution(GroupCore):
 
         Members that fail are marked down (and need sync); members without the
         object are skipped; the first request error is raised after the others ran.
+        A member giving a suspect error is marked down only when the call
+        succeeded on another member; otherwise the error is the request's.
         """
         self.recovery_tick()
         results: dict[str, Any] = {}
         first_error: BaseException | None = None
+        suspects: list[tuple[Member, BaseException]] = []
         targets = self._alive_members(only)
         if not targets:
             raise GroupDownError(operation, self.label)
@@ -107,6 +128,14 @@ class Execution(GroupCore):
                 if is_member_failure(e):
                     self._mark_failed(m, e)
                     continue
+                if is_suspect(e):
+                    suspects.append((m, e))
+                    continue
+                first_error = first_error or request_error(e, operation, m.serial)
+        for m, e in suspects:
+            if results:
+                self._mark_failed(m, e)  # the others served the same call
+            else:
                 first_error = first_error or request_error(e, operation, m.serial)
         if first_error is not None:
             raise first_error

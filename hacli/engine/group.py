@@ -49,7 +49,6 @@ class HAGroup(Recovery, Login, Synchronisation, Replicas, Operations, Execution)
 
     def forget_secrets(self) -> None:
         """Drop every key value and the PIN this group holds (engine close)."""
-        self._escrow.clear()
         self._pin = None
 
     def vobject(self, handle: int, operation: str = "") -> VObject:

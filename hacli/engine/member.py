@@ -102,8 +102,9 @@ class Connection:
         self.retired: list[Any] = []
         #: idle sessions for multi-part operations (see hacli.engine.multipart)
         self.op_sessions: list[Any] = []
-        #: False when the module cannot carry CKM_AES_KEY_WRAP_PAD (p11-kit 0.24
-        #: RPC filters it out): replication then uses value transfer.
+        #: False when the module cannot carry CKM_AES_KEY_WRAP_PAD (p11-kit's RPC
+        #: without hacli's patch filters it out): secret and private keys then
+        #: cannot be replicated to or from this member.
         self.can_wrap = True
 
     def remember(self, obj: Any) -> Any:

@@ -268,8 +268,8 @@ def key_on(session: Any, ident: dict[Any, Any], handle: int) -> Any:
 #: Why a step can fail with CKR_BUFFER_TOO_SMALL although python-pkcs11 sizes
 #: every output buffer (see docs/engine.md, "Multi-part operations").
 ZERO_OUTPUT_NOTE = ("the member's module cannot return an empty output for this step "
-                    "(p11-kit 0.24 RPC takes a zero-length output buffer for a length "
-                    "query); use single-part encrypt/decrypt with this member")
+                    "(p11-kit's RPC before 0.25 takes a zero-length output buffer for a "
+                    "length query); use single-part encrypt/decrypt with this member")
 
 
 def _after_error(op: MultiPart, error: BaseException, step: int) -> None:

@@ -2,9 +2,9 @@
 
 Created once, then copied to every other alive member: by running the same
 deterministic call there (*replay*: create, copy, unwrap, derive) or by
-copying the object (:meth:`Replicas._transfer`: wrapped under the transport
-key, by value, or from the escrow, as the replication policy allows; see
-docs/engine.md, "Replication policy").  Destroys and attribute changes go to
+copying the object (:meth:`Replicas._transfer`: secret and private keys
+wrapped under the transport key, public objects by value; see docs/engine.md,
+"Replication").  Destroys and attribute changes go to
 every member and are journaled for members that are down.  What runs on a
 member's worker (export, import, identities) is in :mod:`hacli.engine.replication`.
 
@@ -21,7 +21,7 @@ from pkcs11 import Attribute
 
 from hacli.engine import replication
 from hacli.engine.ckr import ckr_name, is_member_failure
-from hacli.engine.exceptions import CKRError, GroupDownError, request_error
+from hacli.engine.exceptions import CKRError, request_error
 from hacli.engine.groupcore import GroupCore
 from hacli.engine.member import Connection, Member
 from hacli.engine.objects import NotOnMember, VObject
@@ -36,7 +36,7 @@ class Replicas(GroupCore):
                replay: bool = False) -> list[VObject]:
         """Create objects on one member with ``fn(member, conn, *objs) -> [pkcs11 objects]``,
         register them, then replicate them to the other members: by running ``fn``
-        there too (``replay``, for deterministic calls) or by copying (wrap/value)."""
+        there too (``replay``, for deterministic calls) or by copying (wrapped)."""
         def task(m: Member, conn: Connection, *objs: Any) -> tuple[Member, list[VObject]]:
             created = fn(m, conn, *objs)
             return m, [self._objects.register(m, conn, o, ident_of(o), owner) for o in created]
@@ -123,12 +123,10 @@ class Replicas(GroupCore):
         """How a secret or private key generated now reaches every member.
 
         ``"local"`` (a session pinned to one member, or a one-member group:
-        nothing to replicate), ``"wrap"`` (generated once, copied under the
-        transport key) or ``"value"`` (generated once in the clear, created on
-        every member; only with ReplicateByValue).  Otherwise raises
-        ``CKR_KEY_NOT_WRAPPABLE``: a sensitive key that could not be replicated
-        would exist on one member only, which an HA group must never pretend
-        to be safe.
+        nothing to replicate) or ``"wrap"`` (generated once, copied under the
+        transport key).  Otherwise raises ``CKR_KEY_NOT_WRAPPABLE``: a
+        sensitive key that could not be replicated would exist on one member
+        only, which an HA group must never pretend to be safe.
         """
         if only is not None or len(self.members) == 1:
             return "local"
@@ -136,138 +134,65 @@ class Replicas(GroupCore):
             conns = [(m, m.conn) for m in self.members if m.alive and m.conn is not None]
         for m, conn in conns:
             problem = replication.wrap_problem(conn)
-            if problem is None:
-                continue
-            if self.settings.replicate_by_value:
-                return "value"
-            raise CKRError("CKR_KEY_NOT_WRAPPABLE", operation, m.serial,
-                           detail=f"member {m.serial} cannot receive keys wrapped under the "
-                                  f"group transport key: {problem}; the key would exist on "
-                                  f"one member only. {replication.BY_VALUE_HINT}")
+            if problem is not None:
+                raise CKRError("CKR_KEY_NOT_WRAPPABLE", operation, m.serial,
+                               detail=f"member {m.serial} cannot receive keys wrapped under "
+                                      f"the group transport key: {problem}; the key would "
+                                      "exist on one member only")
         return "wrap"
-
-    def create_by_value(self, operation: str, generate: Callable[..., list[dict[Any, Any]]],
-                        templates: Sequence[dict[Any, Any]], owner: int | None = None,
-                        only: Member | None = None) -> list[VObject]:
-        """Generate once, then create the same objects on every member from values.
-
-        Only under ReplicateByValue (see :meth:`generation_mode`):
-        ``generate(member, conn)`` makes the key material once on one member as
-        non-sensitive session objects, returns their values and destroys them;
-        the final (sensitive) objects are then created from ``templates`` +
-        values on every alive member.  Members that do not get them (down, or
-        refusing) get them later from the escrow.
-        """
-        values = self.execute(operation, generate, (), only)
-        full = [{**t, **v} for t, v in zip(templates, values, strict=True)]
-        values.clear()
-        vobjs: list[VObject] | None = None
-        targets = self._alive_members(only)
-        first_error: BaseException | None = None
-        holders: set[str] = set()
-        try:
-            for m in targets:
-                def task(conn: Connection, m: Member = m,
-                         known: list[VObject] | None = vobjs) -> list[VObject]:
-                    objs = [conn.work.create_object(t) for t in full]
-                    if known is None:
-                        return [self._objects.register(m, conn, o, ident_of(o), owner)
-                                for o in objs]
-                    for v, o in zip(known, objs, strict=True):
-                        self._objects.map(m, conn, v, o)
-                    return known
-
-                try:
-                    vobjs = m.run(task, operation=operation)
-                    holders.add(m.serial)
-                except Exception as e:
-                    if is_member_failure(e):
-                        self._mark_failed(m, e)
-                        continue
-                    if vobjs is None:
-                        first_error = request_error(e, operation, m.serial)
-                        break
-                    with self._lock:
-                        m.needs_sync = True
-            if vobjs is None:
-                raise first_error or GroupDownError(operation, self.label)
-            if only is None:
-                missing = {m.serial for m in self.members} - holders
-                with self._lock:
-                    for m in self.members:
-                        if m.serial in missing:
-                            m.needs_sync = True
-                for v, t in zip(vobjs, full, strict=True):
-                    if v.cls in replication.SECRET_CLASSES:
-                        self._escrow.put(replication.ident_key(v.ident), t, missing)
-            return vobjs
-        finally:
-            full.clear()
 
     def _transfer(self, ident: dict[Any, Any], dst: Member, sources: Sequence[Member],
                   vobj: VObject | None = None, operation: str = "replicate") -> str:
         """Copy the object ``ident`` from one of ``sources`` to ``dst``.
 
-        Returns how it travelled: ``"wrap"`` (under the transport key),
-        ``"value"`` (attributes; for a key, its readable value) or ``"escrow"``.
-        The rule (docs/engine.md, "Replication policy"): secret and private keys
-        travel wrapped; by value or from the escrow only with ReplicateByValue.
-        Raises :class:`CKRError` when the object may not or cannot be copied,
-        and the member failure when a member fails (it is marked down).
+        Returns how it travelled: ``"wrap"`` (a secret or private key, under
+        the transport key) or ``"value"`` (public objects: their attributes).
+        The rule (docs/engine.md, "Replication"): secret and private keys travel
+        only wrapped, never in the clear.  Raises :class:`CKRError` when the
+        object may not or cannot be copied, and the member failure when a
+        member fails (it is marked down).
         """
         cls = ident.get(Attribute.CLASS)
-        key = replication.ident_key(ident)
         last: BaseException | None = None
         for s in sources:
-            how, problem, data = "value", None, None
+            how = "value"
             if cls in replication.SECRET_CLASSES:
                 problem = replication.wrap_problem(s.conn)
                 who = s
                 if problem is None:
                     problem, who = replication.wrap_problem(dst.conn), dst
-                if problem is None:
-                    how = "wrap"
-                elif not self.settings.replicate_by_value:
+                if problem is not None:
                     raise CKRError("CKR_KEY_NOT_WRAPPABLE", operation, dst.serial,
                                    detail=f"secret and private keys travel only wrapped under "
                                           f"the group transport key, and member {who.serial} "
-                                          f"cannot: {problem}; {replication.BY_VALUE_HINT}")
-                else:
-                    template = self._escrow.get(key, dst.serial)
-                    if template is not None:
-                        how, data = "escrow", {"attrs": template, "wrapped": None}
-            if data is None:
-                def export(conn: Connection, s: Member = s, how: str = how) -> dict[str, Any]:
-                    obj = (self._objects.resolve(s, conn, vobj) if vobj is not None
-                           else replication.find_first(conn, ident))
-                    if obj is None:
-                        raise NotOnMember()
-                    return replication.export(conn, obj, cls, how)
+                                          f"cannot: {problem}")
+                how = "wrap"
+            def export(conn: Connection, s: Member = s, how: str = how) -> dict[str, Any]:
+                obj = (self._objects.resolve(s, conn, vobj) if vobj is not None
+                       else replication.find_first(conn, ident))
+                if obj is None:
+                    raise NotOnMember()
+                return replication.export(conn, obj, cls, how)
 
-                try:
-                    data = s.run(export, operation="C_WrapKey" if how == "wrap"
-                                 else "C_GetAttributeValue")
-                except NotOnMember as e:
+            try:
+                data = s.run(export, operation="C_WrapKey" if how == "wrap"
+                             else "C_GetAttributeValue")
+            except NotOnMember as e:
+                last = e
+                continue
+            except Exception as e:
+                if is_member_failure(e):
+                    self._mark_failed(s, e)
                     last = e
                     continue
-                except Exception as e:
-                    if is_member_failure(e):
-                        self._mark_failed(s, e)
-                        last = e
-                        continue
-                    name = ckr_name(e)
-                    if name == "CKR_ATTRIBUTE_SENSITIVE":
-                        raise CKRError("CKR_KEY_NOT_WRAPPABLE", operation, s.serial,
-                                       detail="the key is sensitive, so it can travel only "
-                                              f"wrapped under the transport key, and {problem}"
-                                       ) from None
-                    if name in ("CKR_KEY_UNEXTRACTABLE", "CKR_KEY_NOT_WRAPPABLE"):
-                        if vobj is not None:
-                            vobj.replicable = False
-                        raise CKRError(name, operation, s.serial,
-                                       detail="the key may not leave its member (not "
-                                              "extractable): it cannot be copied") from None
-                    raise request_error(e, operation, s.serial) from None
+                name = ckr_name(e)
+                if name in ("CKR_KEY_UNEXTRACTABLE", "CKR_KEY_NOT_WRAPPABLE"):
+                    if vobj is not None:
+                        vobj.replicable = False
+                    raise CKRError(name, operation, s.serial,
+                                   detail="the key may not leave its member (not "
+                                          "extractable): it cannot be copied") from None
+                raise request_error(e, operation, s.serial) from None
 
             def load(conn: Connection, data: dict[str, Any] = data) -> None:
                 obj = replication.import_(conn, data)
@@ -282,9 +207,7 @@ class Replicas(GroupCore):
                     raise
                 raise request_error(e, operation, dst.serial) from None
             finally:
-                data = None  # the only reference to values read from a key
-            if how == "escrow":
-                self._escrow.delivered(key, dst.serial)
+                data = None  # the only reference to the wrapped blob
             return how
         raise CKRError("CKR_DEVICE_ERROR", operation, dst.serial,
                        detail="no member holding the object is available") from last
@@ -316,7 +239,6 @@ class Replicas(GroupCore):
         if only is None:
             with self._lock:
                 self._journal(("destroy", dict(vobj.ident), None))
-        self._escrow.drop(replication.ident_key(vobj.ident))
         self._objects.forget(vobj)
 
     def _set_on(self, m: Member, conn: Connection, vobj: VObject, attrs: dict[Any, Any]) -> None:

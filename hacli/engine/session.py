@@ -20,15 +20,13 @@ import pkcs11
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util import ec as _ec
 
-from hacli.engine import multipart, replication
+from hacli.engine import multipart
 from hacli.engine.exceptions import CKRError
 from hacli.engine.multipart import FUNCTIONS, MultiPart
 from hacli.engine.replication import ident_of
 from hacli.engine.templates import (
-    TEMPORARY,
     Template,
-    by_value_template,
-        checked,
+    checked,
     ha_key_attrs,
     key_template,
     random_id,
@@ -243,20 +241,8 @@ class VirtualSession:
         t, kid = self._replicable(t, id, "C_GenerateKey")
 
         self._check("C_GenerateKey")
-        self.group.recovery_tick()  # the mode depends on which members serve
-        if self.group.generation_mode("C_GenerateKey", self.only) == "value":
-            def gen(m: Member, c: Connection) -> list[dict[Any, Any]]:
-                tmp = c.work.generate_key(key_type, bits, template=TEMPORARY,
-                                          mechanism=mechanism)
-                try:
-                    return [{Attribute.VALUE: tmp[Attribute.VALUE]}]
-                finally:
-                    tmp.destroy()
-
-            self._check("C_GenerateKey")
-            final = by_value_template(ObjectClass.SECRET_KEY, key_type, kid, label, token, t)
-            return self.group.create_by_value("C_GenerateKey", gen, [final], self.handle,
-                                              self.only)[0].handle
+        self.group.recovery_tick()  # whether keys can travel depends on which members serve
+        self.group.generation_mode("C_GenerateKey", self.only)
 
         def task(m: Member, c: Connection) -> list[Any]:
             return [c.work.generate_key(key_type, bits, id=kid, label=label, store=token,
@@ -284,31 +270,8 @@ class VirtualSession:
         priv, kid = self._replicable(priv, id, "C_GenerateKeyPair")
 
         self._check("C_GenerateKeyPair")
-        self.group.recovery_tick()  # the mode depends on which members serve
-        mode = self.group.generation_mode("C_GenerateKeyPair", self.only)
-        if mode == "value" and key_type not in replication.PRIVATE_VALUES:
-            raise CKRError("CKR_KEY_NOT_WRAPPABLE", "C_GenerateKeyPair",
-                           detail="members cannot wrap keys, and replication by value "
-                                  "supports RSA and EC key pairs only")
-        if mode == "value":
-            def gen(m: Member, c: Connection) -> list[dict[Any, Any]]:
-                tpub, tpriv = c.work.generate_keypair(
-                    key_type, bits, public_template={**pub, Attribute.TOKEN: False},
-                    private_template={Attribute.SIGN: True, **TEMPORARY}, mechanism=mechanism)
-                try:
-                    return [{a: tpub[a] for a in replication.PUBLIC_VALUES[key_type]},
-                            {a: tpriv[a] for a in replication.PRIVATE_VALUES[key_type]}]
-                finally:
-                    tpub.destroy()
-                    tpriv.destroy()
-
-            self._check("C_GenerateKeyPair")
-            pub_final = by_value_template(ObjectClass.PUBLIC_KEY, key_type, kid, label, token, pub)
-            priv_final = by_value_template(ObjectClass.PRIVATE_KEY, key_type, kid, label, token,
-                                           priv)
-            pv, kv = self.group.create_by_value("C_GenerateKeyPair", gen, [pub_final, priv_final],
-                                                self.handle, self.only)
-            return pv.handle, kv.handle
+        self.group.recovery_tick()  # whether keys can travel depends on which members serve
+        self.group.generation_mode("C_GenerateKeyPair", self.only)
 
         def task(m: Member, c: Connection) -> list[Any]:
             return list(c.work.generate_keypair(key_type, bits, id=kid, label=label, store=token,

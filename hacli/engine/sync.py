@@ -156,9 +156,8 @@ class Synchronisation(GroupCore):
         """``hagroup synchronize``: copy every token object a member lacks from a
         member that has it (and replay destroys/attribute changes members missed).
 
-        Secret and private keys travel wrapped under the transport key, or by
-        value only under ReplicateByValue (and only if readable or in the
-        escrow); public objects by value.  What cannot be copied is reported in
+        Secret and private keys travel only wrapped under the transport key;
+        public objects by value.  What cannot be copied is reported in
         :attr:`SyncReport.failed`, never hidden.  Idempotent.  Needs a login,
         like :meth:`inventory_diff`; runs whatever the HASynchronize flag says.
         """

@@ -21,10 +21,6 @@ from hacli.engine.member import MAPPER
 
 Template = Mapping[Any, Any]
 
-#: Generating a key by value (ReplicateByValue): the key made once, only to
-#: read its value, is a readable session object, destroyed right after.
-TEMPORARY = {Attribute.TOKEN: False, Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}
-
 _F = MechanismFlag
 _CAPABILITIES = {
     ObjectClass.SECRET_KEY: {Attribute.ENCRYPT: _F.ENCRYPT, Attribute.DECRYPT: _F.DECRYPT,
@@ -112,22 +108,5 @@ def attr_name(key: Any) -> str:
         return repr(key) if not isinstance(key, int) else f"0x{key:08X}"
 
 
-def by_value_template(cls: Any, key_type: Any, kid: bytes, label: str | None, token: bool,
-                      attrs: Template) -> dict[Any, Any]:
-    """The template of the final key created from values on every member
-    (ReplicateByValue): private and sensitive, whatever the temporary key was."""
-    t: dict[Any, Any] = {Attribute.CLASS: cls, Attribute.KEY_TYPE: key_type, Attribute.ID: kid,
-                         Attribute.TOKEN: token}
-    if cls != ObjectClass.PUBLIC_KEY:
-        t[Attribute.PRIVATE] = True
-        t[Attribute.SENSITIVE] = True
-    if label:
-        t[Attribute.LABEL] = label
-    t.update(attrs)
-    if cls == ObjectClass.PRIVATE_KEY:
-        t.pop(Attribute.EC_PARAMS, None)
-    return t
-
-
-__all__ = ["TEMPORARY", "Template", "attr_name", "by_value_template", "capability_attrs",
+__all__ = ["Template", "attr_name", "capability_attrs",
            "checked", "ha_key_attrs", "key_template", "random_id", "take_id"]

@@ -196,7 +196,7 @@ class SyncFailure:
 class SyncReport:
     """Result of :meth:`HAGroup.synchronize`.
 
-    ``copied``: (member serial, object, how: ``wrap``/``value``/``escrow``).
+    ``copied``: (member serial, object, how: ``wrap``/``value``).
     ``unreachable``: members that are down (not synchronised).
     """
 

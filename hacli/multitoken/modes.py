@@ -16,6 +16,8 @@ from typing import Any
 
 from pkcs11 import KeyType, Mechanism, ObjectClass
 
+from hacli.errors import HacliError
+
 #: Label prefix of the test keys (created once per slot, then reused).
 KEY_LABEL = "hacli-multitoken"
 DATA = b"hacli multitoken: the quick brown fox jumps over the lazy dog"
@@ -27,6 +29,10 @@ EC_SAMPLE = 200
 
 class WrongAnswer(Exception):
     """A call succeeded but returned something other than the right answer."""
+
+
+class ModeUnavailable(HacliError):
+    """The slot cannot run this mode as specified (exit 1, one line)."""
 
 
 @dataclass
@@ -90,12 +96,11 @@ def aesenc(target: Any, ops: Any) -> Prepared:
     key = target.find_key(label, ObjectClass.SECRET_KEY)
     if key is None:
         key = target.generate_key(KeyType.AES, 256, label)
-    notes = []
     mech, iv = Mechanism.AES_CBC, IV
     if mech not in target.mechanisms():
-        # p11-kit 0.24's RPC cannot carry CKM_AES_CBC's IV parameter.
-        mech, iv = Mechanism.AES_ECB, None
-        notes.append("the slot does not offer CKM_AES_CBC (p11-kit 0.24 RPC); used CKM_AES_ECB")
+        # no silent switch to another mode: a load figure must say what it measured
+        raise ModeUnavailable("the slot does not offer CKM_AES_CBC (a p11-kit RPC older than "
+                          "0.25 cannot carry its IV; see docs/lab.md)")
     expected = ops.encrypt(key, BLOCK, mech, iv)
     if ops.decrypt(key, expected, mech, iv) != BLOCK:
         raise WrongAnswer("the reference AES block does not decrypt")
@@ -104,7 +109,7 @@ def aesenc(target: Any, ops: Any) -> Prepared:
         if o.encrypt(key, BLOCK, mech, iv) != expected:
             raise WrongAnswer("AES ciphertext differs from the reference")
 
-    return Prepared(op, notes=notes)
+    return Prepared(op)
 
 
 def random(target: Any, ops: Any) -> Prepared:
@@ -127,4 +132,4 @@ MODES: dict[str, Callable[[Any, Any], Prepared]] = {
     "random": random,
 }
 
-__all__ = ["MODES", "Prepared", "WrongAnswer"]
+__all__ = ["MODES", "ModeUnavailable", "Prepared", "WrongAnswer"]

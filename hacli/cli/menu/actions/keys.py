@@ -89,8 +89,7 @@ def _ec_point(session: Any, handle: int) -> bytes:
 def derive_key(ctx: Ctx) -> None:
     session = choose_session(ctx)
     if Mechanism.ECDH1_DERIVE not in session.mechanisms():
-        raise MenuError("The slot does not list CKM_ECDH1_DERIVE (p11-kit 0.24's RPC, which "
-                        "the lab's members are reached through, does not carry it).",
+        raise MenuError("The slot does not list CKM_ECDH1_DERIVE.",
                         "CKR_MECHANISM_INVALID")
     base = choose_object(ctx, session, "Enter your EC private key handle",
                          (ObjectClass.PRIVATE_KEY,))

@@ -1,7 +1,7 @@
 """The mechanisms the menu offers, per operation and key type.
 
-Only mechanisms the slot lists are offered.  Where a member's transport
-lacks a mechanism (p11-kit 0.24's RPC carries no ``CKM_ECDSA_SHA256`` or
+Only mechanisms the slot lists are offered.  Where a token lacks a mechanism
+(SoftHSM2 has no ``CKM_ECDSA_SHA256``; p11-kit's RPC before 0.25 carries no
 ``CKM_AES_CBC_PAD``), hacli does the missing step itself and says so: it
 hashes for ``CKM_ECDSA`` and pads for ``CKM_AES_ECB``.
 """
