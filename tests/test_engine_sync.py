@@ -237,7 +237,7 @@ def test_synchronize_copies_what_a_member_lacks(healthy_lab, engine_factory,
         "session.generate_key(KeyType.AES, 128, label='sync-secret', id=b'sync-secret', "
         "store=True, template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True}), "
         "session.generate_keypair(KeyType.RSA, 1024, label='sync-rsa', id=b'sync-rsa', "
-        "store=True)]")
+        "store=True, private_template={Attribute.EXTRACTABLE: True})]")
     assert "value" in made, made
     engine = engine_factory(lab, synchronize=False)  # nothing automatic
     g = engine.group()
@@ -309,7 +309,9 @@ def test_member_down_while_generating_is_synchronised_on_recovery(healthy_lab,
             lab.restore(m1)
         # the next call after the interval recovers the member and synchronises it
         assert wait_for(lambda: (s.generate_random(8), g.members[1].alive)[1])
-        assert labels_on(g, m1, ["down-gen", "down-data"]) == {"down-gen", "down-data"}
+        # the catch-up runs off the application's path, on a thread of its own
+        assert wait_for(lambda: labels_on(g, m1, ["down-gen", "down-data"])
+                        == {"down-gen", "down-data"})
         assert encrypt_on(g, m0, "down-gen") == encrypt_on(g, m1, "down-gen")
         with g.open_session(member=m1) as ms:
             assert ms.get_attribute(d, Attribute.VALUE) == b"while down"

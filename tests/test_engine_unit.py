@@ -52,7 +52,7 @@ def test_policy_stops_after_n_failures() -> None:
     p = RecoveryPolicy(max_attempts=3, interval=10, clock=clock)
     p.member_down("a")
     assert run_calls(p, {}, clock, 1000) == ["a", "a", "a"]
-    assert p.attempts == 3
+    assert p.attempts == 3 and p.attempts_left("a") == 0
 
 
 def test_policy_forever_and_interval() -> None:
@@ -71,25 +71,70 @@ def test_policy_forever_and_interval() -> None:
     assert len(run_calls(p, {}, clock, 1000, step=1)) >= 80
 
 
-def test_policy_success_resets_count_and_longest_down_first() -> None:
+def test_policy_counts_per_member_and_success_resets_it() -> None:
     clock = FakeClock()
     p = RecoveryPolicy(max_attempts=3, interval=1, clock=clock)
     p.member_down("old")
     clock.advance(5)
     p.member_down("new")
     clock.advance(1.5)
-    assert p.due() == "old"  # one member per attempt, the one down longest
+    assert p.due() == "old"  # one member per attempt: the one waiting longest
     p.record("old", False)
-    p.record("old", False)
-    assert p.attempts == 2
+    assert p.due() == "new"  # its own timer: X has passed since it went down
+    p.record("new", False)
+    assert p.due() is None  # both attempted just now
+    assert p.state_of("old").attempts == 1 and p.state_of("new").attempts == 1
     clock.advance(1.5)
     assert p.due() == "old"
     p.record("old", True)
-    assert p.attempts == 0
-    assert set(p.disconnected) == {"new"}
-    assert p.due() is None  # last attempt just now
-    clock.advance(1.5)
+    assert p.state_of("old") is None and set(p.disconnected) == {"new"}
+    assert p.state_of("new").attempts == 1  # the other member's count is its own
     assert p.due() == "new"
+
+
+def test_policy_a_dead_member_never_blocks_one_that_returns() -> None:
+    """Issue 8, fault 2: with member0 dead for good, member1 fails later and comes
+    back; it is tried in turn, not after member0 forever."""
+    clock = FakeClock()
+    p = RecoveryPolicy(max_attempts=-1, interval=1, clock=clock)
+    p.member_down("member0")
+    run_calls(p, {}, clock, 10)
+    p.member_down("member1")
+    attempted = run_calls(p, {"member1": True}, clock, 3)
+    assert "member1" in attempted and "member1" not in p.disconnected
+    assert set(p.disconnected) == {"member0"}
+
+
+def test_policy_attempt_limit_is_per_member() -> None:
+    """Issue 8, fault 3: member0 used its reconnAtt = 2 attempts; member1, which
+    fails later and is restored, still gets its own two."""
+    clock = FakeClock()
+    p = RecoveryPolicy(max_attempts=2, interval=1, clock=clock)
+    p.member_down("member0")
+    assert run_calls(p, {}, clock, 20) == ["member0", "member0"]
+    assert p.attempts_left("member0") == 0 and p.next_attempt("member0") is None
+    p.member_down("member1")
+    assert p.attempts_left("member1") == 2
+    assert run_calls(p, {"member1": True}, clock, 5) == ["member1"]
+    # a member that fails again later starts with a fresh count
+    p.member_down("member1")
+    assert p.attempts_left("member1") == 2
+    assert p.next_attempt("member1") == clock.t + 1
+
+
+def test_policy_failure_after_recovery_gets_a_fresh_record() -> None:
+    """Issue 8, fault 4: a member that fails again right after its successful
+    attempt (during its catch-up) stays in the policy and is tried again."""
+    clock = FakeClock()
+    p = RecoveryPolicy(max_attempts=-1, interval=1, clock=clock)
+    p.member_down("m")
+    clock.advance(2)
+    assert p.due() == "m"
+    p.record("m", True)
+    p.member_down("m")  # the catch-up met a failure
+    assert "m" in p.disconnected
+    clock.advance(2)
+    assert p.due() == "m"
 
 
 def test_policy_last_attempt_starts_at_failure() -> None:

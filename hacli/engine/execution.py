@@ -50,9 +50,14 @@ class Execution(GroupCore):
             if m is None:
                 if suspect is not None:
                     raise request_error(suspect[1], operation, suspect[0].serial)
+                serving = [m for m in self.members if m.alive and m.conn is not None]
+                if not serving:
+                    # no member serves: the group is down, whatever the call was
+                    # (a handle error would tell the application its key is gone)
+                    raise GroupDownError(operation, self.label)
                 if vobjs and not failed and not any(
-                        m.alive and all(v.absent.get(m.serial) != m.conn.id for v in vobjs)
-                        for m in self.members if m.conn is not None):
+                        all(v.absent.get(m.serial) != m.conn.id for v in vobjs)
+                        for m in serving if m.conn is not None):
                     missing = True
                 if missing and not failed:
                     code = ("CKR_KEY_HANDLE_INVALID" if any(v.cls in KEY_CLASSES for v in vobjs)

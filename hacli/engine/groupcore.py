@@ -63,6 +63,8 @@ class GroupCore:
         self._recover_lock = threading.Lock()
         self._stop = threading.Event()
         self._bg: threading.Thread | None = None
+        # recovery.py: catch-up synchronisations running after recoveries
+        self._catch_up_threads: list[threading.Thread] = []
         # login.py: the user PIN, kept to log recovered members in
         self._pin: Secret | None = None
         # sync.py: one synchronisation at a time; when the automatic one runs next

@@ -1,4 +1,4 @@
-"""The auto-recovery policy of the origin document, as a small pure class.
+"""The auto-recovery policy of the origin document, per member, as a small pure class.
 
 The origin pseudo-code, run inside every PKCS#11 call made through a group::
 
@@ -9,10 +9,16 @@ The origin pseudo-code, run inside every PKCS#11 call made through a group::
         if (recovery failed) then increment recover_attempt_count by 1
         else decrement disconnected_member by 1; reset recover_attempt_count to 0
 
-Decisions (BRIEF section 2): N = -1 retries forever, N = 0 never tries;
-``last_recover_attempt`` is set when a member is marked disconnected, so the
-first attempt comes X seconds after the failure; the member down longest is the
-one tried.  The clock is injectable so tests run against fake time.
+How hacli reads it (docs/engine.md, "Recovery"): the counter and the timer
+belong to each disconnected member.  A member is tried when it has attempts
+left (N = -1 forever, 0 never) and more than X seconds have passed since its
+own last attempt, or since it went down (so its first attempt comes X seconds
+after its failure).  One member is attempted per call, the one that has waited
+longest since its last attempt, so members take turns: a member that never
+comes back cannot block another that does, and one that used up its attempts
+does not stop the others.  A success forgets the member's record; a member that
+fails again later starts with a fresh count.  The clock is injectable so tests
+run against fake time.
 """
 
 from __future__ import annotations
@@ -20,8 +26,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 
 Clock = Callable[[], float]
+
+
+@dataclass
+class MemberRecovery:
+    """One disconnected member's place in the policy."""
+
+    #: When it was marked disconnected.
+    down_since: float
+    #: ``last_recover_attempt``: its last attempt, or ``down_since`` before the first.
+    last_attempt: float
+    #: ``recover_attempt_count`` of this member.
+    attempts: int = 0
 
 
 class RecoveryPolicy:
@@ -30,7 +49,7 @@ class RecoveryPolicy:
     The class does no I/O; the engine asks :meth:`due` and reports the outcome
     with :meth:`record`.  Thread-safe.
 
-    :param max_attempts: N (``reconnAtt``): -1 forever, 0 never, else the limit.
+    :param max_attempts: N (``reconnAtt``): -1 forever, 0 never, else the limit per member.
     :param interval: X (``AutoReconnectInterval``) in seconds.
     :param clock: monotonic clock in seconds (``time.monotonic`` by default).
     """
@@ -40,18 +59,17 @@ class RecoveryPolicy:
         self.max_attempts = int(max_attempts)
         self.interval = float(interval)
         self.clock = clock
-        self.attempts = 0
-        self.last_attempt: float | None = None
-        self._down: dict[Hashable, float] = {}
+        self._down: dict[Hashable, MemberRecovery] = {}
         self._lock = threading.Lock()
 
     # -- members going down / coming back ---------------------------------
     def member_down(self, member: Hashable, now: float | None = None) -> None:
-        """A member was marked disconnected: remember since when; restart the X timer."""
+        """A member was marked disconnected: its X timer starts now, with a fresh
+        count (a member already disconnected keeps its record)."""
         now = self.clock() if now is None else now
         with self._lock:
-            self._down.setdefault(member, now)
-            self.last_attempt = now
+            if member not in self._down:
+                self._down[member] = MemberRecovery(down_since=now, last_attempt=now)
 
     def member_up(self, member: Hashable) -> None:
         """A member is back (recovered by whatever means)."""
@@ -62,42 +80,79 @@ class RecoveryPolicy:
     def disconnected(self) -> Mapping[Hashable, float]:
         """Members currently disconnected, with the time each went down."""
         with self._lock:
-            return dict(self._down)
+            return {m: r.down_since for m, r in self._down.items()}
+
+    def state_of(self, member: Hashable) -> MemberRecovery | None:
+        """A copy of a disconnected member's record (None when it is not down)."""
+        with self._lock:
+            r = self._down.get(member)
+            return None if r is None else MemberRecovery(r.down_since, r.last_attempt,
+                                                         r.attempts)
+
+    @property
+    def attempts(self) -> int:
+        """The most attempts any disconnected member has used (0 when none is down)."""
+        with self._lock:
+            return max((r.attempts for r in self._down.values()), default=0)
 
     # -- the pseudo-code ---------------------------------------------------
-    def attempts_left(self) -> bool:
-        """``recover_attempt_count < N`` with N = -1 meaning forever."""
-        return self.max_attempts < 0 or self.attempts < self.max_attempts
+    def attempts_left(self, member: Hashable | None = None) -> int | None:
+        """Attempts ``member`` has left: None for unlimited (N = -1).  Without a
+        member: what the member with the most left has (for a status line)."""
+        if self.max_attempts < 0:
+            return None
+        with self._lock:
+            if member is None:
+                used = min((r.attempts for r in self._down.values()), default=0)
+            else:
+                r = self._down.get(member)
+                used = r.attempts if r is not None else 0
+        return max(0, self.max_attempts - used)
+
+    def next_attempt(self, member: Hashable) -> float | None:
+        """Clock time after which ``member`` may be attempted; None when it is not
+        down or has no attempts left."""
+        with self._lock:
+            r = self._down.get(member)
+            if r is None or not self._has_attempts(r):
+                return None
+            return r.last_attempt + self.interval
+
+    def _has_attempts(self, r: MemberRecovery) -> bool:
+        return self.max_attempts < 0 or r.attempts < self.max_attempts
 
     def due(self, now: float | None = None) -> Hashable | None:
-        """Return the member to try now (the one down longest), or None.
+        """The member to try now, or None.
 
-        True exactly when the pseudo-code's condition holds.
+        Among the disconnected members with attempts left whose last attempt
+        (or failure) is more than X seconds ago, the one that has waited longest.
         """
         now = self.clock() if now is None else now
         with self._lock:
-            if not self._down or not self.attempts_left():
-                return None
-            last = self.last_attempt if self.last_attempt is not None else float("-inf")
-            if now - last <= self.interval:
-                return None
-            return min(self._down.items(), key=lambda kv: kv[1])[0]
+            ready = [(r.last_attempt, r.down_since, i, m)
+                     for i, (m, r) in enumerate(self._down.items())
+                     if self._has_attempts(r) and now - r.last_attempt > self.interval]
+            return min(ready, key=lambda t: t[:3])[3] if ready else None
 
     def record(self, member: Hashable, success: bool, now: float | None = None) -> None:
-        """Report the outcome of an attempt made because :meth:`due` said so."""
+        """Report the outcome of an attempt on ``member``."""
         now = self.clock() if now is None else now
         with self._lock:
-            self.last_attempt = now
+            r = self._down.get(member)
+            if r is None:
+                return
             if success:
-                self._down.pop(member, None)
-                self.attempts = 0
+                del self._down[member]
             else:
-                self.attempts += 1
+                r.attempts += 1
+                r.last_attempt = now
 
-    def reset(self) -> None:
-        """Forget the attempt count (e.g. after ``hagroup recover``)."""
+    def reset(self, member: Hashable | None = None) -> None:
+        """Forget the attempt count of one member, or of all (``hagroup recover``)."""
         with self._lock:
-            self.attempts = 0
+            for m, r in self._down.items():
+                if member is None or m == member:
+                    r.attempts = 0
 
 
-__all__ = ["Clock", "RecoveryPolicy"]
+__all__ = ["Clock", "MemberRecovery", "RecoveryPolicy"]

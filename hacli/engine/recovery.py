@@ -1,11 +1,14 @@
 """Members coming and going: connect, the recovery policy, the background thread.
 
-The origin pseudo-code (:class:`~hacli.engine.policy.RecoveryPolicy`) runs
-before every call through the group (:meth:`Recovery.recovery_tick`) and, with
-``activeEnhanced``, on a background thread too.  Recovering a member = its
-current module instance (a fresh copy if the old one was abandoned), sessions,
-login with the kept PIN, then catching up (sync.py).  Marking a member down is
-in groupcore.py: every part does it.
+The origin pseudo-code (:class:`~hacli.engine.policy.RecoveryPolicy`, per
+member) runs before every call through the group (:meth:`Recovery.recovery_tick`)
+and, with ``activeEnhanced``, on a background thread too.  Recovering a member =
+a clean module instance (a fresh copy if the old one was abandoned, else
+re-initialised: whatever state a failed attempt left it in), sessions, login
+with the kept PIN; the member is back once those real calls succeeded.  Its
+catching up (sync.py) then runs on a thread of its own, never inside the
+application call that recovered it.  Marking a member down is in
+groupcore.py: every part does it.
 
 Uses from the other parts: ``_pin`` (login.py); ``_sync_due``, ``_sync_all``,
 ``_after_recovery`` (sync.py).
@@ -42,11 +45,15 @@ class Recovery(GroupCore):
             self._mark_failed(m, e)
 
     def stop(self) -> None:
-        """Stop the background recovery thread (if any)."""
+        """Stop the background recovery thread and wait for catch-up threads."""
         self._stop.set()
         if self._bg is not None:
             self._bg.join(5.0)
             self._bg = None
+        with self._lock:
+            catching_up, self._catch_up_threads = self._catch_up_threads, []
+        for t in catching_up:
+            t.join(self.timeout + 5.0)
 
     def _background(self) -> None:
         # activeEnhanced: run the same policy without application calls.
@@ -55,8 +62,14 @@ class Recovery(GroupCore):
             with contextlib.suppress(Exception):
                 self.recovery_tick()
 
-    def _connect(self, m: Member) -> None:
-        """(Re)connect one member: instance, sessions, login.  Raises on failure."""
+    def _connect(self, m: Member, clean: bool = False) -> None:
+        """(Re)connect one member: instance, sessions, login.  Raises on failure.
+
+        ``clean`` (a recovery attempt): an instance loaded earlier is
+        re-initialised unless a member in service shares it, because a module
+        loaded or last initialised while the member was unreachable keeps
+        answering from that state (p11-kit's client: zero slots, for good).
+        """
         loc = m.location
         if loc is None:
             raise CKRError("CKR_TOKEN_NOT_PRESENT", "connect", m.serial,
@@ -64,10 +77,10 @@ class Recovery(GroupCore):
         inst = self._registry.current(loc.library, loc.env, m.serial)
         if inst.lib is None:
             inst.load(self.timeout)
-        elif inst is m.instance or m.instance is None:
+        elif clean:
             peers = [o for o in self._all_members()
                      if o is not m and o.alive and o.conn is not None and o.conn.instance is inst]
-            if not peers and m.instance is not None:
+            if not peers:
                 inst.reinitialize(self.timeout)
         pin = self._pin.get() if self._pin is not None else None
         conn = inst.call(open_connection, inst, m.serial, pin, timeout=self.timeout,
@@ -96,26 +109,43 @@ class Recovery(GroupCore):
                 if self._sync_due():
                     self._sync_all()
                 return False
-            m = self._member(serial)
-            ok = self._recover(m)
-            self.policy.record(serial, ok)
-            return ok
+            return self._recover(self._member(serial))
         finally:
             self._recover_lock.release()
 
-    def _recover(self, m: Member) -> bool:
+    def _recover(self, m: Member, catch_up_inline: bool = False) -> bool:
+        """One attempt on ``m``, recorded in the policy before anything else can
+        mark the member down again (then it starts a fresh record).  Its catch-up
+        runs on a thread of its own, or here with ``catch_up_inline``."""
         try:
-            self._connect(m)
+            self._connect(m, clean=True)
         except Exception as e:
+            self.policy.record(m.serial, False)
             self._log.event(self.label, m.serial, halog.RECOVERY_FAILED, ckr_name(e))
             with self._lock:
                 m.conn = None
                 m.state = MemberState.DOWN
             return False
+        self.policy.record(m.serial, True)
         m.recoveries += 1
         self._log.event(self.label, m.serial, halog.RECOVERED, None)
-        self._after_recovery(m)
+        if catch_up_inline:
+            self._after_recovery(m)
+        else:
+            self._start_catch_up(m)
         return True
+
+    def _start_catch_up(self, m: Member) -> None:
+        """Catch ``m`` up off the caller's path; until then the balancer sends it
+        only what it holds (objects it lacks fail over to another member)."""
+        if self._stop.is_set():
+            return
+        t = threading.Thread(target=self._after_recovery, args=(m,), daemon=True,
+                             name=f"hacli-catch-up-{self.label}-{m.serial}")
+        with self._lock:
+            self._catch_up_threads = [x for x in self._catch_up_threads if x.is_alive()]
+            self._catch_up_threads.append(t)
+        t.start()
 
     def recover_now(self, serial: str | None = None) -> bool:
         """Attempt recovery of one down member immediately (``hagroup recover``)."""
@@ -128,9 +158,9 @@ class Recovery(GroupCore):
             m = self._member(serial)
             if m.alive:
                 return True
-            ok = self._recover(m)
-            self.policy.record(m.serial, ok)
-            return ok
+            # an administrator's command, not an application call: it may wait
+            # for the catch-up, and reports a member that failed during it
+            return self._recover(m, catch_up_inline=True) and m.alive
 
 
 __all__ = ["Recovery"]
