@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +14,19 @@ import pytest
 from clihelpers import assert_one_error_line, run_process
 from conftest import lab_processes
 
-from hacli.lab import Lab
+from hacli.lab import Lab, find_tools
+from hacli.lab.procs import proc_start_time, wait_until
+
+SYSTEM_P11KIT = "/usr/bin/p11-kit"
+SYSTEM_CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+#: The end of the hacli section as hacli wrote it before the lab had its own p11-kit.
+OLD_BY_VALUE_BLOCK = """\
+   # lab: p11-kit 0.24's RPC forwards no AES key-wrap mechanism, so members
+   # cannot wrap keys under the transport key; lab keys are test keys, so they
+   # may be replicated by value (in the clear, through this host's memory).
+   # Never set this for keys that matter.
+   ReplicateByValue = 1;
+"""
 
 
 @pytest.fixture
@@ -27,7 +42,10 @@ def test_lab_lifecycle_through_the_cli(lab_dir: Path) -> None:
     res = run_process("lab", "up", *d, "--json")
     assert res.code == 0, res.err
     status = json.loads(res.out)
-    assert set(status) == {"dir", "conf", "group", "softhsm2_conf", "pin_file", "members"}
+    assert set(status) == {"dir", "conf", "group", "softhsm2_conf", "pin_file",
+                           "p11kit_client", "p11kit_version", "members"}
+    assert status["p11kit_client"] == find_tools().p11kit_client
+    assert status["p11kit_version"] == find_tools().p11kit_version == "0.25.5"
     assert [m["state"] for m in status["members"]] == ["running", "running"]
     assert all(set(m) == {"serial", "label", "state", "pid"} for m in status["members"])
     pin = Path(status["pin_file"]).read_text().strip()
@@ -55,8 +73,112 @@ def test_lab_lifecycle_through_the_cli(lab_dir: Path) -> None:
 
     human = run_process("lab", "status", *d)
     assert first["serial"] in human.out and "running" in human.out
+    assert f"0.25.5, client {status['p11kit_client']}" in human.out
     for out in (res, again, human):
         assert pin not in out.out + out.err
 
     assert run_process("lab", "down", *d).code == 0
     assert lab_processes(Lab(lab_dir)) == []
+
+
+def _make_old(lab: Lab) -> tuple[bytes, subprocess.Popen[bytes]]:
+    """Turn a fresh lab into one an older hacli left: its Chrystoki.conf and member0's server.
+
+    Returns the Chrystoki.conf the update should produce (with a user's edits
+    kept) and the system p11-kit server now serving member0.
+    """
+    conf = lab.conf_path.read_text()
+    client = find_tools().p11kit_client
+    # a user's edits, which the update must keep byte for byte
+    edited = conf.replace("AutoReconnectInterval = 5;", "AutoReconnectInterval = 7;  # mine")
+    edited = edited.replace("   LabDir =", "   # my note\n   LabDir =")
+    assert edited.count("mine") == 1 and edited.count("my note") == 1
+    old = edited.replace(f"Library = {client};", f"Library = {SYSTEM_CLIENT};")
+    assert old.count(SYSTEM_CLIENT) == 2
+    old = _with_old_block(old)
+    lab.conf_path.write_text(old)
+
+    # member0 served by the system's p11-kit, as an older `lab up` started it
+    state = json.loads(lab.state_file.read_text())
+    rec = state["members"][0]
+    os.killpg(rec["pid"], signal.SIGKILL)
+    member = lab.member_of(rec)
+    assert wait_until(lambda: lab.status().members[0].state == "failed", 10)
+    member.socket.unlink(missing_ok=True)
+    server = subprocess.Popen(
+        [SYSTEM_P11KIT, "server", "--foreground", "--provider", find_tools().softhsm2,
+         "--name", str(member.socket), member.uri],
+        env={"PATH": os.environ["PATH"], "SOFTHSM2_CONF": str(lab.softhsm2_conf)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    assert wait_until(lambda: member.socket.exists(), 10)
+    rec["pid"], rec["start_time"] = server.pid, proc_start_time(server.pid)
+    lab.state_file.write_text(json.dumps(state))
+    assert lab.status().members[0].state == "running"
+    assert os.readlink(f"/proc/{server.pid}/exe").startswith("/usr/")
+    return edited.encode(), server
+
+
+def _with_old_block(text: str) -> str:
+    head, sep, tail = text.rpartition("   LabDir = ")
+    line, nl, rest = tail.partition("\n")
+    return head + sep + line + nl + OLD_BY_VALUE_BLOCK + rest
+
+
+def test_up_brings_an_older_lab_up_to_date(lab_dir: Path) -> None:
+    d = ["--dir", str(lab_dir)]
+    assert run_process("lab", "up", *d, "--members", "2").code == 0
+    lab = Lab(lab_dir)
+    want, old_server = _make_old(lab)
+    try:
+        assert b"ReplicateByValue" in lab.conf_path.read_bytes()
+        res = run_process("lab", "up", *d)
+        assert res.code == 0, res.err
+        assert old_server.wait(timeout=10) is not None  # the old server was stopped
+    finally:
+        if old_server.poll() is None:
+            old_server.kill()
+            old_server.wait()
+    assert lab.conf_path.read_bytes() == want  # the old keys updated, the user's edits kept
+    out = res.out
+    assert f"Lab started again: {lab.members()[0].serial}." in out  # member0, on the build
+    assert ("Updated: member0: its server ran /usr/libexec/p11-kit/p11-kit-server; started "
+            "again on the lab's p11-kit 0.25.5") in out
+    assert "Updated: Chrystoki.conf: removed ReplicateByValue (retired" in out
+    assert (f"Updated: Chrystoki.conf: Member00Library, Member01Library: {SYSTEM_CLIENT} -> "
+            f"{find_tools().p11kit_client}") in out
+    prefix = find_tools().p11kit_prefix
+    for m in lab.status().members:
+        assert m.state == "running"
+        assert os.readlink(f"/proc/{m.pid}/exe").startswith(prefix + "/")
+
+    # up to date now: a second up changes nothing and says so
+    again = run_process("lab", "up", *d)
+    assert again.code == 0 and "already up; nothing changed" in again.out
+    assert "Updated" not in again.out
+    assert lab.conf_path.read_bytes() == want
+
+
+def test_up_updates_an_older_conf_and_keeps_the_rest(lab_dir: Path) -> None:
+    d = ["--dir", str(lab_dir)]
+    assert run_process("lab", "up", *d, "--members", "1").code == 0
+    lab = Lab(lab_dir)
+    fresh = lab.conf_path.read_text()
+    lab.conf_path.write_text(_with_old_block(fresh))  # servers up to date, the file not
+    res = run_process("lab", "up", *d)
+    assert res.code == 0, res.err
+    assert res.out.startswith("Lab is up; brought up to date:\nUpdated: Chrystoki.conf: removed "
+                              "ReplicateByValue (retired"), res.out
+    assert lab.conf_path.read_text() == fresh
+
+    # a ReplicateByValue written by hand (retired: the engine ignores it) goes too,
+    # but only its line: the comment above it is the user's
+    mine = fresh.replace("   LabDir =", "   # I want this\n   ReplicateByValue = 1;\n   LabDir =")
+    lab.conf_path.write_text(mine)
+    res = run_process("lab", "up", *d, "--json")
+    assert res.code == 0, res.err
+    assert res.err == "Updated: Chrystoki.conf: removed ReplicateByValue (retired: keys " \
+        "replicate only wrapped under the group's transport key)\n"
+    assert json.loads(res.out)["members"][0]["state"] == "running"  # stdout: JSON only
+    assert lab.conf_path.read_text() == mine.replace("   ReplicateByValue = 1;\n", "")
+    assert "# I want this" in lab.conf_path.read_text()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -13,12 +15,18 @@ from pathlib import Path
 import pytest
 
 from hacli.errors import LabError, UsageError
-from hacli.lab import FAILED, HUNG, RUNNING, Lab, LabUsageError
+from hacli.lab import FAILED, HUNG, RUNNING, Lab, LabUsageError, find_tools, servers, tools
 from hacli.lab.procs import group_pids, proc_cmdline, proc_state, wait_until
+from hacli.lab.tokens import REQUIRED_MECHANISMS, clean_env, list_tokens
 
 pytestmark = pytest.mark.lab
 
-STATUS_KEYS = {"dir", "conf", "group", "softhsm2_conf", "pin_file", "members"}
+STATUS_KEYS = {
+    "dir", "conf", "group", "softhsm2_conf", "pin_file", "p11kit_client", "p11kit_version",
+    "members",
+}
+#: Debian 12's own client module (p11-kit 0.24.1), which the lab must never use.
+SYSTEM_CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 MEMBER_KEYS = {"serial", "label", "state", "pid"}
 
 
@@ -39,6 +47,10 @@ def test_up_creates_tokens_conf_and_private_pin_files(lab: Lab) -> None:
     assert status.softhsm2_conf == str(lab.softhsm2_conf)
     assert status.pin_file == str(lab.pin_file)
     assert status.group == "labgroup"
+    tools = find_tools()
+    assert status.p11kit_client == tools.p11kit_client == lab.client_library
+    assert status.p11kit_client == f"{tools.p11kit_prefix}/lib/pkcs11/p11-kit-client.so"
+    assert status.p11kit_version == _pc_version(Path(tools.p11kit_prefix)) == "0.25.5"
     assert [m.label for m in status.members] == ["member0", "member1"]
     assert all(m.state == RUNNING and m.pid for m in status.members)
     assert len({m.serial for m in status.members}) == 2
@@ -78,6 +90,9 @@ def test_chrystoki_conf_describes_the_group(lab: Lab) -> None:
         f"LabDir = {lab.directory};",
     ):
         assert line in text, line
+    # keys replicate wrapped under the transport key now, never by value
+    assert "ReplicateByValue" not in text
+    assert not lab.client_library.startswith("/usr/")
     for section in ("LunaSA Client", "VirtualToken", "HASynchronize", "HAConfiguration", "hacli"):
         assert f"\n{section} = {{\n" in text
     assert text.count("{") == text.count("}") == 5
@@ -108,8 +123,6 @@ def test_each_socket_serves_exactly_its_own_token(lab: Lab, member_client) -> No
 
 
 def test_softhsm2_conf_opens_every_token_directly(lab: Lab) -> None:
-    from hacli.lab import find_tools
-
     out = subprocess.run(
         ["softhsm2-util", "--show-slots"],
         env={**os.environ, "SOFTHSM2_CONF": str(lab.softhsm2_conf)},
@@ -123,10 +136,43 @@ def test_softhsm2_conf_opens_every_token_directly(lab: Lab) -> None:
 
 
 def test_server_processes_are_own_groups_with_member_uri(lab: Lab) -> None:
+    prefix = find_tools().p11kit_prefix
     for m, st in zip(lab.members(), lab.status().members, strict=True):
         assert os.getpgid(st.pid) == st.pid  # group leader of its own group
         assert os.getsid(st.pid) == st.pid
         assert m.uri in proc_cmdline(st.pid)
+        # the lab's own p11-kit build, never the system's
+        assert os.readlink(f"/proc/{st.pid}/exe") == f"{prefix}/libexec/p11-kit/p11-kit-server"
+
+
+def test_members_forward_key_wrap_through_the_labs_client(lab: Lab) -> None:
+    """What `up` checks, shown directly: both mechanisms come through the build's client."""
+    wanted = list(REQUIRED_MECHANISMS.values())
+    seen = list_tokens(lab.members(), 10.0, mechanisms=wanted)
+    assert [[t["missing"] for t in tokens] for tokens in seen] == [[[]], [[]]]
+    servers.verify(lab, _records(lab), 10.0)  # does not raise
+
+
+def test_mechanism_check_fails_loudly_with_the_system_client(lab: Lab) -> None:
+    """The check at `up`/`restore`, run against a live member through Debian's 0.24.1 client.
+
+    The same member passes through the lab's client (above), and through the
+    system client it still sees its token: the only thing that can fail is
+    the mechanism list.
+    """
+    assert os.path.isfile(SYSTEM_CLIENT), "Debian's p11-kit-modules is needed (make deps)"
+    assert os.path.realpath(SYSTEM_CLIENT) != os.path.realpath(lab.client_library)
+    member = lab.members()[0]
+    seen = list_tokens([member], 10.0, client=SYSTEM_CLIENT,
+                       mechanisms=list(REQUIRED_MECHANISMS.values()))
+    assert seen == [[{"label": member.label, "serial": member.serial,
+                      "missing": [0x210A, 0x1085]}]]
+    with pytest.raises(LabError) as info:
+        servers.verify(lab, _records(lab)[:1], 10.0, client=SYSTEM_CLIENT)
+    message = str(info.value)
+    assert message.startswith(f"member0: the p11-kit client at {SYSTEM_CLIENT} does not forward ")
+    assert "CKM_AES_KEY_WRAP_PAD" in message and "CKM_AES_CBC_PAD" in message
+    assert "\n" not in message
 
 
 # --------------------------------------------------------------------------- fail / hang / restore
@@ -375,6 +421,61 @@ def test_pins_never_leave_the_pin_files(lab: Lab) -> None:
             assert secret not in text
 
 
+def test_servers_and_their_children_hold_no_pin_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member_client
+) -> None:
+    """PINs exported by the caller never reach a server or a p11-kit-remote child."""
+    secrets = {
+        "HACLI_PIN": "pin-" + os.urandom(8).hex(),
+        "HACLI_SO_PIN": "so-pin-" + os.urandom(8).hex(),
+        "HACLI_OTHER_PIN_FILE": "other-" + os.urandom(8).hex(),
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    lab = Lab(tmp_path / "lab", timeout=10.0)
+    try:
+        status = lab.up(members=1)
+        pid = status.members[0].pid
+        client = member_client(lab, "member0", login=False)  # a connection: a remote child
+        assert client.call("len(lib.get_slots())") == {"value": "1"}
+        assert wait_until(lambda: len(group_pids(pid)) >= 2, 10)
+        pids = group_pids(pid)
+        assert any("p11-kit-remote" in os.readlink(f"/proc/{p}/exe") for p in pids)
+        for p in pids:
+            environ = Path(f"/proc/{p}/environ").read_bytes()
+            names = {e.split(b"=", 1)[0] for e in environ.split(b"\0") if e}
+            # really the process's environment (the lab sets this one), and no PIN in it
+            assert b"SOFTHSM2_CONF" in names, (p, names)
+            assert not [n for n in names if b"PIN" in n.upper()], (p, names)
+            for value in [*secrets.values(), lab.pin(), lab.so_pin()]:
+                assert value.encode() not in environ, p
+    finally:
+        lab.down(purge=True)
+
+
+def test_probe_environment_holds_no_pin_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HACLI_PIN", "1234")
+    monkeypatch.setenv("HACLI_SO_PIN", "5678")
+    monkeypatch.setenv("PIN", "9")
+    monkeypatch.setenv("LC_PIN", "9")
+    monkeypatch.setenv("SOFTHSM2_CONF", "/elsewhere")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/usr/lib")
+    env = clean_env()
+    assert env["PATH"] == os.environ["PATH"]
+    assert not [k for k in env if "PIN" in k.upper()]
+    assert "SOFTHSM2_CONF" not in env and "LD_LIBRARY_PATH" not in env
+    assert clean_env({"SOFTHSM2_CONF": "x"})["SOFTHSM2_CONF"] == "x"
+
+
+def _records(lab: Lab) -> list[dict]:
+    return json.loads(lab.state_file.read_text())["members"]
+
+
+def _pc_version(prefix: Path) -> str:
+    text = (prefix / "lib/pkgconfig/p11-kit-1.pc").read_text()
+    return re.search(r"^Version:\s*(\S+)$", text, re.MULTILINE).group(1)
+
+
 def _all_pids() -> list[int]:
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
@@ -382,8 +483,6 @@ def _all_pids() -> list[int]:
 @pytest.fixture
 def fresh_tools(monkeypatch: pytest.MonkeyPatch):
     """Let a test point the lab at other binaries (the lookup is cached per process)."""
-    from hacli.lab import find_tools
-
     find_tools.cache_clear()
     yield monkeypatch
     monkeypatch.undo()
@@ -397,9 +496,84 @@ def test_missing_softhsm_is_one_clear_error(tmp_path: Path, fresh_tools) -> None
     assert not (tmp_path / "lab").exists()
 
 
+def _fake_prefix(root: Path, command: str) -> Path:
+    """A prefix that has the build's layout, with *command* as its p11-kit."""
+    (root / "bin").mkdir(parents=True)
+    (root / "lib/pkcs11").mkdir(parents=True)
+    (root / "bin/p11-kit").write_text(f"#!/bin/sh\n{command}\n")
+    (root / "bin/p11-kit").chmod(0o755)
+    shutil.copyfile(find_tools().p11kit_client, root / "lib/pkcs11/p11-kit-client.so")
+    find_tools.cache_clear()  # the caller is about to point the lookup elsewhere
+    return root
+
+
 def test_server_that_will_not_start_leaves_no_trace(tmp_path: Path, fresh_tools) -> None:
-    fresh_tools.setenv("HACLI_P11KIT", "/bin/false")  # exits at once, like a broken p11-kit
+    # a p11-kit that exits at once, like a broken build
+    prefix = _fake_prefix(tmp_path / "broken", "echo broken build >&2; exit 1")
+    fresh_tools.setenv("HACLI_P11KIT_PREFIX", str(prefix))
+    assert find_tools().p11kit == str(prefix / "bin/p11-kit")
+    assert find_tools().p11kit_version == "unknown"  # no pkg-config file there
     lab = Lab(tmp_path / "lab", timeout=5.0)
-    with pytest.raises(LabError, match="p11-kit server of member0 exited"):
+    with pytest.raises(LabError, match="p11-kit server of member0 exited: broken build"):
         lab.up()
     assert not lab.directory.exists()
+
+
+def test_up_refuses_a_build_whose_client_drops_key_wrap(tmp_path: Path, fresh_tools) -> None:
+    """A prefix whose client is really 0.24.1 (as a build linked against the system
+    library would be): `up` stops with the mechanism error and leaves nothing."""
+    assert os.path.isfile(SYSTEM_CLIENT), "Debian's p11-kit-modules is needed (make deps)"
+    real = find_tools().p11kit
+    prefix = _fake_prefix(tmp_path / "mixed", f'exec {real} "$@"')
+    shutil.copyfile(SYSTEM_CLIENT, prefix / "lib/pkcs11/p11-kit-client.so")
+    fresh_tools.setenv("HACLI_P11KIT_PREFIX", str(prefix))
+    lab = Lab(tmp_path / "lab", timeout=10.0)
+    with pytest.raises(LabError) as info:
+        lab.up(members=1)
+    assert str(info.value).startswith(
+        f"member0: the p11-kit client at {prefix}/lib/pkcs11/p11-kit-client.so does not "
+        "forward CKM_AES_KEY_WRAP_PAD or CKM_AES_CBC_PAD; "
+    )
+    assert not lab.directory.exists()
+    assert not [p for p in _all_pids() if str(lab.directory) in " ".join(proc_cmdline(p))]
+
+
+def test_missing_p11kit_build_is_one_clear_error(tmp_path: Path, fresh_tools) -> None:
+    fresh_tools.setenv("HACLI_P11KIT_PREFIX", str(tmp_path / "nobuild"))
+    with pytest.raises(LabError) as info:
+        Lab(tmp_path / "lab").up()
+    message = str(info.value)
+    assert "p11-kit build was not found" in message and str(tmp_path / "nobuild") in message
+    assert "make install" in message and "HACLI_P11KIT_PREFIX" in message
+    assert "\n" not in message
+    assert not (tmp_path / "lab").exists()
+    # the system's p11-kit is never a fallback, even when it is installed
+    assert os.path.isfile("/usr/bin/p11-kit")
+
+
+def test_p11kit_prefix_lookup_order(tmp_path: Path, fresh_tools) -> None:
+    checkout = Path(__file__).resolve().parent.parent
+    installed = _fake_prefix(tmp_path / "p11-kit", "exit 0")
+    fresh_tools.delenv("HACLI_P11KIT_PREFIX", raising=False)
+    fresh_tools.setattr(sys, "prefix", str(tmp_path))
+    # 2. the checkout's prefix before 3. sys.prefix/p11-kit
+    assert tools.checkout_dir() == checkout
+    assert tools.p11kit_prefixes() == [
+        ("the checkout", checkout / ".venv" / "p11-kit"),
+        ("sys.prefix", installed),
+    ]
+    assert find_tools().p11kit_prefix == str(checkout / ".venv" / "p11-kit")
+    # an installed package (no checkout): the prefix next to it
+    find_tools.cache_clear()
+    fresh_tools.setattr(tools, "checkout_dir", lambda: None)
+    assert find_tools().p11kit_prefix == str(installed)
+    # 1. the variable wins, and is then the only place looked at
+    find_tools.cache_clear()
+    other = _fake_prefix(tmp_path / "other", "exit 0")
+    (other / "lib/pkgconfig").mkdir()
+    (other / "lib/pkgconfig/p11-kit-1.pc").write_text("Name: p11-kit\nVersion: 9.8.7\n")
+    fresh_tools.setenv("HACLI_P11KIT_PREFIX", str(other))
+    assert tools.p11kit_prefixes() == [("$HACLI_P11KIT_PREFIX", other)]
+    found = find_tools()
+    assert (found.p11kit_prefix, found.p11kit_version) == (str(other), "9.8.7")
+    assert found.p11kit_client == str(other / "lib/pkcs11/p11-kit-client.so")

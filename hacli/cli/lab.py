@@ -37,14 +37,20 @@ def _status_rows(status: LabStatus) -> list[list[object]]:
 def show_status(status: LabStatus, as_json: bool, headline: str | None = None) -> None:
     """Render a lab status (the brief's JSON contract, or a table)."""
     if as_json:
+        # stdout is one JSON document: what up changed goes to stderr
+        for note in status.notes:
+            click.echo(f"Updated: {note}", err=True)
         render.emit_json(status.as_dict())
         return
     if headline:
         render.echo(headline)
+    for note in status.notes:
+        render.echo(f"Updated: {note}")
     render.table(["Member", "Serial", "State", "PID"], _status_rows(status),
                  title=f"Lab {status.dir} — HA group {status.group} ({status.group_serial})")
     render.echo(f"Configuration: {status.conf}")
     render.echo(f"Token access:  SOFTHSM2_CONF={status.softhsm2_conf}  (PIN in {status.pin_file})")
+    render.echo(f"p11-kit:       {status.p11kit_version}, client {status.p11kit_client}")
 
 
 @click.group()
@@ -61,13 +67,18 @@ def up(members: int | None, directory: str | None, as_json: bool) -> None:
     """Create the lab (or start what is down) and its HA group."""
     the_lab = open_lab(directory)
     status = the_lab.up(members)
-    if status.created:
+    if status.created or status.notes:
+        # the group's transport key: made with a new lab; an older lab brought
+        # up to date replicates through it from now on (idempotent)
         from hacli.lab.provision import provision_lab
 
         provision_lab(the_lab)
+    if status.created:
         headline = f"Lab created with {len(status.members)} members."
     elif status.started:
         headline = f"Lab started again: {', '.join(status.started)}."
+    elif status.notes:
+        headline = "Lab is up; brought up to date:"
     else:
         headline = "Lab is already up; nothing changed."
     show_status(status, as_json, headline)

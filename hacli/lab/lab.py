@@ -41,7 +41,7 @@ from hacli.lab.model import (
 )
 from hacli.lab.paths import LabPaths
 from hacli.lab.state import find_record, load_state, save_state
-from hacli.lab.templates import write_chrystoki_conf
+from hacli.lab.templates import conf_lock_file, update_chrystoki_conf, write_chrystoki_conf
 from hacli.lab.tokens import list_tokens
 from hacli.lab.tools import LabTools, find_tools
 
@@ -136,6 +136,16 @@ class Lab(LabPaths):
         alone (same pids); a lab that is already up is not changed at all.
         ``Chrystoki.conf`` is only written again if it is missing.  *members*,
         if given, must equal the lab's member count.
+
+        A lab an older hacli made is brought up to date, and
+        :attr:`LabStatus.notes` says what changed: servers running a p11-kit
+        other than the lab's build are started again on it, and the old
+        settings of its ``Chrystoki.conf`` are updated in place
+        (:func:`hacli.lab.templates.update_chrystoki_conf`).
+
+        Every server started is checked through the lab's client module: it
+        serves its own token, and lists ``CKM_AES_KEY_WRAP_PAD`` and
+        ``CKM_AES_CBC_PAD`` (see :func:`hacli.lab.servers.verify`).
         """
         if members is not None and not 1 <= members <= MAX_MEMBERS:
             raise LabUsageError(f"a lab has 1 to {MAX_MEMBERS} members, not {members}")
@@ -257,8 +267,13 @@ class Lab(LabPaths):
         save_state(self.state_file, state)
 
     def _status(
-        self, state: dict[str, Any], started: tuple[str, ...] = (), created: bool = False
+        self,
+        state: dict[str, Any],
+        started: tuple[str, ...] = (),
+        created: bool = False,
+        notes: tuple[str, ...] = (),
     ) -> LabStatus:
+        tools = find_tools()
         return LabStatus(
             dir=str(self.directory),
             conf=str(self.conf_path),
@@ -266,9 +281,12 @@ class Lab(LabPaths):
             softhsm2_conf=str(self.softhsm2_conf),
             pin_file=str(self.pin_file),
             members=tuple(servers.member_status(self, rec) for rec in state["members"]),
+            p11kit_client=tools.p11kit_client,
+            p11kit_version=tools.p11kit_version,
             group_serial=state["group_serial"],
             started=started,
             created=created,
+            notes=notes,
         )
 
     def _create(self, count: int, tools: LabTools) -> LabStatus:
@@ -286,22 +304,36 @@ class Lab(LabPaths):
             )
         if not self.tokens_dir.is_dir():
             raise LabError(f"the lab's tokens are gone ({self.tokens_dir} is missing)")
+        notes: list[str] = []
+        for rec in recs:
+            # A server an older hacli started runs the system's p11-kit, which the
+            # build's client cannot talk to: start it again on the build.
+            if servers.state_of(self, rec) != FAILED and not servers.runs_build(rec, tools):
+                was = servers.executable(rec)
+                servers.stop(self, rec, self.timeout)
+                notes.append(
+                    f"{rec['label']}: its server ran {was}; started again on the lab's "
+                    f"p11-kit {tools.p11kit_version} ({tools.p11kit_prefix})"
+                )
         to_start = [r for r in recs if servers.state_of(self, r) == FAILED]
         to_resume = [r for r in recs if servers.state_of(self, r) == HUNG]
         if to_start:
             servers.start(self, to_start, tools, self.timeout)
         for rec in to_resume:
             servers.resume(self, rec, self.timeout)
+        members_now = [self.member_of(r) for r in recs]
         if not self.conf_path.exists():
-            write_chrystoki_conf(self, [self.member_of(r) for r in recs], tools.p11kit_client)
+            write_chrystoki_conf(self, members_now, tools.p11kit_client)
+        else:
+            notes += update_chrystoki_conf(self, members_now, tools.p11kit_client)
         if to_start:
             self._save(state)
         started = tuple(r["serial"] for r in recs if r in to_start or r in to_resume)
-        return self._status(state, started=started)
+        return self._status(state, started=started, notes=tuple(notes))
 
     def _purge(self, state: dict[str, Any] | None) -> None:
         if state is not None and state.get("created_dir"):
             shutil.rmtree(self.directory)
             return
-        for path in [*self.own_entries(), self.lock_file]:
+        for path in [*self.own_entries(), conf_lock_file(self), self.lock_file]:
             remove(path)

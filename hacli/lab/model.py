@@ -91,6 +91,10 @@ class LabStatus:
     softhsm2_conf: str
     pin_file: str
     members: tuple[MemberStatus, ...]
+    #: The client module of the lab's p11-kit build (what MemberNNLibrary names).
+    p11kit_client: str = ""
+    #: That build's version (from its pkg-config file).
+    p11kit_version: str = ""
     #: The group's serial (``1`` + the first member's serial); not in the JSON.
     group_serial: str = ""
     #: Serials of members this call started, restarted or resumed (``up``);
@@ -98,6 +102,10 @@ class LabStatus:
     started: tuple[str, ...] = ()
     #: True when this call created the lab (``up`` on an empty directory).
     created: bool = False
+    #: What ``up`` changed besides processes, one line each (an older lab's
+    #: Chrystoki.conf brought up to date, a server of another p11-kit
+    #: restarted).  Not in the JSON.
+    notes: tuple[str, ...] = ()
 
     @property
     def all_running(self) -> bool:
@@ -118,6 +126,8 @@ class LabStatus:
             "group": self.group,
             "softhsm2_conf": self.softhsm2_conf,
             "pin_file": self.pin_file,
+            "p11kit_client": self.p11kit_client,
+            "p11kit_version": self.p11kit_version,
             "members": [m.as_dict() for m in self.members],
         }
 

@@ -19,9 +19,13 @@ every user).
 ``{"op": "init", "library": L, "labels": [...], "pin": P, "so_pin": S}``
     initialises one free token per label (``SOFTHSM2_CONF`` from the
     environment), sets the user PIN, answers ``{"tokens": [{"label", "serial"}]}``.
-``{"op": "list", "modules": [{"library": L, "env": {...}}, ...]}``
+``{"op": "list", "modules": [{"library": L, "env": {...}}, ...], "mechanisms": [M, ...]}``
     loads a private copy of each library with its environment and answers
-    ``{"results": [[{"label", "serial"}, ...], ...]}`` (present tokens).
+    ``{"results": [[{"label", "serial"}, ...], ...]}`` (present tokens).  With
+    ``"mechanisms"`` (optional), each token dict also has ``"missing"``: those
+    of the mechanisms its slot's ``C_GetMechanismList`` does not list, in the
+    order asked.  Through ``p11-kit-client.so`` that list is what the client
+    build can forward (it drops mechanisms its RPC code does not know).
 Failures answer ``{"error": "one line"}``.
 """
 
@@ -149,17 +153,28 @@ class Module:
         self.call("C_GetTokenInfo", slot, ctypes.byref(info))
         return info
 
+    def mechanisms(self, slot: int) -> list[int]:
+        count = CK_ULONG(0)
+        self.call("C_GetMechanismList", slot, None, ctypes.byref(count))
+        types = (CK_ULONG * max(count.value, 1))()
+        self.call("C_GetMechanismList", slot, types, ctypes.byref(count))
+        return list(types[: count.value])
+
 
 def _text(field: bytes) -> str:
     return field.decode("utf-8", errors="replace").rstrip(" \0")
 
 
-def _tokens(mod: Module) -> list[dict[str, str]]:
-    out = []
+def _tokens(mod: Module, wanted: list[int] | None = None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for slot in mod.slots(True):
         info = mod.token_info(slot)
         if info.flags & CKF_TOKEN_INITIALIZED:
-            out.append({"label": _text(info.label), "serial": _text(info.serialNumber)})
+            token: dict[str, Any] = {"label": _text(info.label), "serial": _text(info.serialNumber)}
+            if wanted is not None:
+                listed = set(mod.mechanisms(slot))
+                token["missing"] = [m for m in wanted if m not in listed]
+            out.append(token)
     return out
 
 
@@ -215,7 +230,7 @@ def _list(req: dict[str, Any]) -> dict[str, Any]:
             mod = Module(copy)
             mod.call("C_Initialize", None)
             try:
-                results.append(_tokens(mod))
+                results.append(_tokens(mod, req.get("mechanisms")))
             finally:
                 mod.call("C_Finalize", None)
         return {"results": results}

@@ -22,15 +22,44 @@ from hacli.errors import LabError
 from hacli.lab import procs
 from hacli.lab.model import FAILED, HUNG, RUNNING, MemberStatus
 from hacli.lab.paths import LabPaths
-from hacli.lab.tokens import list_tokens
-from hacli.lab.tools import LabTools
+from hacli.lab.tokens import REQUIRED_MECHANISMS, clean_env, list_tokens
+from hacli.lab.tools import LabTools, find_tools
 
 
 def server_env(paths: LabPaths) -> dict[str, str]:
-    """The environment SoftHSM2 runs in for this lab: only here is ``SOFTHSM2_CONF`` set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P11_KIT_SERVER_")}
-    env["SOFTHSM2_CONF"] = str(paths.softhsm2_conf)
-    return env
+    """The environment SoftHSM2 runs in for this lab: only here is ``SOFTHSM2_CONF`` set.
+
+    A clean one (:func:`hacli.lab.tokens.clean_env`): a server and the
+    ``p11-kit-remote`` children it forks never see a PIN variable of the
+    caller (``HACLI_PIN``, ``HACLI_SO_PIN``, ...) nor a ``P11_KIT_SERVER_*``
+    or ``LD_LIBRARY_PATH`` that would change what they load.
+    """
+    return clean_env({"SOFTHSM2_CONF": str(paths.softhsm2_conf)})
+
+
+def executable(rec: dict[str, Any]) -> str | None:
+    """The program the member's server process runs (``/proc/PID/exe``), if readable."""
+    pid = rec.get("pid")
+    if not pid:
+        return None
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return None
+
+
+def runs_build(rec: dict[str, Any], tools: LabTools) -> bool:
+    """False when the member's live server runs a p11-kit from outside the lab's build.
+
+    A lab started by an older hacli runs the system's ``p11-kit-server``;
+    the build's client cannot talk to it.  A process whose executable cannot
+    be read is not judged here (True).
+    """
+    exe = executable(rec)
+    if exe is None:
+        return True
+    prefix = os.path.realpath(tools.p11kit_prefix) + os.sep
+    return os.path.realpath(exe).startswith(prefix)
 
 
 def state_of(paths: LabPaths, rec: dict[str, Any]) -> str:
@@ -197,15 +226,36 @@ def _log_tail(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def _verify(paths: LabPaths, recs: list[dict[str, Any]], timeout: float) -> None:
-    """Each server must serve exactly its own token, as a client sees it."""
+def verify(
+    paths: LabPaths, recs: list[dict[str, Any]], timeout: float, client: str | None = None
+) -> None:
+    """Each server must serve exactly its own token, with every required mechanism.
+
+    Both as a client sees them through *client* (default: the lab's build of
+    ``p11-kit-client.so``), in one probe child.  The mechanism check is what
+    catches a client that cannot forward AES key wrap (the system's 0.24.1,
+    or the build's client linked against it): LabError naming the member,
+    the client and the mechanisms it drops.
+    """
+    library = client or find_tools().p11kit_client
     members = [paths.member_of(rec) for rec in recs]
-    for member, seen in zip(members, list_tokens(members, timeout), strict=True):
-        expected = [{"label": member.label, "serial": member.serial}]
-        if seen != expected:
-            shown = ", ".join(f"{t['label']}/{t['serial']}" for t in seen) or "no token"
+    wanted = list(REQUIRED_MECHANISMS.values())
+    seen_all = list_tokens(members, timeout, client=library, mechanisms=wanted)
+    for member, seen in zip(members, seen_all, strict=True):
+        tokens = [{"label": t["label"], "serial": t["serial"]} for t in seen]
+        if tokens != [{"label": member.label, "serial": member.serial}]:
+            shown = ", ".join(f"{t['label']}/{t['serial']}" for t in tokens) or "no token"
             raise LabError(
                 f"{member.socket} serves {shown}, expected only {member.label}/{member.serial}"
+            )
+        missing = seen[0]["missing"]
+        if missing:
+            names = [n for n, m in REQUIRED_MECHANISMS.items() if m in missing]
+            raise LabError(
+                f"{member.label}: the p11-kit client at {library} does not forward "
+                f"{' or '.join(names)}; the lab needs its own p11-kit build, not the "
+                "system's (is the build linked against the system library? rebuild it "
+                "with `make install` or packaging/p11-kit/build.sh PREFIX)"
             )
 
 
@@ -234,7 +284,7 @@ def start(paths: LabPaths, recs: list[dict[str, Any]], tools: LabTools, timeout:
         if not procs.wait_until(ready, timeout):
             names = ", ".join(r["label"] for r in pending)
             raise LabError(f"p11-kit server of {names} not ready within {timeout:g} s")
-        _verify(paths, recs, timeout)
+        verify(paths, recs, timeout, tools.p11kit_client)
     except BaseException:
         for rec in recs:
             stop(paths, rec, timeout)

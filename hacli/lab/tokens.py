@@ -2,7 +2,9 @@
 
 Both run :mod:`hacli.lab.probe` in a child Python, so this process never
 loads SoftHSM2 or a p11-kit client module with the lab's environment (the
-probe's docstring says why that matters).
+probe's docstring says why that matters).  The child gets a clean
+environment (:func:`clean_env`): no PIN variable of the caller reaches it;
+the PINs it needs travel on its stdin.
 """
 
 from __future__ import annotations
@@ -17,6 +19,29 @@ from hacli.errors import LabError
 from hacli.lab import probe
 from hacli.lab.model import LabMember
 from hacli.lab.tools import find_tools
+
+#: What the lab's child processes (servers, probes) keep of the caller's
+#: environment; everything else, any ``HACLI_*PIN*`` above all, is left out.
+KEPT_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "P11_KIT_DEBUG")
+
+#: Mechanisms every member must list through the lab's client module: the
+#: transport-key wrap (replication of sensitive keys) and an IV mechanism.
+#: Debian 12's p11-kit 0.24.1 client drops both.
+REQUIRED_MECHANISMS = {"CKM_AES_KEY_WRAP_PAD": 0x210A, "CKM_AES_CBC_PAD": 0x1085}
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A child's environment: :data:`KEPT_ENV` and ``LC_*`` from ours, plus *extra*.
+
+    Nothing named like a PIN is ever kept, whatever :data:`KEPT_ENV` says.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (k in KEPT_ENV or k.startswith("LC_")) and "PIN" not in k.upper()
+    }
+    env.update(extra or {})
+    return env
 
 
 def run_probe(request: dict[str, Any], env: dict[str, str], timeout: float) -> dict[str, Any]:
@@ -56,10 +81,24 @@ def init_tokens(
     return run_probe(request, env, timeout)["tokens"]
 
 
-def list_tokens(members: list[LabMember], timeout: float) -> list[list[dict[str, str]]]:
-    """Per member, the tokens (``{"label", "serial"}``) a client of its socket sees."""
-    client = find_tools().p11kit_client
-    request = {"op": "list", "modules": [{"library": client, "env": m.env} for m in members]}
-    # The client reaches SoftHSM2 only through the servers, never directly.
-    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
-    return run_probe(request, env, timeout)["results"]
+def list_tokens(
+    members: list[LabMember],
+    timeout: float,
+    client: str | None = None,
+    mechanisms: list[int] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Per member, the tokens (``{"label", "serial"}``) a client of its socket sees.
+
+    *client* is the client module to load (default: the lab's build).  With
+    *mechanisms*, each token also has ``"missing"``: those of them its
+    mechanism list (as *client* forwards it) lacks.
+    """
+    library = client or find_tools().p11kit_client
+    request: dict[str, Any] = {
+        "op": "list",
+        "modules": [{"library": library, "env": m.env} for m in members],
+    }
+    if mechanisms is not None:
+        request["mechanisms"] = mechanisms
+    # No SOFTHSM2_CONF: the client reaches SoftHSM2 only through the servers.
+    return run_probe(request, clean_env(), timeout)["results"]
