@@ -412,3 +412,29 @@ def test_lab_config_file_replicates_wrapped_only(healthy_lab) -> None:
     old = Document.parse(text.replace("   LabDir", "   ReplicateByValue = 1;\n   LabDir"))
     (finding,) = [f for f in check(old) if f.key == "ReplicateByValue"]
     assert finding.severity == "warning" and "wrapped" in finding.message
+
+
+def test_session_key_reaches_a_recovered_member(healthy_lab, engine_factory) -> None:
+    """Member A fails and recovers, then B fails: a session key made while A
+    was down was copied back to A, wrapped, by A's catch-up (HASynchronize)."""
+    lab = healthy_lab
+    a, b = (m.serial for m in lab.members())
+    engine = engine_factory(lab, synchronize=True)
+    g = engine.group()
+    with g.open_session() as s:
+        s.login(lab.pin())
+        lab.fail(a)
+        try:
+            g.status()
+            key = s.generate_key(KeyType.AES, 256, label="sess-key")
+            reference = s.encrypt(key, bytes(16), mechanism=ECB)
+        finally:
+            lab.restore(a)
+        assert wait_for(lambda: (s.generate_random(8), g.members[0].alive)[1])
+        assert wait_for(lambda: not g.members[0].needs_sync)
+        lab.fail(b)
+        try:
+            g.status()
+            assert s.encrypt(key, bytes(16), mechanism=ECB) == reference
+        finally:
+            lab.restore(b)
