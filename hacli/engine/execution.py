@@ -9,7 +9,9 @@ the first member was sick and is marked down; if it fails there too, it was
 the request's fault and goes back to the caller.  The member for a
 single-part call comes from the balancer (balancer.py).
 
-Uses from the other parts: ``recovery_tick`` (recovery.py).
+Collaborators: the group's :class:`~hacli.engine.members.MemberSet`, its
+:class:`~hacli.engine.objects.ObjectRegistry`, and ``tick`` (the recovery
+policy's hook, run before every call).
 """
 
 from __future__ import annotations
@@ -21,17 +23,24 @@ import pkcs11
 
 from hacli.engine.ckr import ckr_name, is_member_failure, is_suspect
 from hacli.engine.exceptions import CKRError, GroupDownError, request_error
-from hacli.engine.groupcore import GroupCore
 from hacli.engine.member import Connection, Member
-from hacli.engine.objects import NotOnMember, VObject
+from hacli.engine.members import MemberSet
+from hacli.engine.objects import NotOnMember, ObjectRegistry, VObject
 from hacli.engine.replication import KEY_CLASSES
 
 #: Errors after which the shared work session may still have an operation active.
 LEAVES_OPERATION_ACTIVE = ("CKR_BUFFER_TOO_SMALL", "CKR_OPERATION_ACTIVE")
 
 
-class Execution(GroupCore):
+class Executor:
     """``execute`` (one member, failing over) and ``on_each`` (every member)."""
+
+    def __init__(self, label: str, members: MemberSet, objects: ObjectRegistry,
+                 tick: Callable[[], object]):
+        self.label = label
+        self._members = members
+        self._objects = objects
+        self._tick = tick
 
     def execute(self, operation: str, fn: Callable[..., Any], vobjs: Sequence[VObject] = (),
                 only: Member | None = None) -> Any:
@@ -40,17 +49,17 @@ class Execution(GroupCore):
         The recovery policy runs first.  Member failures mark the member down
         and the call moves on; request errors go straight to the caller.
         """
-        self.recovery_tick()
+        self._tick()
         tried: set[Member] = set()
         missing = failed = False
         # (member, error) of a suspect error waiting for a second member's verdict
         suspect: tuple[Member, BaseException] | None = None
         while True:
-            m = self._balancer.pick(tried, only, vobjs)
+            m = self._members.balancer.pick(tried, only, vobjs)
             if m is None:
                 if suspect is not None:
                     raise request_error(suspect[1], operation, suspect[0].serial)
-                serving = [m for m in self.members if m.alive and m.conn is not None]
+                serving = [m for m in self._members if m.alive and m.conn is not None]
                 if not serving:
                     # no member serves: the group is down, whatever the call was
                     # (a handle error would tell the application its key is gone)
@@ -79,14 +88,14 @@ class Execution(GroupCore):
                 ok = True
                 if suspect is not None:
                     # the same call served here: the first member was sick
-                    self._mark_failed(suspect[0], suspect[1])
+                    self._members.mark_failed(suspect[0], suspect[1])
                 return result
             except NotOnMember:
                 tried.add(m)
                 missing = True
             except Exception as e:
                 if is_member_failure(e):
-                    self._mark_failed(m, e)
+                    self._members.mark_failed(m, e)
                     tried.add(m)
                     failed = True
                     continue
@@ -99,7 +108,7 @@ class Execution(GroupCore):
                     raise request_error(suspect[1], operation, suspect[0].serial) from e
                 raise request_error(e, operation, m.serial) from e
             finally:
-                self._balancer.done(m, ok)
+                self._members.balancer.done(m, ok)
 
     def on_each(self, operation: str, fn: Callable[..., Any], vobj: VObject | None = None,
                 only: Member | None = None) -> dict[str, Any]:
@@ -110,11 +119,11 @@ class Execution(GroupCore):
         A member giving a suspect error is marked down only when the call
         succeeded on another member; otherwise the error is the request's.
         """
-        self.recovery_tick()
+        self._tick()
         results: dict[str, Any] = {}
         first_error: BaseException | None = None
         suspects: list[tuple[Member, BaseException]] = []
-        targets = self._alive_members(only)
+        targets = self._members.serving(only)
         if not targets:
             raise GroupDownError(operation, self.label)
         for m in targets:
@@ -125,23 +134,23 @@ class Execution(GroupCore):
                     return fn(m, conn, self._objects.resolve(m, conn, vobj))
 
                 results[m.serial] = m.run(task, operation=operation)
-                with self._lock:
+                with self._members.lock:
                     m.ops += 1
             except NotOnMember:
                 continue
             except Exception as e:
                 if is_member_failure(e):
-                    self._mark_failed(m, e)
+                    self._members.mark_failed(m, e)
                     continue
                 if is_suspect(e):
                     suspects.append((m, e))
                     continue
                 first_error = first_error or request_error(e, operation, m.serial)
-        for m, e in suspects:
+        for m, suspect_error in suspects:
             if results:
-                self._mark_failed(m, e)  # the others served the same call
+                self._members.mark_failed(m, suspect_error)  # the others served the call
             else:
-                first_error = first_error or request_error(e, operation, m.serial)
+                first_error = first_error or request_error(suspect_error, operation, m.serial)
         if first_error is not None:
             raise first_error
         if not results and not any(m.alive for m in targets):
@@ -149,4 +158,4 @@ class Execution(GroupCore):
         return results
 
 
-__all__ = ["LEAVES_OPERATION_ACTIVE", "Execution"]
+__all__ = ["LEAVES_OPERATION_ACTIVE", "Executor"]

@@ -1,74 +1,256 @@
 """An HA group: several member tokens behind one virtual slot.
 
-:class:`HAGroup` is what the engine, sessions and the CLI use; it is assembled
-from one part per job, each in its own module:
+:class:`HAGroup` is what the engine, sessions and the CLI use.  It holds named
+collaborators, each with a small interface and a module of its own:
 
-* groupcore.py  -- the shared state; member lookup; a member going down
-* recovery.py   -- connecting members, the recovery policy, ``recover_now``
-* login.py      -- the user login on every member, the kept PIN
-* execution.py  -- ``execute`` (one member, failover) and ``on_each``
-* operations.py -- multi-part operations pinned to one member
-* replicas.py   -- objects created, destroyed and changed on every member
-* sync.py       -- inventories, ``inventory_diff``, ``synchronize``
+* ``members``      -- :class:`~hacli.engine.members.MemberSet`: the members, their
+  state machines, the balancer, a member going down (members.py)
+* ``recovery``     -- :class:`~hacli.engine.recovery.Recovery`: connecting members,
+  the per-member recovery policy, the background thread (recovery.py)
+* ``login_state``  -- :class:`~hacli.engine.login.Login`: the user login, the PIN (login.py)
+* ``executor``     -- :class:`~hacli.engine.execution.Executor`: one member with
+  failover, or each member (execution.py)
+* ``replicas``     -- :class:`~hacli.engine.replicas.Replicas`: objects on every
+  member, the change journal (replicas.py)
+* ``sync``         -- :class:`~hacli.engine.sync.Synchronisation`: inventories and
+  catching members up (sync.py)
+* ``operations``   -- :class:`~hacli.engine.operations.Operations`: multi-part
+  operations pinned to one member (operations.py)
 
-This module adds sessions, status and token info.  The application talks to
-the group through :class:`~hacli.engine.session.VirtualSession` objects;
-virtual object handles (objects.py) map to one real handle per member, and
-real handles and sessions come and go behind them (see docs/engine.md).
+The parts never reach into each other's state; each gets what it uses in its
+constructor.  A failure travels one way: a part tells ``members``, which tells
+the group (a listener), which tells its sessions.  This module adds sessions,
+status and token info; the application talks to the group through
+:class:`~hacli.engine.session.VirtualSession` objects.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from hacli.conf.model_types import GroupConf, HASettings
+from hacli.engine import halog
 from hacli.engine.exceptions import GroupDownError
-from hacli.engine.execution import Execution
+from hacli.engine.execution import Executor
 from hacli.engine.login import Login
 from hacli.engine.member import Connection, Member, MemberState
-from hacli.engine.objects import VObject
+from hacli.engine.members import MemberSet
+from hacli.engine.module import InstanceRegistry
+from hacli.engine.multipart import MultiPart
+from hacli.engine.objects import ObjectRegistry, VObject
 from hacli.engine.operations import Operations
 from hacli.engine.parallel import in_parallel
+from hacli.engine.policy import Clock, RecoveryPolicy
 from hacli.engine.recovery import Recovery
 from hacli.engine.replicas import Replicas
+from hacli.engine.replication import ident_of
 from hacli.engine.session import VirtualSession
 from hacli.engine.sync import Synchronisation
-from hacli.engine.types import GroupStatus, MemberStatus, TokenInfo
+from hacli.engine.types import GroupStatus, InventoryDiff, MemberStatus, SyncReport, TokenInfo
 
 
-class HAGroup(Recovery, Login, Synchronisation, Replicas, Operations, Execution):
-    """The virtual slot of one HA group (built by :class:`~hacli.engine.Engine`;
-    the constructor is :class:`~hacli.engine.groupcore.GroupCore`'s).
+class HAGroup:
+    """The virtual slot of one HA group (built by :class:`~hacli.engine.Engine`).
 
     Thread-safe: any number of application threads may use one group.
     """
+
+    def __init__(self, conf: GroupConf, members: Sequence[Member], *, settings: HASettings,
+                 registry: InstanceRegistry, all_members: Callable[[], Iterable[Member]],
+                 log: halog.HALog | halog.NullLog, ids: itertools.count[int],
+                 clock: Clock = time.monotonic, slot_id: int | None = None):
+        self.conf = conf
+        self.label = conf.label
+        self.serial = conf.serial
+        self.slot_id = slot_id
+        self.settings = settings
+        self.timeout = max(0.001, settings.receive_timeout_ms / 1000.0)
+        self.clock = clock
+        self._ids = ids
+        self.policy = RecoveryPolicy(settings.reconn_att, settings.auto_reconnect_interval, clock)
+        self.members_set = MemberSet(self.label, members, self.policy, log, clock)
+        self.members: tuple[Member, ...] = self.members_set.members
+        self._objects = ObjectRegistry(self.members_set.lock, ids)
+        self.login_state = Login(self.label, self.members_set)
+        self.executor = Executor(self.label, self.members_set, self._objects, self.recovery_tick)
+        self.replicas = Replicas(self.members_set, self._objects, self.executor)
+        self.sync = Synchronisation(conf, self.members_set, self._objects, self.replicas,
+                                    self.login_state, log, clock, self.policy.interval)
+        self.operations = Operations(self.members_set, self.executor, self.recovery_tick)
+        self.recovery = Recovery(
+            self.label, self.members_set, registry=registry, all_members=all_members,
+            pin=self.login_state.pin, timeout=self.timeout,
+            enhanced=settings.recovery_mode == "activeEnhanced",
+            catch_up=self.sync.after_recovery, periodic_due=self.sync.due,
+            periodic=self.sync.periodic)
+        self._sessions: dict[int, VirtualSession] = {}  # open virtual sessions by handle
+        self._sessions_lock = threading.Lock()
+        self.members_set.on_failure(self._member_failed)
 
     def __repr__(self) -> str:
         alive = sum(m.alive for m in self.members)
         return f"<HAGroup {self.label} serial={self.serial} {alive}/{len(self.members)} alive>"
 
+    # -- life cycle --------------------------------------------------------
+    def start(self) -> None:
+        """Connect every member; start the background recovery (activeEnhanced)."""
+        self.recovery.start()
+
+    def stop(self) -> None:
+        """Stop background work (recovery thread, catch-ups)."""
+        self.recovery.stop()
+
+    def end_operations(self) -> None:
+        """End the multi-part operations of every session (engine close), so
+        no helper thread is left parked in an operation."""
+        for vs in self.sessions():
+            with contextlib.suppress(Exception):
+                vs._abort_operations()
+
     def forget_secrets(self) -> None:
-        """Drop every key value and the PIN this group holds (engine close)."""
-        self._pin = None
+        """Drop the PIN this group holds (engine close)."""
+        self.login_state.forget()
+
+    def close(self) -> None:
+        """Stop background work and close virtual sessions (engine.close does the rest)."""
+        self.stop()
+        for vs in self.sessions():
+            with contextlib.suppress(Exception):
+                vs.close()
+
+    # -- failure news: member -> group -> sessions ---------------------------
+    def _member_failed(self, m: Member) -> None:
+        for vs in self.sessions():
+            vs._member_failed(m)
+
+    # -- recovery ----------------------------------------------------------
+    def recovery_tick(self) -> bool:
+        """The origin pseudo-code; run before every call through the group."""
+        return self.recovery.tick()
+
+    def recover_now(self, serial: str | None = None) -> bool:
+        """Attempt recovery of one down member immediately (``hagroup recover``)."""
+        return self.recovery.recover_now(serial)
+
+    # -- login -------------------------------------------------------------
+    @property
+    def logged_in(self) -> bool:
+        return self.login_state.logged_in
+
+    def login(self, pin: str) -> None:
+        """Log in to every alive member with the same PIN (kept only to re-login
+        recovered members; never shown).
+
+        Then the members are compared (inventory, ``needs_sync``) and, when the
+        group's HASynchronize flag is set, synchronised; neither can fail the
+        login.
+        """
+        self.recovery_tick()
+        self.login_state.login(pin)
+        self.sync.after_login()
+
+    def logout(self) -> None:
+        """Log out of every member and forget the PIN."""
+        self.recovery_tick()
+        self.login_state.logout()
+
+    # -- calls (what sessions use) ---------------------------------------------
+    def execute(self, operation: str, fn: Callable[..., Any], vobjs: Sequence[VObject] = (),
+                only: Member | None = None) -> Any:
+        """Run ``fn(member, conn, *real_objects)`` on one member, failing over."""
+        return self.executor.execute(operation, fn, vobjs, only)
+
+    def on_each(self, operation: str, fn: Callable[..., Any], vobj: VObject | None = None,
+                only: Member | None = None) -> dict[str, Any]:
+        """Run ``fn(member, conn[, obj])`` on every alive member."""
+        return self.executor.on_each(operation, fn, vobj, only)
+
+    def create(self, operation: str, fn: Callable[..., list[Any]], vobjs: Sequence[VObject] = (),
+               owner: int | None = None, only: Member | None = None,
+               replay: bool = False) -> list[VObject]:
+        """Create objects on one member, then on every other (see :class:`Replicas`)."""
+        return self.replicas.create(operation, fn, vobjs, owner, only, replay)
+
+    def destroy(self, vobj: VObject, only: Member | None = None) -> None:
+        """Destroy an object on every member (journaled for members that are down)."""
+        self.replicas.destroy(vobj, only)
+
+    def set_attributes(self, vobj: VObject, attrs: dict[Any, Any],
+                       only: Member | None = None) -> None:
+        """Set attributes on every member (journaled for members that are down)."""
+        self.replicas.set_attributes(vobj, attrs, only)
+
+    def can_wrap(self, only: Member | None = None) -> bool:
+        """True when every alive member can send and receive keys under the transport key."""
+        return self.replicas.can_wrap(only)
+
+    def generation_mode(self, operation: str, only: Member | None = None) -> str:
+        """How a secret or private key generated now reaches every member."""
+        return self.replicas.generation_mode(operation, only)
 
     def vobject(self, handle: int, operation: str = "") -> VObject:
         """The virtual object with this handle (``CKR_OBJECT_HANDLE_INVALID`` if none)."""
         return self._objects.get(handle, operation)
 
+    def register_found(self, m: Member, conn: Connection, obj: Any, owner: int) -> VObject:
+        """The virtual object of a real object a search found on ``m`` (worker side)."""
+        return self._objects.register(m, conn, obj, ident_of(obj), owner)
+
+    def begin_operation(self, operation: str, kind: str, vobj: VObject | None,
+                        mechanism: Any, param: Any, only: Member | None = None) -> MultiPart:
+        """``C_xInit`` on the member the balancer picks; the operation stays there."""
+        return self.operations.begin(operation, kind, vobj, mechanism, param, only)
+
+    def step_operation(self, op: MultiPart, operation: str,
+                       action: Callable[[MultiPart], Any]) -> Any:
+        """One step of a multi-part operation on its member."""
+        return self.operations.step(op, operation, action)
+
+    def abort_operation(self, op: MultiPart) -> None:
+        """End ``op`` early on its member (never raises)."""
+        self.operations.abort(op)
+
+    def operation_member_failed(self, op: MultiPart) -> None:
+        """``op``'s member was marked down: end it there."""
+        self.operations.member_failed(op)
+
+    # -- synchronisation -----------------------------------------------------
+    @property
+    def sync_enabled(self) -> bool:
+        """``HASynchronize`` for this group: automatic synchronisation."""
+        return self.sync.enabled
+
+    def inventory_diff(self, pin: str | None = None) -> InventoryDiff:
+        """Compare the token objects of the alive members (lunacm's "Needs sync")."""
+        self.recovery_tick()
+        return self.sync.inventory_diff(pin)
+
+    def synchronize(self, pin: str | None = None) -> SyncReport:
+        """``hagroup synchronize``: copy what members lack (see docs/engine.md)."""
+        self.recovery_tick()
+        return self.sync.synchronize(pin)
+
+    # -- sessions ------------------------------------------------------------
     def open_session(self, rw: bool = True, member: str | None = None) -> VirtualSession:
         """Open a virtual session (``member``: pin it to one member, no failover)."""
         self.recovery_tick()
-        only = self._member(member) if member is not None else None
-        if only is None and not any(m.alive for m in self.members):
+        only = self.members_set.get(member) if member is not None else None
+        if only is None and not self.members_set.any_serving():
             raise GroupDownError("C_OpenSession", self.label)
         vs = VirtualSession(self, next(self._ids), rw=rw, only=only)
-        with self._lock:
+        with self._sessions_lock:
             self._sessions[vs.handle] = vs
         return vs
 
     def _session_closed(self, vs: VirtualSession) -> None:
-        with self._lock:
+        with self._sessions_lock:
             self._sessions.pop(vs.handle, None)
+        with self.members_set.lock:
             owned = self._objects.owned_by(vs.handle)
         for v in owned:
             try:
@@ -77,9 +259,10 @@ class HAGroup(Recovery, Login, Synchronisation, Replicas, Operations, Execution)
                 self._objects.forget(v)
 
     def sessions(self) -> list[VirtualSession]:
-        with self._lock:
+        with self._sessions_lock:
             return list(self._sessions.values())
 
+    # -- status ------------------------------------------------------------
     def status(self, probe: bool = True) -> GroupStatus:
         """HA status (no PIN needed).  Probes alive members (C_GetTokenInfo).
 
@@ -88,10 +271,10 @@ class HAGroup(Recovery, Login, Synchronisation, Replicas, Operations, Execution)
         """
         self.recovery_tick()
         if probe:
-            in_parallel(self._probe, self._alive_members())
+            in_parallel(self._probe, self.members_set.serving())
         now = self.clock()
         out = []
-        with self._lock:
+        with self.members_set.lock:
             for m in self.members:
                 if m.alive:
                     code = "CKR_OK"
@@ -112,8 +295,8 @@ class HAGroup(Recovery, Login, Synchronisation, Replicas, Operations, Execution)
 
     def _probe(self, m: Member) -> None:
         # C_GetTokenInfo needs no PIN: a fresh process notices a dead member
-        self._best_effort(m, lambda conn: conn.token.slot.get_token(),
-                          operation="C_GetTokenInfo")
+        self.members_set.best_effort(m, lambda conn: conn.token.slot.get_token(),
+                                     operation="C_GetTokenInfo")
 
     def token_info(self) -> TokenInfo:
         """Token info of the virtual slot (label and serial of the group)."""
@@ -129,19 +312,12 @@ class HAGroup(Recovery, Login, Synchronisation, Replicas, Operations, Execution)
 
     def op_counts(self) -> dict[str, int]:
         """Operations served per member (for ``multitoken``)."""
-        with self._lock:
+        with self.members_set.lock:
             return {m.serial: m.ops for m in self.members}
 
     def member_states(self) -> dict[str, MemberState]:
-        with self._lock:
+        with self.members_set.lock:
             return {m.serial: m.state for m in self.members}
-
-    def close(self) -> None:
-        """Stop background work and close virtual sessions (engine.close does the rest)."""
-        self.stop()
-        for vs in self.sessions():
-            with contextlib.suppress(Exception):
-                vs.close()
 
 
 __all__ = ["HAGroup", "VObject"]

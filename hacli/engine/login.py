@@ -3,8 +3,9 @@
 The PIN lives only in a :class:`Secret`, whose ``repr`` is ``<secret>``; it is
 never put in a message, a log line or a report.
 
-Uses from the other parts: ``recovery_tick`` (recovery.py), ``_after_login``
-(sync.py).
+Collaborator: the group's :class:`~hacli.engine.members.MemberSet`.  What
+happens around a login (the recovery tick before, the inventory after) is the
+group's business.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections.abc import Iterator
 
 from hacli.engine.ckr import is_member_failure
 from hacli.engine.exceptions import CKRError, GroupDownError, request_error
-from hacli.engine.groupcore import GroupCore
 from hacli.engine.member import MAPPER, Connection, Member
+from hacli.engine.members import MemberSet
 
 
 class Secret:
@@ -35,24 +36,33 @@ class Secret:
     __str__ = __repr__
 
 
-class Login(GroupCore):
-    """Logging the user in and out of every member."""
+class Login:
+    """Logging the user in and out of every member; the PIN holder."""
+
+    def __init__(self, label: str, members: MemberSet):
+        self.label = label
+        self._members = members
+        self._pin: Secret | None = None
+
+    def __repr__(self) -> str:
+        return f"<Login {self.label} {'logged in' if self.logged_in else 'logged out'}>"
 
     @property
     def logged_in(self) -> bool:
         return self._pin is not None
 
+    def pin(self) -> str | None:
+        """The kept PIN (to log a recovered member in), or None."""
+        return self._pin.get() if self._pin is not None else None
+
+    def forget(self) -> None:
+        """Drop the PIN (engine close)."""
+        self._pin = None
+
     def login(self, pin: str) -> None:
         """Log in to every alive member with the same PIN (kept only to re-login
-        recovered members; never shown).
-
-        Then the members are compared (inventory, ``needs_sync``) and, when the
-        group's HASynchronize flag is set, synchronised; neither can fail the
-        login.
-        """
-        self.recovery_tick()
+        recovered members; never shown)."""
         self._login(pin)
-        self._after_login()
 
     def _login(self, pin: str) -> None:
         if self._pin is not None:
@@ -63,13 +73,13 @@ class Login(GroupCore):
             if conn.login is None:
                 conn.login = conn.token.open(rw=True, user_pin=pin, attribute_mapper=MAPPER)
 
-        for m in self._alive_members():
+        for m in self._members.serving():
             try:
                 m.run(task, operation="C_Login")
                 done.append(m)
             except Exception as e:
                 if is_member_failure(e):
-                    self._mark_failed(m, e)
+                    self._members.mark_failed(m, e)
                     continue
                 for d in done:
                     self._logout_member(d)
@@ -84,20 +94,18 @@ class Login(GroupCore):
                 s, conn.login = conn.login, None
                 s.close()
 
-        self._best_effort(m, task, operation="C_Logout")
+        self._members.best_effort(m, task, operation="C_Logout")
 
     def logout(self) -> None:
         """Log out of every member and forget the PIN."""
-        self.recovery_tick()
         if self._pin is None:
             raise CKRError("CKR_USER_NOT_LOGGED_IN", "C_Logout")
         self._pin = None
-        for m in self.members:
-            if m.alive:
-                self._logout_member(m)
+        for m in self._members.serving():
+            self._logout_member(m)
 
     @contextlib.contextmanager
-    def _logged_in_for(self, pin: str | None, operation: str) -> Iterator[None]:
+    def logged_in_for(self, pin: str | None, operation: str) -> Iterator[None]:
         """Run the block logged in: as the group is, else with ``pin`` (logged
         out again afterwards) -- comparing members needs private objects."""
         if self._pin is not None:

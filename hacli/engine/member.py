@@ -32,10 +32,22 @@ TRANSPORT_ID = b"hacli-transport"
 
 
 class MemberState(enum.Enum):
-    """Whether a member is in service."""
+    """A member's place in its state machine (changed only by
+    :class:`hacli.engine.members.MemberSet`)."""
 
+    #: In service.
     ALIVE = "alive"
+    #: Marked down: out of balancing, waiting for the recovery policy.
     DOWN = "down"
+    #: A recovery attempt is connecting it; it serves nothing yet.
+    RECOVERING = "recovering"
+    #: Back in service after a recovery, being caught up in the background;
+    #: it serves the objects it holds (the balancer routes the others away).
+    SYNCHRONISING = "synchronising"
+
+
+#: The states in which a member serves calls.
+SERVING_STATES = frozenset({MemberState.ALIVE, MemberState.SYNCHRONISING})
 
 
 class HAMapper(AttributeMapper):
@@ -185,7 +197,8 @@ class Member:
 
     @property
     def alive(self) -> bool:
-        return self.state is MemberState.ALIVE
+        """True while the member serves calls (in service or synchronising)."""
+        return self.state in SERVING_STATES
 
     def run(self, fn: Callable[..., T], *args: Any, operation: str = "",
             timeout: float | None = None) -> T:
@@ -197,5 +210,5 @@ class Member:
                                   operation=operation)
 
 
-__all__ = ["MAPPER", "TRANSPORT_ID", "TRANSPORT_LABEL", "Connection", "HAMapper", "Member",
-           "MemberState", "open_connection"]
+__all__ = ["MAPPER", "SERVING_STATES", "TRANSPORT_ID", "TRANSPORT_LABEL", "Connection",
+           "HAMapper", "Member", "MemberState", "open_connection"]

@@ -6,31 +6,39 @@ operation is over (``CKR_DEVICE_ERROR`` at the next step) and the session can
 begin a new one elsewhere.  The mechanics of driving python-pkcs11 one step
 at a time are in :mod:`hacli.engine.multipart`.
 
-Uses from the other parts: ``execute`` (execution.py), ``recovery_tick``
-(recovery.py), ``sessions`` (group.py).
+Collaborators: the group's :class:`~hacli.engine.members.MemberSet`, its
+:class:`~hacli.engine.execution.Executor` (an init is a call that fails over)
+and ``tick`` (the recovery policy's hook).  Which sessions hold which
+operations is the sessions' business: the group tells them when a member
+fails, and they end their operations through :meth:`Operations.member_failed`.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from hacli.engine import multipart
 from hacli.engine.ckr import is_member_failure
 from hacli.engine.exceptions import CKRError, ModuleUnavailable, request_error
-from hacli.engine.groupcore import GroupCore
+from hacli.engine.execution import Executor
 from hacli.engine.member import Connection, Member
+from hacli.engine.members import MemberSet
 from hacli.engine.multipart import MultiPart
 from hacli.engine.objects import VObject
 
 _MEMBER_FAILED = "the member serving this multi-part operation failed"
 
 
-class Operations(GroupCore):
+class Operations:
     """Begin, step and end the multi-part operations of a group's sessions."""
 
-    def begin_operation(self, operation: str, kind: str, vobj: VObject | None,
+    def __init__(self, members: MemberSet, executor: Executor, tick: Callable[[], object]):
+        self._members = members
+        self._executor = executor
+        self._tick = tick
+
+    def begin(self, operation: str, kind: str, vobj: VObject | None,
                         mechanism: Any, param: Any, only: Member | None = None) -> MultiPart:
         """``C_xInit`` on the member the balancer picks (failing over while none
         has started); the operation stays on that member until it ends."""
@@ -60,9 +68,10 @@ class Operations(GroupCore):
                 multipart.drop_session(session)
                 raise
 
-        return self.execute(operation, task, [vobj] if vobj is not None else [], only)
+        return self._executor.execute(operation, task, [vobj] if vobj is not None else [],
+                                      only)
 
-    def step_operation(self, op: MultiPart, operation: str,
+    def step(self, op: MultiPart, operation: str,
                        action: Callable[[MultiPart], Any]) -> Any:
         """Run one step of ``op`` (``action(op)`` on its member's worker).
 
@@ -70,9 +79,9 @@ class Operations(GroupCore):
         ``CKR_DEVICE_ERROR``: the operation is over, the session can start a
         new one (on a member that serves).
         """
-        self.recovery_tick()
+        self._tick()
         m = op.member
-        with self._lock:
+        with self._members.lock:
             if op.dead is None and (m.conn is not op.conn or not m.alive):
                 op.dead = "CKR_DEVICE_ERROR"
             dead = op.dead
@@ -93,33 +102,33 @@ class Operations(GroupCore):
             return result
         except Exception as e:
             if is_member_failure(e):
-                self._mark_failed(m, e)
-                with self._lock:
+                self._members.mark_failed(m, e)
+                with self._members.lock:
                     op.dead = "CKR_DEVICE_ERROR"
                 raise CKRError("CKR_DEVICE_ERROR", operation, m.serial,
                                detail=_MEMBER_FAILED) from e
             raise request_error(e, operation, m.serial) from e
         finally:
-            self._balancer.done(m, ok)
+            self._members.balancer.done(m, ok)
 
-    def abort_operation(self, op: MultiPart) -> None:
+    def abort(self, op: MultiPart) -> None:
         """End ``op`` early on its member (never raises)."""
         if op.driver is None or op.driver.done:
             return
         m = op.member
-        with self._lock:
+        with self._members.lock:
             live = op.dead is None and m.conn is op.conn and m.alive
         if not live:
-            return  # _member_failed queued the abort already
+            return  # member_failed queued the abort already
 
         def task(conn: Connection) -> None:
             if conn is op.conn and op.driver is not None:
                 op.driver.abort()
                 multipart.drop_session(op.session)
 
-        self._best_effort(m, task, operation="C_xFinal")
+        self._members.best_effort(m, task, operation="C_xFinal")
 
-    def operation_member_failed(self, op: MultiPart) -> None:
+    def member_failed(self, op: MultiPart) -> None:
         """``op``'s member was marked down (group lock held): end it there.
 
         The abort is queued on the member's worker behind the calls already
@@ -129,13 +138,6 @@ class Operations(GroupCore):
         op.dead = op.dead or "CKR_DEVICE_ERROR"
         if op.driver is not None and not op.driver.done:
             op.conn.instance.submit(op.driver.abort)
-
-    def end_operations(self) -> None:
-        """End the multi-part operations of every session (engine close), so
-        no helper thread is left parked in an operation."""
-        for vs in self.sessions():
-            with contextlib.suppress(Exception):
-                vs._abort_operations()
 
 
 __all__ = ["Operations"]

@@ -8,7 +8,9 @@ wrapped under the transport key, public objects by value; see docs/engine.md,
 every member and are journaled for members that are down.  What runs on a
 member's worker (export, import, identities) is in :mod:`hacli.engine.replication`.
 
-Uses from the other parts: ``execute``, ``on_each`` (execution.py).
+Collaborators: the group's :class:`~hacli.engine.members.MemberSet`, its
+:class:`~hacli.engine.objects.ObjectRegistry` and its
+:class:`~hacli.engine.execution.Executor`.
 """
 
 from __future__ import annotations
@@ -22,14 +24,20 @@ from pkcs11 import Attribute
 from hacli.engine import replication
 from hacli.engine.ckr import ckr_name, is_member_failure
 from hacli.engine.exceptions import CKRError, request_error
-from hacli.engine.groupcore import GroupCore
+from hacli.engine.execution import Executor
 from hacli.engine.member import Connection, Member
-from hacli.engine.objects import NotOnMember, VObject
+from hacli.engine.members import MemberSet
+from hacli.engine.objects import NotOnMember, ObjectRegistry, VObject
 from hacli.engine.replication import ident_of
 
 
-class Replicas(GroupCore):
+class Replicas:
     """Creating, copying, destroying and changing objects on every member."""
+
+    def __init__(self, members: MemberSet, objects: ObjectRegistry, executor: Executor):
+        self._members = members
+        self._objects = objects
+        self._executor = executor
 
     def create(self, operation: str, fn: Callable[..., list[Any]], vobjs: Sequence[VObject] = (),
                owner: int | None = None, only: Member | None = None,
@@ -41,7 +49,7 @@ class Replicas(GroupCore):
             created = fn(m, conn, *objs)
             return m, [self._objects.register(m, conn, o, ident_of(o), owner) for o in created]
 
-        primary, out = self.execute(operation, task, vobjs, only)
+        primary, out = self._executor.execute(operation, task, vobjs, only)
         if replay:
             self.replicate_replayed(out, primary, fn, vobjs, only)
         else:
@@ -54,9 +62,9 @@ class Replicas(GroupCore):
         for m in self._replica_targets(primary, only):
             for v in vobjs:
                 try:
-                    self._replicate(v, m, primary)
+                    self.replicate_one(v, m, primary)
                 except Exception as e:
-                    with self._lock:
+                    with self._members.lock:
                         m.needs_sync = True
                     known = isinstance(e, CKRError | pkcs11.PKCS11Error)
                     if not is_member_failure(e) and not known:
@@ -82,9 +90,9 @@ class Replicas(GroupCore):
                 m.run(task, operation="replicate")
             except Exception as e:
                 if is_member_failure(e):
-                    self._mark_failed(m, e)
+                    self._members.mark_failed(m, e)
                     continue
-                with self._lock:
+                with self._members.lock:
                     m.needs_sync = True
                 if not isinstance(e, CKRError | pkcs11.PKCS11Error | NotOnMember):
                     raise
@@ -95,19 +103,19 @@ class Replicas(GroupCore):
         a member is looked at when its turn comes (it may have failed meanwhile)."""
         if only is not None:
             return
-        for m in self.members:
+        for m in self._members:
             if m is primary:
                 continue
             if not m.alive:
-                with self._lock:
+                with self._members.lock:
                     m.needs_sync = True
                 continue
             yield m
 
-    def _journal(self, entry: tuple[str, Any, Any]) -> None:
+    def journal(self, entry: tuple[str, Any, Any]) -> None:
         """Record a change for every member that is down (replayed by sync.py;
         entries are only read).  ``self._lock`` held."""
-        for m in self.members:
+        for m in self._members:
             if not m.alive:
                 m.journal.append(entry)
                 m.needs_sync = True
@@ -115,8 +123,8 @@ class Replicas(GroupCore):
 
     def can_wrap(self, only: Member | None = None) -> bool:
         """True when every alive member can send and receive keys under the transport key."""
-        with self._lock:
-            conns = [m.conn for m in self._alive_members(only) if m.conn is not None]
+        with self._members.lock:
+            conns = [m.conn for m in self._members.serving(only) if m.conn is not None]
         return all(replication.wrap_problem(c) is None for c in conns)
 
     def generation_mode(self, operation: str, only: Member | None = None) -> str:
@@ -128,10 +136,10 @@ class Replicas(GroupCore):
         sensitive key that could not be replicated would exist on one member
         only, which an HA group must never pretend to be safe.
         """
-        if only is not None or len(self.members) == 1:
+        if only is not None or len(self._members) == 1:
             return "local"
-        with self._lock:
-            conns = [(m, m.conn) for m in self.members if m.alive and m.conn is not None]
+        with self._members.lock:
+            conns = [(m, m.conn) for m in self._members if m.alive and m.conn is not None]
         for m, conn in conns:
             problem = replication.wrap_problem(conn)
             if problem is not None:
@@ -141,7 +149,7 @@ class Replicas(GroupCore):
                                       "exist on one member only")
         return "wrap"
 
-    def _transfer(self, ident: dict[Any, Any], dst: Member, sources: Sequence[Member],
+    def transfer(self, ident: dict[Any, Any], dst: Member, sources: Sequence[Member],
                   vobj: VObject | None = None, operation: str = "replicate") -> str:
         """Copy the object ``ident`` from one of ``sources`` to ``dst``.
 
@@ -182,7 +190,7 @@ class Replicas(GroupCore):
                 continue
             except Exception as e:
                 if is_member_failure(e):
-                    self._mark_failed(s, e)
+                    self._members.mark_failed(s, e)
                     last = e
                     continue
                 name = ckr_name(e)
@@ -203,16 +211,16 @@ class Replicas(GroupCore):
                 dst.run(load, operation="C_UnwrapKey" if how == "wrap" else "C_CreateObject")
             except Exception as e:
                 if is_member_failure(e):
-                    self._mark_failed(dst, e)
+                    self._members.mark_failed(dst, e)
                     raise
                 raise request_error(e, operation, dst.serial) from None
             finally:
-                data = None  # the only reference to the wrapped blob
+                data = {}  # drop the only reference to the wrapped blob
             return how
         raise CKRError("CKR_DEVICE_ERROR", operation, dst.serial,
                        detail="no member holding the object is available") from last
 
-    def _replicate(self, vobj: VObject, dst: Member, src: Member | None = None) -> bool:
+    def replicate_one(self, vobj: VObject, dst: Member, src: Member | None = None) -> bool:
         """Make ``vobj`` exist on ``dst`` (no-op when it does).  True if copied."""
         try:
             dst.run(lambda conn: self._objects.resolve(dst, conn, vobj), operation="C_FindObjects")
@@ -221,12 +229,12 @@ class Replicas(GroupCore):
             pass
         except Exception as e:
             if is_member_failure(e):
-                self._mark_failed(dst, e)
+                self._members.mark_failed(dst, e)
             raise
-        sources = [src] if src is not None else [m for m in self.members
+        sources = [src] if src is not None else [m for m in self._members
                                                  if m.alive and m is not dst
                                                  and m.serial in vobj.real]
-        self._transfer(vobj.ident, dst, sources, vobj)
+        self.transfer(vobj.ident, dst, sources, vobj)
         return True
 
     def destroy(self, vobj: VObject, only: Member | None = None) -> None:
@@ -235,13 +243,13 @@ class Replicas(GroupCore):
             obj.destroy()
             conn.objects.pop(obj.handle, None)
 
-        self.on_each("C_DestroyObject", task, vobj, only)
+        self._executor.on_each("C_DestroyObject", task, vobj, only)
         if only is None:
-            with self._lock:
-                self._journal(("destroy", dict(vobj.ident), None))
+            with self._members.lock:
+                self.journal(("destroy", dict(vobj.ident), None))
         self._objects.forget(vobj)
 
-    def _set_on(self, m: Member, conn: Connection, vobj: VObject, attrs: dict[Any, Any]) -> None:
+    def set_on(self, m: Member, conn: Connection, vobj: VObject, attrs: dict[Any, Any]) -> None:
         obj = self._objects.resolve(m, conn, vobj)
         for k, v in attrs.items():
             obj[k] = v
@@ -253,11 +261,11 @@ class Replicas(GroupCore):
             for k, v in attrs.items():
                 obj[k] = v
 
-        self.on_each("C_SetAttributeValue", task, vobj, only)
-        with self._lock:
+        self._executor.on_each("C_SetAttributeValue", task, vobj, only)
+        with self._members.lock:
             self._objects.relabel(vobj, attrs)
             if only is None:
-                self._journal(("set", vobj.handle, dict(attrs)))
+                self.journal(("set", vobj.handle, dict(attrs)))
 
 
 __all__ = ["Replicas"]

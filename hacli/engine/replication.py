@@ -91,6 +91,7 @@ def read_attrs(obj: Any, attrs: Iterable[Any]) -> dict[Any, Any]:
 def ident_of(obj: Any) -> dict[Any, Any]:
     """The search template that identifies ``obj`` on any member."""
     cls = obj[Attribute.CLASS]
+    names: tuple[Attribute, ...]
     if cls in KEY_CLASSES:
         names = IDENT_KEY
     elif cls == ObjectClass.DATA:
@@ -115,9 +116,9 @@ def summarize(ident: dict[Any, Any], info: dict[Any, Any] | None = None) -> Obje
     info = info or {}
     cls = ident.get(Attribute.CLASS)
     try:
-        cls_name = "CKO_" + ObjectClass(cls).name
-    except ValueError:
-        cls_name = f"CKO_0x{int(cls):08X}"
+        cls_name = "CKO_" + ObjectClass(cls).name  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        cls_name = f"CKO_0x{int(cls or 0):08X}"
     kt = ident.get(Attribute.KEY_TYPE)
     key_type = None
     if kt is not None:

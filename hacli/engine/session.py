@@ -23,7 +23,6 @@ from pkcs11.util import ec as _ec
 from hacli.engine import multipart
 from hacli.engine.exceptions import CKRError
 from hacli.engine.multipart import FUNCTIONS, MultiPart
-from hacli.engine.replication import ident_of
 from hacli.engine.templates import (
     Template,
     checked,
@@ -189,8 +188,7 @@ class VirtualSession:
         def task(m: Member, conn: Connection) -> list[int]:
             out = []
             for obj in conn.work.get_objects(t):
-                v = self.group._objects.register(m, conn, obj, ident_of(obj), self.handle)
-                out.append(v.handle)
+                out.append(self.group.register_found(m, conn, obj, self.handle).handle)
             return out
 
         return self._run("C_FindObjects", task)

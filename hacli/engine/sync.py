@@ -8,22 +8,28 @@ flag is set and the group is logged in (private objects are invisible
 otherwise); without the flag, login and recovery still take an inventory so
 that ``needs_sync`` is right, but copy nothing.
 
-Uses from the other parts: ``recovery_tick`` (recovery.py); ``_login``,
-``logout``, ``_logged_in_for`` (login.py); ``_transfer``, ``_replicate``,
-``_set_on`` (replicas.py).
+Collaborators: the group's :class:`~hacli.engine.members.MemberSet`, its
+:class:`~hacli.engine.objects.ObjectRegistry`, :class:`~hacli.engine.replicas.Replicas`
+(copying), :class:`~hacli.engine.login.Login` (private objects need a login),
+the HA log and the clock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
+from hacli.conf.model_types import GroupConf
 from hacli.engine import halog, replication
 from hacli.engine.ckr import ckr_name, is_member_failure
-from hacli.engine.groupcore import GroupCore
+from hacli.engine.login import Login
 from hacli.engine.member import Connection, Member
-from hacli.engine.objects import NotOnMember
+from hacli.engine.members import MemberSet
+from hacli.engine.objects import NotOnMember, ObjectRegistry
 from hacli.engine.parallel import in_parallel
+from hacli.engine.policy import Clock
+from hacli.engine.replicas import Replicas
 from hacli.engine.types import (
     InventoryDiff,
     MemberInventory,
@@ -63,49 +69,70 @@ def destroy_matching(conn: Connection, ident: dict[Any, Any]) -> int:
     return n
 
 
-class Synchronisation(GroupCore):
+class Synchronisation:
     """Inventories, ``inventory_diff``, ``synchronize`` and the automatic runs."""
 
+    def __init__(self, conf: GroupConf, members: MemberSet, objects: ObjectRegistry,
+                 replicas: Replicas, login: Login, log: halog.HALog | halog.NullLog,
+                 clock: Clock, interval: float):
+        self.conf = conf
+        self.label = conf.label
+        self._members = members
+        self._objects = objects
+        self._replicas = replicas
+        self._login = login
+        self._log = log
+        self.clock = clock
+        self._interval = interval
+        # one synchronisation at a time; when the automatic one runs next
+        self._sync_lock = threading.Lock()
+        self._last_sync = clock()
+        self._sync_period = interval
+
+    def __repr__(self) -> str:
+        return f"<Synchronisation {self.label} enabled={self.enabled}>"
+
     @property
-    def sync_enabled(self) -> bool:
+    def enabled(self) -> bool:
         """``HASynchronize`` for this group: automatic synchronisation."""
         return bool(self.conf.synchronize)
 
-    def _sync_due(self) -> bool:
-        return (self.conf.synchronize and self._pin is not None
-                and any(m.alive and m.needs_sync for m in self.members)
+    def due(self) -> bool:
+        """True when the periodic retry should run now."""
+        return (self.conf.synchronize and self._login.logged_in
+                and any(m.alive and m.needs_sync for m in self._members)
                 and self.clock() - self._last_sync > self._sync_period)
 
-    def _sync_all(self) -> None:
+    def periodic(self) -> None:
         # periodic retry; backs off while nothing can be copied (e.g. a
         # sensitive key that no member can wrap), from X s up to an hour
         try:
-            report = self._synchronize()
+            report = self.run()
         except Exception:
             report = None
         if report is not None and (report.copied or report.destroyed):
-            self._sync_period = self.policy.interval
+            self._sync_period = self._interval
         else:
             self._sync_period = min(max(self._sync_period, 1.0) * 2, 3600.0)
 
     def _catch_up(self) -> None:
         """Synchronise when HASynchronize is set, else only measure (``needs_sync``)."""
         if self.conf.synchronize:
-            self._synchronize()
+            self.run()
         else:
-            self._refresh_needs_sync()
+            self.refresh_needs_sync()
 
-    def _after_recovery(self, m: Member) -> None:
+    def after_recovery(self, m: Member) -> None:
         """A member is back: catch it up (HASynchronize) or at least measure."""
-        if self._pin is None:
+        if not self._login.logged_in:
             return  # private objects are invisible: needs_sync stays as it is
         try:
             self._catch_up()
         except Exception as e:
             if is_member_failure(e) and m.alive:
-                self._mark_failed(m, e)
+                self._members.mark_failed(m, e)
 
-    def _after_login(self) -> None:
+    def after_login(self) -> None:
         # never fails the login; needs_sync stays as it was
         with contextlib.suppress(Exception):
             self._catch_up()
@@ -115,20 +142,20 @@ class Synchronisation(GroupCore):
         found: dict[str, Inventory] = {}
 
         def one(m: Member) -> None:
-            objs = self._best_effort(m, replication.list_token_objects,
-                                     operation="C_FindObjects")
+            objs = self._members.best_effort(m, replication.list_token_objects,
+                                             operation="C_FindObjects")
             if objs is not None:
                 found[m.serial] = objs
 
-        in_parallel(one, self._alive_members())
+        in_parallel(one, self._members.serving())
         return found
 
-    def _refresh_needs_sync(self) -> InventoryDiff:
+    def refresh_needs_sync(self) -> InventoryDiff:
         inv = self._inventories()
         union, missing = union_of(inv)
         out = []
-        with self._lock:
-            for m in self.members:
+        with self._members.lock:
+            for m in self._members:
                 if m.serial not in inv:
                     out.append(MemberInventory(m.serial, reachable=False,
                                                error=m.last_error or "CKR_DEVICE_ERROR"))
@@ -148,9 +175,8 @@ class Synchronisation(GroupCore):
         logged in, ``pin`` logs it in for the comparison and out again
         (``CKR_USER_NOT_LOGGED_IN`` without it).
         """
-        self.recovery_tick()
-        with self._logged_in_for(pin, "inventory"):
-            return self._refresh_needs_sync()
+        with self._login.logged_in_for(pin, "inventory"):
+            return self.refresh_needs_sync()
 
     def synchronize(self, pin: str | None = None) -> SyncReport:
         """``hagroup synchronize``: copy every token object a member lacks from a
@@ -161,11 +187,10 @@ class Synchronisation(GroupCore):
         :attr:`SyncReport.failed`, never hidden.  Idempotent.  Needs a login,
         like :meth:`inventory_diff`; runs whatever the HASynchronize flag says.
         """
-        self.recovery_tick()
-        with self._logged_in_for(pin, "synchronize"):
-            return self._synchronize()
+        with self._login.logged_in_for(pin, "synchronize"):
+            return self.run()
 
-    def _synchronize(self) -> SyncReport:
+    def run(self) -> SyncReport:
         with self._sync_lock:
             self._last_sync = self.clock()
             copied: list[tuple[str, ObjectSummary, str]] = []
@@ -173,17 +198,17 @@ class Synchronisation(GroupCore):
             destroyed = 0
             work: set[str] = set()
             # 1. changes made through the group while a member was down
-            for m in self._alive_members():
+            for m in self._members.serving():
                 n = self._replay_journal(m)
                 if n:
                     destroyed += n
                     work.add(m.serial)
             # 2. session objects made through the group (token objects: step 3)
             session_objs = self._objects.replicable_session_objects()
-            for m in self._alive_members():
+            for m in self._members.serving():
                 for v in session_objs:
                     try:
-                        if self._replicate(v, m):
+                        if self._replicas.replicate_one(v, m):
                             copied.append((m.serial, replication.summarize(v.ident), "-"))
                     except Exception as e:
                         if is_member_failure(e) and not m.alive:
@@ -194,13 +219,13 @@ class Synchronisation(GroupCore):
             inv = self._inventories()
             union, missing = union_of(inv)
             for serial, keys in missing.items():
-                m = self._member(serial)
+                m = self._members.get(serial)
                 for k in keys:
                     ident, info, holders = union[k]
                     summary = replication.summarize(ident, info)
-                    sources = [s for s in self.members if s.serial in holders and s.alive]
+                    sources = [s for s in self._members if s.serial in holders and s.alive]
                     try:
-                        how = self._transfer(ident, m, sources, operation="synchronize")
+                        how = self._replicas.transfer(ident, m, sources, operation="synchronize")
                         copied.append((serial, summary, how))
                     except Exception as e:
                         if is_member_failure(e) and not m.alive:
@@ -211,14 +236,14 @@ class Synchronisation(GroupCore):
             failed_on: dict[str, str] = {}
             for f in failed:
                 failed_on.setdefault(f.serial, f.ckr)
-            with self._lock:
-                for m in self.members:
+            with self._members.lock:
+                for m in self._members:
                     if m.alive and m.serial in inv:
                         m.needs_sync = m.serial in failed_on or bool(m.journal)
                     if m.serial in copied_to:
                         self._objects.present_on(m.serial)
-                unreachable = tuple(m.serial for m in self.members if m.serial not in inv)
-            for m in self.members:
+                unreachable = tuple(m.serial for m in self._members if m.serial not in inv)
+            for m in self._members:
                 if m.serial in copied_to or m.serial in failed_on or m.serial in work:
                     self._log.event(self.label, m.serial, halog.SYNCHRONIZED,
                                     failed_on.get(m.serial))
@@ -226,7 +251,7 @@ class Synchronisation(GroupCore):
 
     def _replay_journal(self, m: Member) -> int:
         """Apply destroys/attribute changes ``m`` missed; returns destroys done."""
-        with self._lock:
+        with self._members.lock:
             journal, m.journal = m.journal, []
         done = 0
         for i, entry in enumerate(journal):
@@ -237,15 +262,15 @@ class Synchronisation(GroupCore):
                 elif kind == "set":
                     vobj = self._objects.find(ident)
                     if vobj is not None:
-                        m.run(lambda conn, v=vobj, a=attrs: self._set_on(m, conn, v, a),
+                        m.run(lambda conn, v=vobj, a=attrs: self._replicas.set_on(m, conn, v, a),
                               operation="C_SetAttributeValue")
             except NotOnMember:
                 pass
             except Exception as e:
                 if is_member_failure(e):
-                    with self._lock:
+                    with self._members.lock:
                         m.journal = journal[i:] + m.journal
-                    self._mark_failed(m, e)
+                    self._members.mark_failed(m, e)
                     return done
         return done
 

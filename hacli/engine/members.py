@@ -1,0 +1,161 @@
+"""The members of one group: their state machines, the balancer, and failure news.
+
+:class:`MemberSet` is the one part of the engine that changes a member's state.
+Every transition goes through :meth:`MemberSet.transition`, is logged (the
+``hacli.engine`` logger; ``failed``/``recovered`` also in the HA log) and, for a
+member going down, reported to the recovery policy and to the listeners the
+group registered (its sessions end their multi-part operations there): a
+failure travels one way, member -> group -> sessions.
+
+States (``MemberState``): ``ALIVE`` (in service), ``DOWN``, ``RECOVERING`` (an
+attempt is connecting it; it serves nothing), ``SYNCHRONISING`` (back in
+service, being caught up in the background; it serves what it holds).  The
+attempt count and the time of the last attempt of a down member live in the
+recovery policy's record of that member (:mod:`hacli.engine.policy`).
+
+Locking: ``lock`` guards member state and counters and is never held while
+calling into a member.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from hacli.engine import halog
+from hacli.engine.balancer import Balancer
+from hacli.engine.ckr import ckr_name, is_member_failure
+from hacli.engine.exceptions import CKRError
+from hacli.engine.member import Connection, Member, MemberState
+from hacli.engine.module import ModuleInstance
+from hacli.engine.policy import Clock, RecoveryPolicy
+
+T = TypeVar("T")
+
+LOG = logging.getLogger("hacli.engine")
+
+#: A listener told (group lock held) that a member was marked down.
+FailureListener = Callable[[Member], None]
+
+
+class MemberSet:
+    """The members of one group and everything about their state."""
+
+    def __init__(self, label: str, members: Sequence[Member], policy: RecoveryPolicy,
+                 log: halog.HALog | halog.NullLog, clock: Clock):
+        self.label = label
+        self.members: tuple[Member, ...] = tuple(members)
+        self.policy = policy
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.balancer = Balancer(self.members, self.lock)
+        self._log = log
+        self._listeners: list[FailureListener] = []
+
+    def __iter__(self) -> Any:
+        return iter(self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def on_failure(self, listener: FailureListener) -> None:
+        """Call ``listener(member)`` (lock held) whenever a member is marked down."""
+        self._listeners.append(listener)
+
+    # -- lookup ------------------------------------------------------------
+    def get(self, serial: Any) -> Member:
+        """The member with this serial (``CKR_ARGUMENTS_BAD`` if it is not one)."""
+        for m in self.members:
+            if m.serial == serial:
+                return m
+        raise CKRError("CKR_ARGUMENTS_BAD", "member", str(serial),
+                       detail="not a member of this group")
+
+    def serving(self, only: Member | None = None) -> list[Member]:
+        """The members that serve (``only``: that one, if it does)."""
+        return [m for m in self.members if m.alive and (only is None or m is only)]
+
+    def any_serving(self) -> bool:
+        return any(m.alive for m in self.members)
+
+    # -- the state machine -------------------------------------------------
+    def transition(self, m: Member, state: MemberState, reason: str | None = None) -> None:
+        """Move ``m`` to ``state`` (lock held by the caller or taken here)."""
+        with self.lock:
+            old = m.state
+            m.state = state
+            if reason is not None:
+                m.last_error = reason
+        if old is not state:
+            LOG.debug("%s %s: %s -> %s%s", self.label, m.serial, old.value, state.value,
+                      f" ({reason})" if reason else "")
+
+    def mark_failed(self, m: Member, error: BaseException | str) -> None:
+        """``m`` is down: out of balancing, its multi-part operations over, its
+        recovery scheduled, one ``failed`` line in the HA log (once per failure)."""
+        ckr = ckr_name(error)
+        with self.lock:
+            if m.state is MemberState.DOWN and m.conn is None and m.last_error is not None:
+                return
+            self.transition(m, MemberState.DOWN, ckr)
+            m.conn = None
+            m.down_since = self.clock()
+            m.failure_reported = False
+            m.failures += 1
+            for listener in self._listeners:
+                listener(m)
+        self.policy.member_down(m.serial)
+        self._log.event(self.label, m.serial, halog.FAILED, ckr)
+
+    def mark_recovering(self, m: Member) -> None:
+        """A recovery attempt on ``m`` begins (it still serves nothing)."""
+        self.transition(m, MemberState.RECOVERING)
+
+    def mark_attempt_failed(self, m: Member, error: BaseException) -> None:
+        """A recovery attempt on ``m`` failed: down again, the policy counts it."""
+        with self.lock:
+            m.conn = None
+            self.transition(m, MemberState.DOWN, ckr_name(error))
+        self.policy.record(m.serial, False)
+        self._log.event(self.label, m.serial, halog.RECOVERY_FAILED, ckr_name(error))
+
+    def mark_connected(self, m: Member, instance: ModuleInstance, conn: Connection,
+                       recovered: bool) -> None:
+        """``m`` answered real calls on ``conn``: in service.  A recovered member
+        is *synchronising* until :meth:`mark_caught_up`."""
+        with self.lock:
+            m.instance = instance
+            m.conn = conn
+            m.down_since = None
+            m.failure_reported = False
+            m.last_error = None
+            self.transition(m, MemberState.SYNCHRONISING if recovered else MemberState.ALIVE)
+        if recovered:
+            m.recoveries += 1
+            self.policy.record(m.serial, True)
+            self._log.event(self.label, m.serial, halog.RECOVERED, None)
+        self.policy.member_up(m.serial)
+
+    def mark_caught_up(self, m: Member) -> None:
+        """The catch-up after ``m``'s recovery is over (whatever it managed)."""
+        with self.lock:
+            if m.state is MemberState.SYNCHRONISING:
+                self.transition(m, MemberState.ALIVE)
+
+    # -- calls whose failure is nobody's error ------------------------------
+    def best_effort(self, m: Member, fn: Callable[..., T], *args: Any,
+                    operation: str) -> T | None:
+        """``m.run(fn, *args)`` for a call whose failure is nobody's error (probe,
+        logout, abort, inventory): a member failure marks ``m`` down, any other
+        error is dropped; None then."""
+        try:
+            return m.run(fn, *args, operation=operation)
+        except Exception as e:
+            if is_member_failure(e):
+                self.mark_failed(m, e)
+            return None
+
+
+__all__ = ["FailureListener", "MemberSet"]
