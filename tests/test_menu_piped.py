@@ -396,7 +396,65 @@ def test_pin_sources(lab, tmp_path) -> None:
     assert statuses(proc.stdout) == ["CKR_PIN_INCORRECT"]
     assert proc.stdout.count("try again.") == 2 and "bad1" not in proc.stdout
     proc = piped(lab.conf_path, ["51", "3", lab.pin(), "0"])
-    assert statuses(proc.stdout) == ["CKR_OK"] and lab.pin() not in proc.stdout
+    assert statuses(proc.stdout) == ["CKR_OK"] and not shows(proc, lab.pin())
+    assert "Enter PIN (empty: the lab's PIN): \nLogged in" in proc.stdout  # not echoed
+
+
+def shows(proc: subprocess.CompletedProcess[str], secret: str) -> bool:
+    """Whether ``secret`` is anywhere in what the menu wrote (stdout or stderr)."""
+    return secret in proc.stdout or secret in proc.stderr
+
+
+def test_a_pin_one_line_off_is_never_shown(lab, direct_group, tmp_path) -> None:
+    """Issue 8, item 12: the PIN fed to a prompt that is not the PIN prompt (piped
+    input one line off) is neither echoed nor quoted back, whatever the PIN's source."""
+    # the lab's PIN (the lab group's PIN file); an empty answer at the PIN prompt takes it
+    pin = lab.pin()
+    proc = piped(lab.conf_path, [pin, "51", pin, "3", "", "0"])
+    assert statuses(proc.stdout) == ["CKR_OK"], proc.stdout
+    assert not shows(proc, pin), proc.stdout + proc.stderr
+    assert "Enter your choice : <hidden>\n'<hidden>' is not an option" in proc.stdout
+    assert "Select a slot: <hidden>\n'<hidden>' is not a slot" in proc.stdout
+    # --pin-file and HACLI_PIN (a group without a lab: the PIN is known only from there)
+    pin = direct_group.pin
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(pin + "\n")
+    for args, env in (((), {"HACLI_PIN": pin}), (("--pin-file", str(pin_file)), None)):
+        proc = piped(direct_group.conf, [pin, "51", pin, "3", "0"], *args, env=env)
+        assert statuses(proc.stdout) == ["CKR_OK"], (args, proc.stdout)
+        assert not shows(proc, pin), (args, proc.stdout + proc.stderr)
+        assert "Select a slot: <hidden>\n'<hidden>' is not a slot" in proc.stdout
+    # typed at the hidden prompt earlier in the session, then one line off at 52
+    proc = piped(direct_group.conf, ["1", "3", "1", "3", "", pin, "52", pin, "3", "0"])
+    assert statuses(proc.stdout) == ["CKR_OK"] * 3, proc.stdout
+    assert "Enter PIN: \n" in proc.stdout  # the answer at the PIN prompt: not echoed
+    assert not shows(proc, pin), proc.stdout + proc.stderr
+    assert "Select a slot: <hidden>\n'<hidden>' is not a slot" in proc.stdout
+    # a numeric PIN quoted by a number prompt's message (in any spelling of the number)
+    digits = tmp_path / "digits"
+    digits.write_text("0123456")
+    proc = piped(lab.conf_path, ["0123456", "0"], "--pin-file", str(digits))
+    assert "123456" not in proc.stdout + proc.stderr, proc.stdout
+    assert "Enter your choice : <hidden>\nThere is no option <hidden> in the menu" \
+        in proc.stdout
+
+
+def test_a_pin_taken_as_an_ordinary_answer_is_hidden_later_too(direct_group, tmp_path) -> None:
+    """A known PIN accepted by a text or file prompt (one line off) is not echoed, and
+    what the menu prints with that answer later (a label, a file name) hides it."""
+    pin = direct_group.pin
+    proc = piped(direct_group.conf,
+                 ["1", "3", "1", "20", "", pin, "1", "some value", "n", "26", "", "2", pin,
+                  "44", "", "", "1", f"my pin is {pin}", "0"],
+                 env={"HACLI_PIN": pin}, cwd=tmp_path)
+    assert statuses(proc.stdout) == ["CKR_OK"] * 4, proc.stdout
+    assert not shows(proc, pin), proc.stdout + proc.stderr
+    assert "Label of the data object [hacli-data]: <hidden>\n" in proc.stdout
+    assert re.search(r"handle \d+ - CKO_DATA '<hidden>'$", proc.stdout, re.MULTILINE)
+    assert "Enter the data to hash: <hidden>\n" in proc.stdout
+    # ordinary answers are still echoed
+    assert "Enter the data to hash: some value" not in proc.stdout
+    assert "Enter the object's value: some value\n" in proc.stdout
 
 
 def test_end_of_input_inside_an_action(lab) -> None:

@@ -197,6 +197,33 @@ def test_ctrl_c_and_end_of_input(lab, tmp_path) -> None:
     assert "Traceback" not in child.before
 
 
+def test_a_pin_at_an_ordinary_prompt_is_not_quoted(lab, tmp_path) -> None:
+    """Issue 8, item 12 in a terminal: the PIN typed where a slot is asked for is shown
+    only by the terminal's own echo of the typing, never by the menu's message; typed
+    at the PIN prompt it is not shown at all."""
+    pin = lab.pin()
+    log = io.StringIO()
+    child = spawn(lab.conf_path, tty=True, cwd=tmp_path)
+    child.logfile_read = log
+    menu = Menu(child)
+    child.sendline("52")
+    child.expect_exact("Select a slot: ")
+    child.sendline(pin)
+    child.expect(r"\r\n(.*) is not a slot")
+    assert child.match.group(1) == "'<hidden>'"
+    child.sendline("3")
+    assert menu.status().ckr == "CKR_OK"
+    child.sendline("51")
+    child.expect_exact("Select a slot: ")
+    child.sendline("3")
+    child.expect_exact("Enter PIN (empty: the lab's PIN): ")
+    child.sendline(pin)
+    assert menu.status().ckr == "CKR_OK"
+    assert menu.quit() == 0
+    lines = [line for line in log.getvalue().splitlines() if pin in line]
+    assert lines == [f"Select a slot: {pin}"], lines  # the terminal's echo of the typing
+
+
 def test_ctrl_c_at_the_menu_quits(lab, tmp_path) -> None:
     child = spawn(lab.conf_path, tty=True, cwd=tmp_path)
     child.expect_exact(CHOICE)

@@ -37,7 +37,9 @@ def ckdemo(pin_file: str | None) -> int:
         lab_dir = None
     state = MenuState(conf_path=path, load_config=context.config, lab_dir=lab_dir,
                       pin_file=pin_file)
-    return run(Ctx(state, Prompter()))
+    io = Prompter()
+    io.hide(*state.known_pins())  # a PIN is never echoed, even one line off
+    return run(Ctx(state, io))
 
 
 __all__ = ["ckdemo"]

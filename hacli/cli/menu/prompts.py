@@ -8,17 +8,37 @@ and never written anywhere.
 
 When input is piped the answer is echoed after the prompt, so a scripted
 session's output reads like a terminal transcript (never for PINs).
+
+A PIN is never printed, even when it is given at a prompt that is not the PIN
+prompt (piped input one line off).  The prompter knows the PINs of the session
+(:meth:`Prompter.hide`: the ``--pin-file``, ``HACLI_PIN``, the lab's PIN files,
+and every answer typed at a PIN prompt); an answer that is one of them, or
+holds one, is echoed as ``<hidden>``, the message that rejects it quotes
+``<hidden>`` (``'<hidden>' is not a slot``), and once such an answer was taken
+everything printed afterwards shows ``<hidden>`` in its place (a label, a file
+name).  A PIN given at an ordinary prompt before the menu knew it cannot be
+recalled: in a terminal, what is typed at an ordinary prompt is echoed by the
+terminal itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TypeVar
 
 T = TypeVar("T")
+
+#: What is shown instead of a PIN.
+HIDDEN = "<hidden>"
+#: A known PIN at least this long is also hidden inside a longer answer, and in
+#: everything printed after it was given at an ordinary prompt (shorter ones
+#: would hide ordinary numbers and words).
+MIN_INNER = 4
 
 
 class Quit(Exception):
@@ -36,10 +56,40 @@ class Prompter:
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self.interactive = bool(self.stdin.isatty())
+        #: The session's known PINs (never printed).
+        self._pins: set[str] = set()
+        #: Known PINs given at an ordinary prompt: hidden in everything printed.
+        self._given: set[str] = set()
+
+    # -- PINs ------------------------------------------------------------------
+    def hide(self, *pins: str | None) -> None:
+        """Add known PINs: no answer equal to one (or holding one) is ever shown."""
+        for pin in pins:
+            for form in (pin, (pin or "").strip()):
+                if form:
+                    self._pins.add(form)
+
+    def pins_in(self, answer: str) -> set[str]:
+        """The spellings to hide when ``answer`` is or holds a known PIN (empty: none).
+
+        They are the PINs found and the answer itself; an answer equal to a PIN
+        also hides the number it stands for (``0123456`` -> ``123456``), as a
+        number prompt's message would quote it.
+        """
+        text = answer.strip()
+        if not text:
+            return set()
+        found = {pin for pin in self._pins
+                 if text == pin or (len(pin) >= MIN_INNER and pin in answer)}
+        if found:
+            found.add(text)
+            with contextlib.suppress(ValueError):
+                found.add(str(int(text, 0) if text.lower().startswith("0x") else int(text)))
+        return found
 
     # -- output ------------------------------------------------------------
     def say(self, text: str = "") -> None:
-        self.stdout.write(text + "\n")
+        self.stdout.write(redact(text, self._given) + "\n")
 
     def flush(self) -> None:
         self.stdout.flush()
@@ -47,45 +97,64 @@ class Prompter:
     # -- raw input -----------------------------------------------------------
     def line(self, prompt: str) -> str:
         """One answer (stripped).  EOF -> :class:`Quit`."""
-        self.stdout.write(prompt)
+        return self._read(prompt)[0]
+
+    def _read(self, prompt: str) -> tuple[str, set[str]]:
+        """One answer (stripped) and the PIN spellings it shows (see :meth:`pins_in`).
+
+        Piped, the answer is echoed after the prompt, or ``<hidden>`` when it is
+        (or holds) a known PIN.  EOF -> :class:`Quit`.
+        """
+        self.stdout.write(redact(prompt, self._given))  # a default made from an answer
         self.stdout.flush()
         raw = self.stdin.readline()
         if raw == "":
             self.stdout.write("\n")
             raise Quit()
         answer = raw.rstrip("\r\n")
+        pins = self.pins_in(answer)
+        # what is printed with this answer later (a label, a file name) hides them
+        self._given.update(p for p in pins if len(p) >= MIN_INNER)
         if not self.interactive:
-            self.stdout.write(answer + "\n")
-        return answer.strip()
+            self.stdout.write((HIDDEN if pins else answer) + "\n")
+        return answer.strip(), pins
 
     def secret(self, prompt: str) -> str:
-        """A PIN: no echo on a terminal; one line from a pipe (never echoed)."""
+        """A PIN: no echo on a terminal; one line from a pipe (never echoed).
+
+        The answer becomes a known PIN (:meth:`hide`): given later at an
+        ordinary prompt, it is not shown either.
+        """
         if self.interactive:
             self.stdout.flush()
             try:
-                return getpass.getpass(prompt)
+                pin = getpass.getpass(prompt)
             except EOFError:
                 raise Quit() from None
-        self.stdout.write(prompt)
-        self.stdout.flush()
-        raw = self.stdin.readline()
-        self.stdout.write("\n")
-        if raw == "":
-            raise Quit()
-        return raw.rstrip("\r\n")
+        else:
+            self.stdout.write(prompt)
+            self.stdout.flush()
+            raw = self.stdin.readline()
+            self.stdout.write("\n")
+            if raw == "":
+                raise Quit()
+            pin = raw.rstrip("\r\n")
+        self.hide(pin)
+        return pin
 
     # -- validated answers -----------------------------------------------------
     def ask(self, prompt: str, parse: Callable[[str], T], default: str | None = None) -> T:
         """Ask until ``parse`` accepts the answer (empty answer -> ``default``)."""
         shown = f"{prompt} [{default}]: " if default not in (None, "") else f"{prompt}: "
         while True:
-            answer = self.line(shown)
+            answer, pins = self._read(shown)
             if answer == "" and default is not None:
                 answer = default
             try:
                 return parse(answer)
             except BadAnswer as e:
-                self.say(str(e))
+                # the message may quote the answer: never a PIN, however short
+                self.say(redact(str(e), pins))
 
     def ask_int(self, prompt: str, low: int, high: int, default: int | None = None) -> int:
         def parse(text: str) -> int:
@@ -136,6 +205,23 @@ class Prompter:
 
     def ask_hex(self, prompt: str, default: str | None = None) -> bytes:
         return self.ask(prompt, parse_hex, default)
+
+
+def _word(text: str) -> re.Pattern[str]:
+    """``text`` standing alone: not inside a longer run of letters and digits."""
+    before = r"(?<![0-9A-Za-z])" if text[:1].isalnum() else ""
+    after = r"(?![0-9A-Za-z])" if text[-1:].isalnum() else ""
+    return re.compile(before + re.escape(text) + after)
+
+
+def redact(text: str, pins: set[str]) -> str:
+    """``text`` with every standalone occurrence of ``pins`` shown as ``<hidden>``.
+
+    Longest first, so a PIN inside a longer hidden spelling goes with it.
+    """
+    for pin in sorted(pins, key=len, reverse=True):
+        text = _word(pin).sub(HIDDEN, text)
+    return text
 
 
 # -- parsers (pure; each raises BadAnswer with the message to show) --------------

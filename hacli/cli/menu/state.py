@@ -88,6 +88,19 @@ class MenuState:
         lab = self.lab
         return lab.pin() if lab is not None else None
 
+    def known_pins(self) -> list[str]:
+        """Every PIN the menu can know without a prompt (to hide them, never to print):
+        ``--pin-file``, ``HACLI_PIN``, the lab's user and SO PINs.  Unreadable ones
+        are left out (the action that needs one reports it)."""
+        pins = [self.environ.get("HACLI_PIN", "")]
+        readers: list[Callable[[], str | None]] = [
+            lambda: (self.configured_pin() or ("", ""))[0], self.lab_pin,
+            lambda: self.lab.so_pin() if self.lab is not None else None]
+        for read in readers:
+            with contextlib.suppress(Exception):
+                pins.append(read() or "")
+        return [pin for pin in pins if pin]
+
     # -- shutdown --------------------------------------------------------------
     def close(self) -> None:
         """Close every session and the engine (idempotent, never raises)."""

@@ -175,16 +175,19 @@ PIN_ERRORS = ("CKR_PIN_INCORRECT", "CKR_PIN_LEN_RANGE", "CKR_PIN_INVALID")
 def with_pin(ctx: Ctx, login: Callable[[str], None], attempts: int = 3) -> None:
     """Call ``login(pin)``: a configured PIN once, or a typed one up to ``attempts`` times.
 
-    The PIN is never printed; for a lab group an empty answer uses the lab's PIN.
+    The PIN is never printed (the prompter hides it wherever it turns up, see
+    :meth:`Prompter.hide`); for a lab group an empty answer uses the lab's PIN.
     """
     from hacli.engine import CKRError
 
     configured = ctx.state.configured_pin()
     if configured is not None:
+        ctx.io.hide(configured[0])
         ctx.say(f"Using the PIN from {configured[1]}.")
         login(configured[0])
         return
     lab_pin = ctx.state.lab_pin()
+    ctx.io.hide(lab_pin)
     prompt = "Enter PIN (empty: the lab's PIN): " if lab_pin else "Enter PIN: "
     for attempt in range(1, attempts + 1):
         pin = ctx.io.secret(prompt)
