@@ -288,3 +288,54 @@ def test_no_values_in_error_details() -> None:
         _checked({0x7FFF_0000: b"x"}, "C_CreateObject")
     assert exc.value.ckr == "CKR_ATTRIBUTE_TYPE_INVALID"
     assert _checked(None, "C_FindObjectsInit") == {}
+
+
+def test_member_state_machine_and_failure_news() -> None:
+    """MemberSet alone (no lab): transitions, the policy told of each failure
+    once, listeners told (member -> group -> sessions), the HA log written."""
+    from hacli.engine.halog import NullLog
+    from hacli.engine.member import Member, MemberState
+    from hacli.engine.members import MemberSet
+
+    class Log(NullLog):
+        def __init__(self) -> None:
+            self.lines: list[tuple[str, str, str | None]] = []
+
+        def event(self, group: str, serial: str, event: str, ckr: str | None = None) -> None:
+            self.lines.append((serial, event, ckr))
+
+    clock = FakeClock()
+    policy = RecoveryPolicy(max_attempts=-1, interval=5, clock=clock)
+    a, b = Member("a", None, 1.0), Member("b", None, 1.0)
+    log = Log()
+    ms = MemberSet("g", [a, b], policy, log, clock)
+    told: list[str] = []
+    ms.on_failure(lambda m: told.append(m.serial))
+    a.state = b.state = MemberState.ALIVE
+    assert [m.serial for m in ms.serving()] == ["a", "b"]
+
+    ms.mark_failed(a, px.DeviceError())
+    ms.mark_failed(a, px.DeviceError())  # the same failure, seen twice: told once
+    assert told == ["a"] and a.state is MemberState.DOWN and a.last_error == "CKR_DEVICE_ERROR"
+    assert log.lines == [("a", "failed", "CKR_DEVICE_ERROR")]
+    assert set(policy.disconnected) == {"a"} and ms.serving() == [b]
+
+    ms.mark_recovering(a)
+    assert a.state is MemberState.RECOVERING and not a.alive
+    ms.mark_attempt_failed(a, px.TokenNotPresent())
+    assert a.state is MemberState.DOWN and policy.state_of("a").attempts == 1
+    assert log.lines[-1] == ("a", "recovery-failed", "CKR_TOKEN_NOT_PRESENT")
+
+    class Inst:
+        generation = 1
+
+    ms.mark_recovering(a)
+    ms.mark_connected(a, Inst(), object(), recovered=True)  # type: ignore[arg-type]
+    assert a.state is MemberState.SYNCHRONISING and a.alive  # serves while catching up
+    assert "a" not in policy.disconnected and a.recoveries == 1
+    assert log.lines[-1] == ("a", "recovered", None)
+    ms.mark_caught_up(a)
+    assert a.state is MemberState.ALIVE
+    # a failure during the catch-up puts it back into the policy with a fresh record
+    ms.mark_failed(a, px.DeviceRemoved())
+    assert policy.state_of("a").attempts == 0 and told == ["a", "a"]

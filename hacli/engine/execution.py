@@ -16,6 +16,7 @@ policy's hook, run before every call).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,17 @@ from hacli.engine.replication import KEY_CLASSES
 
 #: Errors after which the shared work session may still have an operation active.
 LEAVES_OPERATION_ACTIVE = ("CKR_BUFFER_TOO_SMALL", "CKR_OPERATION_ACTIVE")
+
+
+def retry_budget(timeout: float, elapsed: float) -> float:
+    """How long a failover attempt may take after ``elapsed`` seconds of a call.
+
+    The call as a whole keeps to the command timeout, except that a retry
+    always gets a quarter of it (at least 0.25 s): a healthy member answers in
+    milliseconds, so two frozen members cost a call at most 1.5 timeouts, not
+    two, and a third, healthy member still serves it.
+    """
+    return max(timeout - elapsed, min(timeout, max(0.25, timeout / 4.0)))
 
 
 class Executor:
@@ -54,6 +66,7 @@ class Executor:
         missing = failed = False
         # (member, error) of a suspect error waiting for a second member's verdict
         suspect: tuple[Member, BaseException] | None = None
+        started = time.monotonic()
         while True:
             m = self._members.balancer.pick(tried, only, vobjs)
             if m is None:
@@ -84,7 +97,9 @@ class Executor:
                             conn.rotate_work_session()
                         raise
 
-                result = m.run(task, operation=operation)
+                budget = (retry_budget(m.timeout, time.monotonic() - started)
+                          if tried else None)
+                result = m.run(task, operation=operation, timeout=budget)
                 ok = True
                 if suspect is not None:
                     # the same call served here: the first member was sick

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from hacli.engine.exceptions import CKRError
@@ -100,6 +101,9 @@ class Recovery:
         if loc is None:
             raise CKRError("CKR_TOKEN_NOT_PRESENT", "connect", m.serial,
                            detail="no module location configured for this member")
+        # the attempt as a whole keeps to the command timeout (it may run
+        # inside an application call)
+        deadline = time.monotonic() + self._timeout
         inst = self._registry.current(loc.library, loc.env, m.serial)
         if inst.lib is None:
             inst.load(self._timeout)
@@ -108,7 +112,8 @@ class Recovery:
                      if o is not m and o.alive and o.conn is not None and o.conn.instance is inst]
             if not peers:
                 inst.reinitialize(self._timeout)
-        conn = inst.call(open_connection, inst, m.serial, self._pin(), timeout=self._timeout,
+        left = max(0.05, deadline - time.monotonic())
+        conn = inst.call(open_connection, inst, m.serial, self._pin(), timeout=left,
                          operation="C_OpenSession")
         self._members.mark_connected(m, inst, conn, recovered=clean)
 
