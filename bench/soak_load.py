@@ -76,7 +76,8 @@ def error_name(exc: BaseException) -> str:
 
 def is_alive(state: Any) -> bool:
     """A ``MemberState`` (or anything with that value) that means in service."""
-    return str(getattr(state, "value", state)).lower() == "alive"
+    # a member that is synchronising after its recovery serves calls too
+    return str(getattr(state, "value", state)).lower() in ("alive", "synchronising")
 
 
 def bounded(fn: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -108,3 +108,48 @@ def test_ecdh_derive_through_the_ha_slot(healthy_lab, engine_factory) -> None:
                 == s.encrypt(k2, block, mechanism=Mechanism.AES_ECB))
         for h in (k1, k2, a_pub, a_priv, b_pub, b_priv):
             s.destroy_object(h)
+
+
+def test_member_failing_before_its_new_key_is_copied(healthy_lab, engine_factory) -> None:
+    """The member that generated a key is killed (SIGKILL, for real) just as the
+    key is being copied to the other member: the generation is made again on a
+    member that serves, the application gets a key that works, and the orphan
+    on the killed member is destroyed when it returns (then it gets the key)."""
+    lab = healthy_lab
+    engine = engine_factory(lab, synchronize=True)
+    g = engine.group()
+    killed: list[str] = []
+    originals = {m.serial: m.run for m in g.members}
+
+    def killing_run(m: Any) -> Callable[..., Any]:
+        def run(fn: Callable[..., Any], *args: Any, operation: str = "",
+                timeout: float | None = None) -> Any:
+            if operation == "C_WrapKey" and not killed:
+                killed.append(m.serial)
+                lab.fail(m.serial)
+            return originals[m.serial](fn, *args, operation=operation, timeout=timeout)
+        return run
+
+    with g.open_session() as s:
+        s.login(lab.pin())
+        for m in g.members:
+            m.run = killing_run(m)  # type: ignore[method-assign]
+        try:
+            key = s.generate_key(KeyType.AES, 256, label="orphan-test", token=True)
+        finally:
+            for m in g.members:
+                m.run = originals[m.serial]  # type: ignore[method-assign]
+        assert killed, "the copy under the transport key was never attempted"
+        dead = g.members_set.get(killed[0])
+        other = next(m for m in g.members if m is not dead)
+        assert not dead.alive and other.alive
+        reference = s.encrypt(key, bytes(16), mechanism=Mechanism.AES_ECB)  # works: on other
+        lab.restore(dead.serial)
+        from enginehelpers import wait_for
+        assert wait_for(lambda: (s.generate_random(8), dead.alive)[1])
+        assert wait_for(lambda: not dead.needs_sync)
+        with g.open_session(member=dead.serial) as ms:
+            found = ms.find_objects({pkcs11.Attribute.LABEL: "orphan-test"})
+            assert len(found) == 1  # the orphan is gone, the group's key arrived
+            assert ms.encrypt(found[0], bytes(16), mechanism=Mechanism.AES_ECB) == reference
+        s.destroy_object(key)

@@ -49,12 +49,26 @@ class Replicas:
             created = fn(m, conn, *objs)
             return m, [self._objects.register(m, conn, o, ident_of(o), owner) for o in created]
 
-        primary, out = self._executor.execute(operation, task, vobjs, only)
-        if replay:
-            self.replicate_replayed(out, primary, fn, vobjs, only)
-        else:
+        for _attempt in range(len(self._members)):
+            primary, out = self._executor.execute(operation, task, vobjs, only)
+            if replay:
+                self.replicate_replayed(out, primary, fn, vobjs, only)
+                return out
             self.replicate_created(out, primary, only)
-        return out
+            if only is not None or primary.alive or len(self._members) == 1 or all(
+                    any(s != primary.serial for s in v.real) for v in out):
+                return out
+            # The member that made the objects failed before any other member
+            # got a copy: as far as the application can tell, the call failed
+            # on a member that went down.  Make them again on one that serves;
+            # the orphans on the failed member are destroyed when it returns.
+            with self._members.lock:
+                for v in out:
+                    self.journal(("destroy", dict(v.ident), None))
+            for v in out:
+                self._objects.forget(v)
+        raise CKRError("CKR_DEVICE_ERROR", operation,
+                       detail="every member that made the object failed before it was copied")
 
     def replicate_created(self, vobjs: Sequence[VObject], primary: Member,
                           only: Member | None) -> None:

@@ -116,10 +116,16 @@ class Synchronisation:
             self._sync_period = min(max(self._sync_period, 1.0) * 2, 3600.0)
 
     def _catch_up(self) -> None:
-        """Synchronise when HASynchronize is set, else only measure (``needs_sync``)."""
+        """Synchronise when HASynchronize is set, else replay what members missed
+        and measure (``needs_sync``).  The journal is replayed either way: a
+        destroy a member missed (or the orphan of a generation that was made
+        again elsewhere) must not live on there, whatever the sync setting."""
         if self.conf.synchronize:
             self.run()
         else:
+            with self._sync_lock:
+                for m in self._members.serving():
+                    self._replay_journal(m)
             self.refresh_needs_sync()
 
     def after_recovery(self, m: Member) -> None:
