@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -37,6 +38,19 @@ from hacli.errors import LabError
 from hacli.lab import RUNNING, Lab, find_tools
 from hacli.lab.procs import group_pids, pids_with_arg, wait_until
 from hacli.lab.provision import provision_lab
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The engine's change journals (and the CLI's status memory) go to a
+    directory of the test session, never to the user's ~/.local/state."""
+    old = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = old
 
 
 def lab_processes(lab: Lab) -> list[int]:

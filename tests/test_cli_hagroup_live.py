@@ -74,8 +74,15 @@ def test_needs_sync_and_synchronize(healthy_lab: Lab, member_client) -> None:  #
     try:
         members = listgroups(healthy_lab.conf_path)["groups"][0]["members"]
         assert {m["serial"]: m["needs_sync"] for m in members} == {m0: True, m1: False}
+        # made outside the group: a conflict, reported (exit 1), nothing copied
+        plan = run_process("--conf", str(healthy_lab.conf_path), "hagroup", "synchronize",
+                           "--dry-run")
+        assert plan.code == 1 and "plan only, nothing changed" in plan.out
+        assert f"Conflict: CKO_DATA {label!r}" in plan.out or "Conflict:" in plan.out
+        res = run_process("--conf", str(healthy_lab.conf_path), "hagroup", "synchronize")
+        assert res.code == 1 and "NOT in sync" in res.out and c0.call(count)["value"] == "0"
         res = run_process("--conf", str(healthy_lab.conf_path), "hagroup", "synchronize",
-                          "--json")
+                          "--adopt", "--json")
         assert res.code == 0, res.err
         report = json.loads(res.out)
         assert report["complete"] and [(c["serial"], c["object"]["label"])
@@ -84,7 +91,7 @@ def test_needs_sync_and_synchronize(healthy_lab: Lab, member_client) -> None:  #
         members = listgroups(healthy_lab.conf_path)["groups"][0]["members"]
         assert {m["needs_sync"] for m in members} == {False}
         again = run_process("--conf", str(healthy_lab.conf_path), "hagroup", "synchronize")
-        assert again.code == 0 and "0 object(s) copied; in sync" in again.out
+        assert again.code == 0 and "0 object(s) copied, 0 destroyed; in sync" in again.out
     finally:
         for client in (c0, c1):
             client.destroy_labelled(label)

@@ -131,6 +131,11 @@ def test_policy_refuses_keys_that_cannot_travel_wrapped(healthy_lab, engine_fact
             with g.open_session(member=m0) as ms:
                 ms.generate_key(KeyType.AES, 128, label="pol-local", token=True)
             report = g.synchronize()
+            # made outside the group: a conflict, reported, not copied
+            assert [(c.serial, c.holders) for c in report.conflicts
+                    if c.object.label == "pol-local"] == [(m1, (m0,))]
+            assert not report.complete and g.members[1].needs_sync
+            report = g.synchronize(adopt=True)  # the administrator wants it copied
             ours = [f for f in report.failed if f.object.label == "pol-local"]
             assert [(f.serial, f.ckr) for f in ours] == [(m1, "CKR_KEY_NOT_WRAPPABLE")]
             assert "transport key" in ours[0].reason
@@ -166,7 +171,12 @@ def test_keys_travel_wrapped_through_the_labs_p11kit(healthy_lab, engine_factory
                 ms.generate_key(KeyType.AES, 128, label="wrap-local", token=True)
             diff = g.inventory_diff()
             assert "wrap-local" in missing_labels(diff, m0)
-            report = g.synchronize()
+            plan = g.synchronize(dry_run=True)
+            assert [c.object.label for c in plan.conflicts] == ["wrap-local"]
+            plan = g.synchronize(adopt=True, dry_run=True)
+            assert (m0, "wrap-local", "wrap") in {(c[0], c[1].label, c[2]) for c in plan.copied}
+            assert "wrap-local" in missing_labels(g.inventory_diff(), m0)  # nothing done
+            report = g.synchronize(adopt=True)
             assert (m0, "wrap-local", "wrap") in {(c[0], c[1].label, c[2]) for c in report.copied}
             assert encrypt_on(g, m0, "wrap-local") == encrypt_on(g, m1, "wrap-local")
             again = g.synchronize()
@@ -254,7 +264,15 @@ def test_synchronize_copies_what_a_member_lacks(healthy_lab, engine_factory,
         assert secret.object_class == "CKO_SECRET_KEY" and secret.key_type == "CKK_AES"
         assert secret.id == b"sync-secret".hex() and secret.sensitive is True
 
-        report = g.synchronize(lab.pin())
+        # made outside the group: nothing hacli recorded explains them, so they
+        # are conflicts, reported and left alone ...
+        plain = g.synchronize(lab.pin())
+        assert not plain.copied and not plain.complete
+        assert {c.object.label for c in plain.conflicts if c.serial == m1} >= set(labels)
+        assert all(c.holders == (m0,) for c in plain.conflicts if c.object.label in labels)
+        assert {"sync-data"} <= missing_labels(g.inventory_diff(lab.pin()), m1)
+        # ... until the administrator adopts them (lunacm's union)
+        report = g.synchronize(lab.pin(), adopt=True)
         got = {(c[1].label, c[1].object_class, c[2]) for c in report.copied if c[0] == m1}
         assert {("sync-data", "CKO_DATA", "value"), ("sync-plain", "CKO_SECRET_KEY", "wrap"),
                 ("sync-secret", "CKO_SECRET_KEY", "wrap"),
@@ -374,10 +392,15 @@ def test_no_automatic_sync_when_disabled(healthy_lab, engine_factory, member_cli
             (k,) = s.find_objects({Attribute.LABEL: "nosync-gen"})
             for _ in range(4):
                 s.encrypt(k, bytes(16), mechanism=ECB)
-            # by hand it is
+            # by hand it is: the key made through the group comes from the journal;
+            # the data object made outside the group is a conflict until adopted
             report = g.synchronize()
-            assert {("nosync-data", "value"), ("nosync-gen", "wrap")} <= {
-                (c[1].label, c[2]) for c in report.copied if c[0] == m0}
+            assert ("nosync-gen", "wrap") in {(c[1].label, c[2]) for c in report.copied
+                                              if c[0] == m0}
+            assert [c.object.label for c in report.conflicts] == ["nosync-data"]
+            report = g.synchronize(adopt=True)
+            assert ("nosync-data", "value") in {(c[1].label, c[2]) for c in report.copied
+                                                if c[0] == m0}
             assert labels_on(g, m0, ["nosync-data", "nosync-gen"]) == {"nosync-data",
                                                                       "nosync-gen"}
             purge(g, ["nosync-data", "nosync-gen"])
@@ -385,9 +408,12 @@ def test_no_automatic_sync_when_disabled(healthy_lab, engine_factory, member_cli
         client.destroy_labelled("nosync-data")
 
 
-def test_login_synchronises_when_enabled(healthy_lab, engine_factory, member_client) -> None:
+def test_login_synchronises_but_never_copies_blindly(healthy_lab, engine_factory,
+                                                     member_client) -> None:
+    """With HASynchronize, login catches members up; an object made outside the
+    group on one member is a conflict: reported (needs sync), not copied."""
     lab = healthy_lab
-    m0, _m1 = (m.serial for m in lab.members())
+    m0, m1 = (m.serial for m in lab.members())
     client = member_client(lab, "member1")
     client.create_data("login-sync", b'y')
     engine = engine_factory(lab, synchronize=True)
@@ -395,7 +421,11 @@ def test_login_synchronises_when_enabled(healthy_lab, engine_factory, member_cli
     try:
         with g.open_session() as s:
             s.login(lab.pin())
-            assert labels_on(g, m0, ["login-sync"]) == {"login-sync"}
+            assert labels_on(g, m0, ["login-sync"]) == set()
+            assert g.members[0].needs_sync
+            report = g.synchronize()
+            assert [(c.serial, c.object.label, c.holders) for c in report.conflicts] == [
+                (m0, "login-sync", (m1,))]
             purge(g, ["login-sync"])
     finally:
         client.destroy_labelled("login-sync")

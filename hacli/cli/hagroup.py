@@ -380,13 +380,25 @@ def listgroups(no_probe: bool, pin_file: str | None, as_json: bool) -> None:
 
 @hagroup.command()
 @click.option("--group", "label", help="Group label (default: the only one).")
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--adopt", is_flag=True,
+              help="Also copy conflicts: objects some members hold that no change "
+                   "recorded by hacli explains (lunacm's union).")
 @pin_file_option
 @json_option
-def synchronize(label: str | None, pin_file: str | None, as_json: bool) -> int:
-    """Copy token objects to the members that lack them (lunacm's synchronize).
+def synchronize(label: str | None, dry_run: bool, adopt: bool, pin_file: str | None,
+                as_json: bool) -> int:
+    """Bring every member up to date (lunacm's synchronize).
 
-    Secret and private keys travel only wrapped under the group's transport
-    key.  Exit 1 when an object could not be copied.
+    Replays the changes members missed while they were down (from the group's
+    journal: destroys first, so a destroyed key never comes back; then
+    attribute changes and objects created meanwhile), copies session objects,
+    and reports conflicts: objects some members hold that nothing recorded
+    explains.  Those are copied only with --adopt.  Secret and private keys
+    travel only wrapped under the group's transport key.  Exit 1 when an object
+    could not be copied or a conflict is left.
+    \b
+    Example: hacli hagroup synchronize --dry-run
     """
     from hacli.cli.pin import resolve_pin
     from hacli.engine import Engine
@@ -396,16 +408,30 @@ def synchronize(label: str | None, pin_file: str | None, as_json: bool) -> int:
     config = load_config(doc, str(ctx.path))
     pin = resolve_pin(pin_file, doc.get(HACLI_SECTION, "LabDir"))
     with Engine(config, groups=[label] if label else None) as engine:
-        report = engine.group(label).synchronize(pin)
+        report = engine.group(label).synchronize(pin, adopt=adopt, dry_run=dry_run)
     if as_json:
         render.emit_json(report.as_dict())
     else:
+        for serial, obj in report.destroys:
+            render.echo(f"{'Would destroy' if dry_run else 'Destroyed'} on {serial} "
+                        f"(destroyed through the group while it was down): {obj.describe()}")
         for serial, obj, how in report.copied:
-            render.echo(f"Copied to {serial} ({how}): {obj.describe()}")
+            render.echo(f"{'Would copy' if dry_run else 'Copied'} to {serial} ({how}): "
+                        f"{obj.describe()}")
         for f in report.failed:
             render.echo(f"Not copied to {f.serial}: {f.object.describe()} - {f.ckr} {f.reason}")
+        for c in report.conflicts:
+            render.echo(f"Conflict: {c.object.describe()} is on {', '.join(c.holders)} but not "
+                        f"on {c.serial}, and no change recorded by hacli explains it; "
+                        "not copied (--adopt copies it)")
         for serial in report.unreachable:
             render.echo(f"Member {serial} is down: not synchronised")
-        state = "in sync" if report.complete else "NOT in sync"
-        render.echo(f"HA group {report.group}: {len(report.copied)} object(s) copied; {state}")
+        if dry_run:
+            render.echo(f"HA group {report.group}: plan only, nothing changed "
+                        f"({len(report.destroys)} destroy(s), {len(report.copied)} copy(ies), "
+                        f"{len(report.conflicts)} conflict(s))")
+        else:
+            state = "in sync" if report.complete else "NOT in sync"
+            render.echo(f"HA group {report.group}: {len(report.copied)} object(s) copied, "
+                        f"{len(report.destroys)} destroyed; {state}")
     return 0 if report.complete else int(ExitStatus.FAILED)

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from hacli.conf.model_types import HAConfig
@@ -30,6 +31,8 @@ class Engine:
         HA settings).
     :param groups: labels of the groups to start (default: all).
     :param clock: monotonic clock for the recovery policy (tests inject one).
+    :param state_dir: where the groups' change journals live (default
+        ``$XDG_STATE_HOME``, see :mod:`hacli.engine.journal`).
 
     Construction connects every member in parallel, each bounded by the command
     timeout (``ReceiveTimeout``); members that cannot be reached start down.
@@ -37,7 +40,7 @@ class Engine:
     """
 
     def __init__(self, config: HAConfig, groups: Iterable[str] | None = None, *,
-                 clock: Clock = time.monotonic):
+                 clock: Clock = time.monotonic, state_dir: Path | None = None):
         self.config = config
         self.settings = config.settings
         self._workdir = tempfile.mkdtemp(prefix="hacli-engine-")
@@ -68,7 +71,7 @@ class Engine:
                     ms.append(m)
                 self.groups.append(HAGroup(conf, ms, settings=s, registry=self._registry,
                                            all_members=self._members.values, log=self.log,
-                                           ids=self._ids, clock=clock))
+                                           ids=self._ids, clock=clock, state_dir=state_dir))
             self._number_slots()
             in_parallel(HAGroup.start, self.groups)
         except BaseException:

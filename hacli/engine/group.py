@@ -31,12 +31,14 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from hacli.conf.model_types import GroupConf, HASettings
 from hacli.engine import halog
 from hacli.engine.exceptions import GroupDownError
 from hacli.engine.execution import Executor
+from hacli.engine.journal import ChangeJournal
 from hacli.engine.login import Login
 from hacli.engine.member import Connection, Member, MemberState
 from hacli.engine.members import MemberSet
@@ -63,7 +65,8 @@ class HAGroup:
     def __init__(self, conf: GroupConf, members: Sequence[Member], *, settings: HASettings,
                  registry: InstanceRegistry, all_members: Callable[[], Iterable[Member]],
                  log: halog.HALog | halog.NullLog, ids: itertools.count[int],
-                 clock: Clock = time.monotonic, slot_id: int | None = None):
+                 clock: Clock = time.monotonic, slot_id: int | None = None,
+                 state_dir: Path | None = None):
         self.conf = conf
         self.label = conf.label
         self.serial = conf.serial
@@ -78,7 +81,11 @@ class HAGroup:
         self._objects = ObjectRegistry(self.members_set.lock, ids)
         self.login_state = Login(self.label, self.members_set)
         self.executor = Executor(self.label, self.members_set, self._objects, self.recovery_tick)
-        self.replicas = Replicas(self.members_set, self._objects, self.executor)
+        self._state_dir = state_dir
+        self._journal: ChangeJournal | None = None
+        self._journal_lock = threading.Lock()
+        self.replicas = Replicas(self.members_set, self._objects, self.executor,
+                                 self.change_journal)
         self.sync = Synchronisation(conf, self.members_set, self._objects, self.replicas,
                                     self.login_state, log, clock, self.policy.interval)
         self.operations = Operations(self.members_set, self.executor, self.recovery_tick)
@@ -95,6 +102,14 @@ class HAGroup:
     def __repr__(self) -> str:
         alive = sum(m.alive for m in self.members)
         return f"<HAGroup {self.label} serial={self.serial} {alive}/{len(self.members)} alive>"
+
+    def change_journal(self) -> ChangeJournal:
+        """The group's durable journal of missed changes (opened on first use:
+        ``$XDG_STATE_HOME/hacli/journal/<group serial>.jsonl``)."""
+        with self._journal_lock:
+            if self._journal is None:
+                self._journal = ChangeJournal.for_group(self.serial, self._state_dir)
+            return self._journal
 
     # -- life cycle --------------------------------------------------------
     def start(self) -> None:
@@ -230,10 +245,13 @@ class HAGroup:
         self.recovery_tick()
         return self.sync.inventory_diff(pin)
 
-    def synchronize(self, pin: str | None = None) -> SyncReport:
-        """``hagroup synchronize``: copy what members lack (see docs/engine.md)."""
+    def synchronize(self, pin: str | None = None, *, adopt: bool = False,
+                    dry_run: bool = False) -> SyncReport:
+        """``hagroup synchronize``: replay what members missed, copy session
+        objects, report conflicts (``adopt``: copy them); ``dry_run``: the plan
+        only (see :meth:`Synchronisation.synchronize`)."""
         self.recovery_tick()
-        return self.sync.synchronize(pin)
+        return self.sync.synchronize(pin, adopt=adopt, dry_run=dry_run)
 
     # -- sessions ------------------------------------------------------------
     def open_session(self, rw: bool = True, member: str | None = None) -> VirtualSession:

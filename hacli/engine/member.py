@@ -184,9 +184,6 @@ class Member:
         self.failure_reported = False
         self.last_error: str | None = None
         self.needs_sync = False
-        #: Changes this member missed that are not visible in the object registry
-        #: (destroys, attribute changes), replayed by synchronisation.
-        self.journal: list[tuple[str, Any, Any]] = []
         self.in_flight = 0
         self.ops = 0
         self.failures = 0

@@ -1,4 +1,4 @@
-"""Objects made through a group exist on every member.
+"""Objects made through a group exist on every member; what a member missed is journaled.
 
 Created once, then copied to every other alive member: by running the same
 deterministic call there (*replay*: create, copy, unwrap, derive) or by
@@ -8,14 +8,23 @@ wrapped under the transport key, public objects by value; see docs/engine.md,
 every member and are journaled for members that are down.  What runs on a
 member's worker (export, import, identities) is in :mod:`hacli.engine.replication`.
 
+Every change a member misses (it is down, or the copy failed) is written to
+the group's durable :class:`~hacli.engine.journal.ChangeJournal` before the
+call returns: token objects created, destroyed or changed.  Synchronisation
+replays it (sync.py), so a destroyed object never comes back, even after the
+process ended with members down.  Destroys also leave an in-memory tombstone,
+so a synchronisation running at the same time does not copy the object back.
+
 Collaborators: the group's :class:`~hacli.engine.members.MemberSet`, its
-:class:`~hacli.engine.objects.ObjectRegistry` and its
-:class:`~hacli.engine.execution.Executor`.
+:class:`~hacli.engine.objects.ObjectRegistry`, its
+:class:`~hacli.engine.execution.Executor` and its journal (opened on first use).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import pkcs11
@@ -25,19 +34,68 @@ from hacli.engine import replication
 from hacli.engine.ckr import ckr_name, is_member_failure
 from hacli.engine.exceptions import CKRError, request_error
 from hacli.engine.execution import Executor
+from hacli.engine.journal import ChangeJournal
 from hacli.engine.member import Connection, Member
 from hacli.engine.members import MemberSet
 from hacli.engine.objects import NotOnMember, ObjectRegistry, VObject
-from hacli.engine.replication import ident_of
+from hacli.engine.replication import ident_key, ident_of
+
+#: How long a destroy's tombstone is kept (a synchronisation that started
+#: before the destroy is over well within it).
+TOMBSTONE_SECONDS = 600.0
 
 
 class Replicas:
     """Creating, copying, destroying and changing objects on every member."""
 
-    def __init__(self, members: MemberSet, objects: ObjectRegistry, executor: Executor):
+    def __init__(self, members: MemberSet, objects: ObjectRegistry, executor: Executor,
+                 journal: Callable[[], ChangeJournal]):
         self._members = members
         self._objects = objects
         self._executor = executor
+        self._journal = journal
+        self._tomb_lock = threading.Lock()
+        self._tombstones: dict[Any, float] = {}  # ident key -> monotonic time of the destroy
+
+    @property
+    def change_journal(self) -> ChangeJournal:
+        """The group's durable journal of missed changes."""
+        return self._journal()
+
+    def destroyed_since(self, key: Any, since: float) -> bool:
+        """True when an object of identity ``key`` was destroyed through the group
+        at or after ``since`` (``time.monotonic``)."""
+        with self._tomb_lock:
+            t = self._tombstones.get(key)
+        return t is not None and t >= since
+
+    def _tombstone(self, key: Any) -> None:
+        now = time.monotonic()
+        with self._tomb_lock:
+            self._tombstones[key] = now
+            if len(self._tombstones) > 4096:
+                self._tombstones = {k: t for k, t in self._tombstones.items()
+                                    if now - t < TOMBSTONE_SECONDS}
+
+    def record_missed(self, kind: str, ident: dict[Any, Any], attrs: dict[Any, Any] | None,
+                      missed: Iterable[Member]) -> None:
+        """Durably journal a change the ``missed`` members did not get (they need
+        sync).  Returns once it is on disk: before the application is told."""
+        serials = sorted({m.serial for m in missed})
+        if not serials:
+            return
+        with self._members.lock:
+            for m in self._members:
+                if m.serial in serials:
+                    m.needs_sync = True
+        self._journal().record(kind, ident, attrs, serials)
+
+    def _missed_creation(self, vobjs: Sequence[VObject]) -> None:
+        """Journal the token objects of ``vobjs`` for the members without a copy."""
+        for v in vobjs:
+            if v.is_token_object:
+                self.record_missed("create", dict(v.ident), None,
+                                   [m for m in self._members if m.serial not in v.real])
 
     def create(self, operation: str, fn: Callable[..., list[Any]], vobjs: Sequence[VObject] = (),
                owner: int | None = None, only: Member | None = None,
@@ -53,19 +111,22 @@ class Replicas:
             primary, out = self._executor.execute(operation, task, vobjs, only)
             if replay:
                 self.replicate_replayed(out, primary, fn, vobjs, only)
+                if only is None:
+                    self._missed_creation(out)
                 return out
             self.replicate_created(out, primary, only)
-            if only is not None or primary.alive or len(self._members) == 1 or all(
-                    any(s != primary.serial for s in v.real) for v in out):
+            if only is not None or len(self._members) == 1:
+                return out
+            if primary.alive or all(any(s != primary.serial for s in v.real) for v in out):
+                self._missed_creation(out)
                 return out
             # The member that made the objects failed before any other member
             # got a copy: as far as the application can tell, the call failed
             # on a member that went down.  Make them again on one that serves;
             # the orphans on the failed member are destroyed when it returns.
-            with self._members.lock:
-                for v in out:
-                    self.journal(("destroy", dict(v.ident), None))
             for v in out:
+                if v.is_token_object:
+                    self.record_missed("destroy", dict(v.ident), None, [primary])
                 self._objects.forget(v)
         raise CKRError("CKR_DEVICE_ERROR", operation,
                        detail="every member that made the object failed before it was copied")
@@ -125,15 +186,6 @@ class Replicas:
                     m.needs_sync = True
                 continue
             yield m
-
-    def journal(self, entry: tuple[str, Any, Any]) -> None:
-        """Record a change for every member that is down (replayed by sync.py;
-        entries are only read).  ``self._lock`` held."""
-        for m in self._members:
-            if not m.alive:
-                m.journal.append(entry)
-                m.needs_sync = True
-
 
     def can_wrap(self, only: Member | None = None) -> bool:
         """True when every alive member can send and receive keys under the transport key."""
@@ -257,10 +309,14 @@ class Replicas:
             obj.destroy()
             conn.objects.pop(obj.handle, None)
 
-        self._executor.on_each("C_DestroyObject", task, vobj, only)
         if only is None:
-            with self._members.lock:
-                self.journal(("destroy", dict(vobj.ident), None))
+            # before the first member destroys it: a synchronisation running
+            # now must not copy it back from a member it has not reached yet
+            self._tombstone(ident_key(vobj.ident))
+        self._executor.on_each("C_DestroyObject", task, vobj, only)
+        if only is None and vobj.is_token_object:
+            self.record_missed("destroy", dict(vobj.ident), None,
+                               [m for m in self._members if not m.alive])
         self._objects.forget(vobj)
 
     def set_on(self, m: Member, conn: Connection, vobj: VObject, attrs: dict[Any, Any]) -> None:
@@ -275,11 +331,14 @@ class Replicas:
             for k, v in attrs.items():
                 obj[k] = v
 
+        before = dict(vobj.ident)
         self._executor.on_each("C_SetAttributeValue", task, vobj, only)
         with self._members.lock:
             self._objects.relabel(vobj, attrs)
-            if only is None:
-                self.journal(("set", vobj.handle, dict(attrs)))
+        if only is None and vobj.is_token_object:
+            # the members that missed it still know the object by its old identity
+            self.record_missed("set", before, dict(attrs),
+                               [m for m in self._members if not m.alive])
 
 
 __all__ = ["Replicas"]

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import Any
+
+from pkcs11 import Attribute, CertificateType, KeyType, ObjectClass
 
 from hacli.conf.model_types import GroupConf
 from hacli.engine import halog, replication
@@ -34,6 +37,7 @@ from hacli.engine.types import (
     InventoryDiff,
     MemberInventory,
     ObjectSummary,
+    SyncConflict,
     SyncFailure,
     SyncReport,
 )
@@ -116,16 +120,18 @@ class Synchronisation:
             self._sync_period = min(max(self._sync_period, 1.0) * 2, 3600.0)
 
     def _catch_up(self) -> None:
-        """Synchronise when HASynchronize is set, else replay what members missed
-        and measure (``needs_sync``).  The journal is replayed either way: a
+        """Synchronise when HASynchronize is set; else replay the destroys and
+        attribute changes members missed, and measure (``needs_sync``).  A
         destroy a member missed (or the orphan of a generation that was made
         again elsewhere) must not live on there, whatever the sync setting."""
         if self.conf.synchronize:
             self.run()
         else:
             with self._sync_lock:
+                started = time.monotonic()
                 for m in self._members.serving():
-                    self._replay_journal(m)
+                    self._replay_journal(m, started, False, [], [], [], set(),
+                                         kinds=("destroy", "set"))
             self.refresh_needs_sync()
 
     def after_recovery(self, m: Member) -> None:
@@ -159,6 +165,8 @@ class Synchronisation:
     def refresh_needs_sync(self) -> InventoryDiff:
         inv = self._inventories()
         union, missing = union_of(inv)
+        journal = self._replicas.change_journal
+        pending = {m.serial: bool(journal.pending(m.serial)) for m in self._members}
         out = []
         with self._members.lock:
             for m in self._members:
@@ -167,7 +175,7 @@ class Synchronisation:
                                                error=m.last_error or "CKR_DEVICE_ERROR"))
                     continue
                 lacks = tuple(replication.summarize(*union[k][:2]) for k in missing[m.serial])
-                m.needs_sync = bool(lacks) or bool(m.journal)
+                m.needs_sync = bool(lacks) or bool(pending.get(m.serial))
                 out.append(MemberInventory(m.serial, reachable=True,
                                            objects=len(inv[m.serial]), missing=lacks))
         return InventoryDiff(self.label, tuple(out))
@@ -184,52 +192,78 @@ class Synchronisation:
         with self._login.logged_in_for(pin, "inventory"):
             return self.refresh_needs_sync()
 
-    def synchronize(self, pin: str | None = None) -> SyncReport:
-        """``hagroup synchronize``: copy every token object a member lacks from a
-        member that has it (and replay destroys/attribute changes members missed).
+    def synchronize(self, pin: str | None = None, *, adopt: bool = False,
+                    dry_run: bool = False) -> SyncReport:
+        """``hagroup synchronize``: bring every alive member up to date.
+
+        1. The changes each member missed, from the group's durable journal, in
+           order: destroys (a destroyed object never comes back), attribute
+           changes, and objects created through the group while it was down
+           (copied from a member that has them).
+        2. Session objects made through the group, to members that lack them.
+        3. Any other object some members hold and others lack is a *conflict*
+           (made outside the group, or destroyed elsewhere while a member was
+           down): reported in :attr:`SyncReport.conflicts`, copied only with
+           ``adopt`` (lunacm's union: the administrator says it is wanted).
 
         Secret and private keys travel only wrapped under the transport key;
         public objects by value.  What cannot be copied is reported in
-        :attr:`SyncReport.failed`, never hidden.  Idempotent.  Needs a login,
-        like :meth:`inventory_diff`; runs whatever the HASynchronize flag says.
+        :attr:`SyncReport.failed`, never hidden.  ``dry_run`` changes nothing
+        and reports the plan.  Idempotent.  Needs a login, like
+        :meth:`inventory_diff`; runs whatever the HASynchronize flag says.
         """
         with self._login.logged_in_for(pin, "synchronize"):
-            return self.run()
+            return self.run(adopt=adopt, dry_run=dry_run)
 
-    def run(self) -> SyncReport:
+    def run(self, *, adopt: bool = False, dry_run: bool = False) -> SyncReport:
+        """One synchronisation (see :meth:`synchronize`); the group is logged in."""
         with self._sync_lock:
+            started = time.monotonic()
             self._last_sync = self.clock()
             copied: list[tuple[str, ObjectSummary, str]] = []
+            destroys: list[tuple[str, ObjectSummary]] = []
             failed: list[SyncFailure] = []
-            destroyed = 0
             work: set[str] = set()
             # 1. changes made through the group while a member was down
             for m in self._members.serving():
-                n = self._replay_journal(m)
-                if n:
-                    destroyed += n
-                    work.add(m.serial)
+                self._replay_journal(m, started, dry_run, copied, destroys, failed, work)
             # 2. session objects made through the group (token objects: step 3)
-            session_objs = self._objects.replicable_session_objects()
+            session_objs = [v for v in self._objects.replicable_session_objects()
+                            if not self._replicas.destroyed_since(
+                                replication.ident_key(v.ident), started)]
             for m in self._members.serving():
                 for v in session_objs:
                     try:
-                        if self._replicas.replicate_one(v, m):
+                        if dry_run:
+                            if m.serial not in v.real:
+                                copied.append((m.serial, replication.summarize(v.ident), "-"))
+                        elif self._replicas.replicate_one(v, m):
                             copied.append((m.serial, replication.summarize(v.ident), "-"))
                     except Exception as e:
                         if is_member_failure(e) and not m.alive:
                             break
                         failed.append(SyncFailure(m.serial, replication.summarize(v.ident),
                                                   ckr_name(e), getattr(e, "detail", "")))
-            # 3. token objects: the union of the members' inventories
+            # 3. token objects some members lack that nothing above explains
             inv = self._inventories()
             union, missing = union_of(inv)
+            conflicts: list[SyncConflict] = []
+            journal = self._replicas.change_journal
             for serial, keys in missing.items():
                 m = self._members.get(serial)
                 for k in keys:
                     ident, info, holders = union[k]
+                    if (journal.explains(k) is not None
+                            or self._replicas.destroyed_since(k, started)):
+                        continue  # the journal (or a destroy just now) decides
                     summary = replication.summarize(ident, info)
+                    if not adopt:
+                        conflicts.append(SyncConflict(serial, summary, tuple(holders)))
+                        continue
                     sources = [s for s in self._members if s.serial in holders and s.alive]
+                    if dry_run:
+                        copied.append((serial, summary, _how(ident)))
+                        continue
                     try:
                         how = self._replicas.transfer(ident, m, sources, operation="synchronize")
                         copied.append((serial, summary, how))
@@ -238,47 +272,124 @@ class Synchronisation:
                             break
                         failed.append(SyncFailure(serial, summary, ckr_name(e),
                                                   getattr(e, "detail", "")))
-            copied_to = {s for s, _o, _h in copied}
-            failed_on: dict[str, str] = {}
-            for f in failed:
-                failed_on.setdefault(f.serial, f.ckr)
-            with self._members.lock:
-                for m in self._members:
-                    if m.alive and m.serial in inv:
-                        m.needs_sync = m.serial in failed_on or bool(m.journal)
-                    if m.serial in copied_to:
-                        self._objects.present_on(m.serial)
-                unreachable = tuple(m.serial for m in self._members if m.serial not in inv)
-            for m in self._members:
-                if m.serial in copied_to or m.serial in failed_on or m.serial in work:
-                    self._log.event(self.label, m.serial, halog.SYNCHRONIZED,
-                                    failed_on.get(m.serial))
-            return SyncReport(self.label, tuple(copied), tuple(failed), unreachable, destroyed)
+            report = SyncReport(self.label, tuple(copied), tuple(failed),
+                                tuple(m.serial for m in self._members if m.serial not in inv),
+                                len(destroys), tuple(conflicts), dry_run, tuple(destroys))
+            if not dry_run:
+                self._after_run(report, inv, work)
+            return report
 
-    def _replay_journal(self, m: Member) -> int:
-        """Apply destroys/attribute changes ``m`` missed; returns destroys done."""
+    def _after_run(self, report: SyncReport, inv: dict[str, Inventory], work: set[str]) -> None:
+        """``needs_sync``, the registry and the HA log after a synchronisation."""
+        copied_to = {s for s, _o, _h in report.copied}
+        failed_on: dict[str, str] = {}
+        for f in report.failed:
+            failed_on.setdefault(f.serial, f.ckr)
+        lacking = {c.serial for c in report.conflicts}
+        journal = self._replicas.change_journal
+        pending = {m.serial: bool(journal.pending(m.serial)) for m in self._members}
         with self._members.lock:
-            journal, m.journal = m.journal, []
-        done = 0
-        for i, entry in enumerate(journal):
-            kind, ident, attrs = entry
+            for m in self._members:
+                if m.alive and m.serial in inv:
+                    m.needs_sync = (m.serial in failed_on or m.serial in lacking
+                                    or pending[m.serial])
+                if m.serial in copied_to:
+                    self._objects.present_on(m.serial)
+        for m in self._members:
+            if m.serial in copied_to or m.serial in failed_on or m.serial in work:
+                self._log.event(self.label, m.serial, halog.SYNCHRONIZED,
+                                failed_on.get(m.serial))
+
+    def _replay_journal(self, m: Member, started: float, dry_run: bool,
+                        copied: list[tuple[str, ObjectSummary, str]],
+                        destroys: list[tuple[str, ObjectSummary]],
+                        failed: list[SyncFailure], work: set[str],
+                        kinds: tuple[str, ...] = ("destroy", "set", "create")) -> None:
+        """Apply, in order, the changes ``m`` missed (from the durable journal).
+
+        An entry is marked delivered once applied; one that cannot be applied
+        now (its source is down, the member failed) stays for the next run.
+        ``kinds``: which entries to apply (without HASynchronize only destroys
+        and attribute changes: nothing stale may live on, but nothing is copied).
+        """
+        journal = self._replicas.change_journal
+        entries = [e for e in journal.pending(m.serial) if e.kind in kinds]
+        later_destroys = {e.key: e.seq for e in journal.entries() if e.kind == "destroy"}
+        for e in entries:
+            ident = typed_ident(e.ident)
+            summary = replication.summarize(ident)
             try:
-                if kind == "destroy":
-                    done += m.run(destroy_matching, ident, operation="C_DestroyObject")
-                elif kind == "set":
-                    vobj = self._objects.find(ident)
-                    if vobj is not None:
-                        m.run(lambda conn, v=vobj, a=attrs: self._replicas.set_on(m, conn, v, a),
+                if e.kind == "destroy":
+                    destroys.append((m.serial, summary))
+                    if not dry_run:
+                        m.run(destroy_matching, ident, operation="C_DestroyObject")
+                elif e.kind == "set":
+                    if not dry_run:
+                        m.run(set_matching, ident, e.attrs or {},
                               operation="C_SetAttributeValue")
-            except NotOnMember:
-                pass
-            except Exception as e:
-                if is_member_failure(e):
-                    with self._members.lock:
-                        m.journal = journal[i:] + m.journal
-                    self._members.mark_failed(m, e)
-                    return done
-        return done
+                elif e.kind == "create":
+                    gone = (later_destroys.get(e.key, 0) > e.seq
+                            or self._replicas.destroyed_since(e.key, started))
+                    if not gone and not m.run(has_matching, ident,
+                                              operation="C_FindObjects"):
+                        sources = [s for s in self._members.serving() if s is not m]
+                        if dry_run:
+                            copied.append((m.serial, summary, _how(ident)))
+                            continue
+                        how = self._replicas.transfer(ident, m, sources,
+                                                      operation="synchronize")
+                        copied.append((m.serial, summary, how))
+                        if self._replicas.destroyed_since(e.key, started):
+                            # destroyed through the group while it was copied
+                            m.run(destroy_matching, ident, operation="C_DestroyObject")
+            except Exception as err:
+                if is_member_failure(err) and not m.alive:
+                    return  # the rest waits for the member's next recovery
+                if e.kind == "create" and ckr_name(err) == "CKR_DEVICE_ERROR":
+                    if not all(x.alive for x in self._members):
+                        continue  # a member holding it may be down: next run
+                    # every member serves and none holds it: destroyed outside
+                    # the group; nothing left to copy
+                elif e.kind != "create" or not isinstance(err, NotOnMember):
+                    failed.append(SyncFailure(m.serial, summary, ckr_name(err),
+                                              getattr(err, "detail", "")))
+                    continue
+            if not dry_run:
+                journal.delivered(e.seq, m.serial)
+                work.add(m.serial)
 
 
-__all__ = ["Synchronisation", "destroy_matching", "union_of"]
+def typed_ident(ident: dict[Any, Any]) -> dict[Any, Any]:
+    """An identity read back from the journal, with python-pkcs11's enum types
+    where it wants them (the file keeps plain numbers)."""
+    out = dict(ident)
+    for attr, enum in ((Attribute.CLASS, ObjectClass), (Attribute.KEY_TYPE, KeyType),
+                       (Attribute.CERTIFICATE_TYPE, CertificateType)):
+        value = out.get(attr)
+        if isinstance(value, int) and not isinstance(value, bool):
+            with contextlib.suppress(ValueError):
+                out[attr] = enum(value)
+    return out
+
+
+def _how(ident: dict[Any, Any]) -> str:
+    """How an object of ``ident`` would travel (for a dry run's plan)."""
+    return "wrap" if ident.get(Attribute.CLASS) in replication.SECRET_CLASSES else "value"
+
+
+def set_matching(conn: Connection, ident: dict[Any, Any], attrs: dict[Any, Any]) -> int:
+    """Set ``attrs`` on every object of identity ``ident`` on a member (worker thread)."""
+    n = 0
+    for obj in list(conn.work.get_objects(ident)):
+        for k, v in attrs.items():
+            obj[k] = v
+        n += 1
+    return n
+
+
+def has_matching(conn: Connection, ident: dict[Any, Any]) -> bool:
+    """True when the member holds an object of identity ``ident`` (worker thread)."""
+    return bool(list(conn.work.get_objects(ident)))
+
+
+__all__ = ["Synchronisation", "destroy_matching", "has_matching", "set_matching", "union_of"]

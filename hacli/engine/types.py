@@ -193,32 +193,56 @@ class SyncFailure:
 
 
 @dataclass(frozen=True)
+class SyncConflict:
+    """An object some members hold and others lack that no change recorded by
+    hacli explains (made outside the group, or destroyed elsewhere while a
+    member was down): reported, never copied blindly (``adopt`` copies it)."""
+
+    serial: str  # a member that lacks it
+    object: ObjectSummary
+    holders: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"serial": self.serial, "object": self.object.as_dict(),
+                "holders": list(self.holders)}
+
+
+@dataclass(frozen=True)
 class SyncReport:
     """Result of :meth:`HAGroup.synchronize`.
 
-    ``copied``: (member serial, object, how: ``wrap``/``value``).
-    ``unreachable``: members that are down (not synchronised).
+    ``copied``: (member serial, object, how: ``wrap``/``value``; ``-`` for session
+    objects).  ``destroyed``: destroys replayed from the journal.
+    ``conflicts``: objects not copied because nothing explains them.
+    ``unreachable``: members that are down (not synchronised).  With
+    ``dry_run`` nothing was changed: ``copied`` and ``destroyed`` are the plan.
     """
 
     group: str
     copied: tuple[tuple[str, ObjectSummary, str], ...] = ()
     failed: tuple[SyncFailure, ...] = ()
     unreachable: tuple[str, ...] = ()
-    destroyed: int = 0  # destroys replayed from the journal
+    destroyed: int = 0
+    conflicts: tuple[SyncConflict, ...] = ()
+    dry_run: bool = False
+    #: (member serial, object) of each destroy replayed (or planned)
+    destroys: tuple[tuple[str, ObjectSummary], ...] = ()
 
     @property
     def complete(self) -> bool:
         """True when every reachable member now has every object."""
-        return not self.failed
+        return not self.failed and not self.conflicts
 
     def as_dict(self) -> dict[str, Any]:
-        return {"group": self.group, "complete": self.complete,
+        return {"group": self.group, "complete": self.complete, "dry_run": self.dry_run,
                 "copied": [{"serial": s, "object": o.as_dict(), "how": how}
                            for s, o, how in self.copied],
+                "destroys": [{"serial": s, "object": o.as_dict()} for s, o in self.destroys],
                 "failed": [f.as_dict() for f in self.failed],
+                "conflicts": [c.as_dict() for c in self.conflicts],
                 "unreachable": list(self.unreachable), "destroyed": self.destroyed}
 
 
 __all__ = ["HA_SLOT_DESCRIPTION", "GroupStatus", "InventoryDiff", "MemberInventory",
-           "MemberStatus", "ObjectSummary", "SessionInfo", "SlotInfo", "SyncFailure",
-           "SyncReport", "TokenInfo"]
+           "MemberStatus", "ObjectSummary", "SessionInfo", "SlotInfo", "SyncConflict",
+           "SyncFailure", "SyncReport", "TokenInfo"]

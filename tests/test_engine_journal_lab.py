@@ -1,0 +1,102 @@
+"""The durable change journal on the lab: a destroyed key never comes back.
+
+Issue 8, fault 5: objects destroyed while a member was down reappeared on every
+member after `hagroup synchronize`, because the journal of missed destroys
+lived in memory and died with the engine.  Here the engine that destroys is
+closed, or killed with SIGKILL, while the member is still down; a later,
+separate `hacli hagroup synchronize` replays the destroy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from clihelpers import run_process
+from enginehelpers import lab_config
+from pkcs11 import Attribute, KeyType
+
+from hacli.engine import Engine
+
+pytestmark = pytest.mark.lab
+
+TESTS = Path(__file__).resolve().parent
+
+
+def labels_everywhere(lab, tmp_path: Path, label: str) -> dict[str, int]:
+    """How many token objects called ``label`` each member holds (pinned sessions)."""
+    with Engine(lab_config(lab, tmp_path / "count")) as engine:
+        g = engine.group()
+        out = {}
+        for m in g.members:
+            with g.open_session(member=m.serial) as ms:
+                if not g.logged_in:
+                    ms.login(lab.pin())
+                out[m.serial] = len(ms.find_objects({Attribute.LABEL: label,
+                                                     Attribute.TOKEN: True}))
+        return out
+
+
+def synchronize_cli(lab) -> str:
+    res = run_process("--conf", str(lab.conf_path), "hagroup", "synchronize",
+                      "--pin-file", str(lab.pin_file))
+    assert res.code == 0, res.out + res.err
+    assert "NOT in sync" not in res.out
+    return res.out
+
+
+def test_destroy_missed_by_a_member_survives_the_engine_closing(healthy_lab, tmp_path) -> None:
+    lab = healthy_lab
+    m0, m1 = lab.members()
+    with Engine(lab_config(lab, tmp_path / "a")) as engine:
+        g = engine.group()
+        with g.open_session() as s:
+            s.login(lab.pin())
+            key = s.generate_key(KeyType.AES, 256, label="revoked-1", token=True)
+            lab.fail(m1.serial)
+            g.status()
+            s.destroy_object(key)  # m1 is down: it still holds the key
+    lab.restore(m1.serial)  # the engine is gone; the member comes back with the key
+    out = synchronize_cli(lab)
+    assert f"Destroyed on {m1.serial}" in out and "revoked-1" in out
+    assert labels_everywhere(lab, tmp_path, "revoked-1") == {m0.serial: 0, m1.serial: 0}
+    again = synchronize_cli(lab)  # delivered: nothing left to replay
+    assert "0 object(s) copied, 0 destroyed; in sync" in again
+
+
+def test_destroy_missed_by_a_member_survives_a_killed_engine(healthy_lab, tmp_path) -> None:
+    """The process that destroyed the key is killed (SIGKILL) right after the
+    destroy returned: what it told the application is on disk."""
+    lab = healthy_lab
+    m0, m1 = lab.members()
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from enginehelpers import lab_config
+        from hacli.engine import Engine
+        from hacli.lab import Lab
+        from pkcs11 import KeyType
+        from pathlib import Path
+        lab = Lab({str(lab.directory)!r})
+        engine = Engine(lab_config(lab, Path({str(tmp_path / 'b')!r})))
+        g = engine.group()
+        s = g.open_session()
+        s.login(lab.pin())
+        key = s.generate_key(KeyType.AES, 256, label="revoked-2", token=True)
+        lab.fail({m1.serial!r})
+        g.status()
+        s.destroy_object(key)
+        print("destroyed", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ}, check=False)
+    assert proc.returncode == -9 and "destroyed" in proc.stdout, proc.stderr
+    lab.restore(m1.serial)
+    out = synchronize_cli(lab)
+    assert f"Destroyed on {m1.serial}" in out
+    assert labels_everywhere(lab, tmp_path, "revoked-2") == {m0.serial: 0, m1.serial: 0}
