@@ -492,6 +492,21 @@ class ChangeJournal:
             self._maybe_compact()
             return True
 
+    def delivered_many(self, seqs: Iterable[int], member_serial: str) -> int:
+        """:meth:`delivered` for several changes, with one write and one fsync
+        (a catch-up replays many).  Returns how many were pending."""
+        with self._locked() as fd:
+            recs = [r for r in (self._recs.get(q) for q in seqs)
+                    if r is not None and member_serial in r.pending]
+            if not recs:
+                return 0
+            self._append(fd, b"".join(_dumps({"done": r.seq, "member": member_serial})
+                                      for r in recs), lines=len(recs))
+            for r in recs:
+                self._drop(r, member_serial)
+            self._maybe_compact()
+            return len(recs)
+
     def forget_member(self, serial: str) -> int:
         """The member left the group: it no longer waits for any change.
         Returns how many entries named it (0: nothing is written)."""
@@ -717,9 +732,9 @@ class ChangeJournal:
         if not rec.pending:
             del self._recs[rec.seq]
 
-    def _append(self, fd: int, line: bytes) -> None:
-        """Append one line and fsync it; on failure cut the file back so no
-        half line is left for the next append to run into."""
+    def _append(self, fd: int, line: bytes, lines: int = 1) -> None:
+        """Append one line (or ``lines`` lines) and fsync; on failure cut the file
+        back so no half line is left for the next append to run into."""
         try:
             _write_all(fd, line)
             os.fsync(fd)
@@ -731,8 +746,8 @@ class ChangeJournal:
                 pass
             raise
         self._offset += len(line)
-        self._lineno += 1
-        self._body += 1
+        self._lineno += lines
+        self._body += lines
 
     def _maybe_compact(self) -> None:
         stale = self._body - len(self._recs)

@@ -26,6 +26,7 @@ from pkcs11 import Attribute, CertificateType, KeyType, ObjectClass
 from hacli.conf.model_types import GroupConf
 from hacli.engine import halog, replication
 from hacli.engine.ckr import ckr_name, is_member_failure
+from hacli.engine.journal import Entry
 from hacli.engine.login import Login
 from hacli.engine.member import Connection, Member
 from hacli.engine.members import MemberSet
@@ -224,10 +225,14 @@ class Synchronisation:
             destroys: list[tuple[str, ObjectSummary]] = []
             failed: list[SyncFailure] = []
             work: set[str] = set()
-            # 1. changes made through the group while a member was down
+            # 1. destroys and attribute changes made through the group while a
+            #    member was down: nothing stale may serve a moment longer
             for m in self._members.serving():
-                self._replay_journal(m, started, dry_run, copied, destroys, failed, work)
-            # 2. session objects made through the group (token objects: step 3)
+                self._replay_journal(m, started, dry_run, copied, destroys, failed, work,
+                                     kinds=("destroy", "set"))
+            # 2. session objects made through the group: they exist nowhere else,
+            #    so they go first (a recovered member that lacks them is one
+            #    failure away from losing them)
             session_objs = [v for v in self._objects.replicable_session_objects()
                             if not self._replicas.destroyed_since(
                                 replication.ident_key(v.ident), started)]
@@ -244,7 +249,11 @@ class Synchronisation:
                             break
                         failed.append(SyncFailure(m.serial, replication.summarize(v.ident),
                                                   ckr_name(e), getattr(e, "detail", "")))
-            # 3. token objects some members lack that nothing above explains
+            # 3. token objects created through the group while a member was down
+            for m in self._members.serving():
+                self._replay_journal(m, started, dry_run, copied, destroys, failed, work,
+                                     kinds=("create",))
+            # 4. token objects some members lack that nothing above explains
             inv = self._inventories()
             union, missing = union_of(inv)
             conflicts: list[SyncConflict] = []
@@ -314,7 +323,24 @@ class Synchronisation:
         """
         journal = self._replicas.change_journal
         entries = [e for e in journal.pending(m.serial) if e.kind in kinds]
+        if not entries:
+            return
         later_destroys = {e.key: e.seq for e in journal.entries() if e.kind == "destroy"}
+        done: list[int] = []
+        try:
+            self._replay_entries(m, entries, later_destroys, started, dry_run, copied,
+                                 destroys, failed, done)
+        finally:
+            # one write and fsync for the whole batch (replaying twice is harmless)
+            if done and not dry_run:
+                journal.delivered_many(done, m.serial)
+                work.add(m.serial)
+
+    def _replay_entries(self, m: Member, entries: list[Entry], later_destroys: dict[Any, int],
+                        started: float, dry_run: bool,
+                        copied: list[tuple[str, ObjectSummary, str]],
+                        destroys: list[tuple[str, ObjectSummary]],
+                        failed: list[SyncFailure], done: list[int]) -> None:
         for e in entries:
             ident = typed_ident(e.ident)
             summary = replication.summarize(ident)
@@ -354,9 +380,7 @@ class Synchronisation:
                     failed.append(SyncFailure(m.serial, summary, ckr_name(err),
                                               getattr(err, "detail", "")))
                     continue
-            if not dry_run:
-                journal.delivered(e.seq, m.serial)
-                work.add(m.serial)
+            done.append(e.seq)
 
 
 def typed_ident(ident: dict[Any, Any]) -> dict[Any, Any]:
