@@ -34,6 +34,7 @@ install: deps p11kit $(STAMP)
 
 test: install
 	$(VENV)/bin/ruff check hacli tests bench scripts
+	$(VENV)/bin/mypy hacli
 	$(PY) -m pytest -q
 
 demo: install
@@ -41,6 +42,7 @@ demo: install
 
 lint: install
 	$(VENV)/bin/ruff check hacli tests bench scripts
+	$(VENV)/bin/mypy hacli
 
 bench: install
 	$(PY) bench/startup.py

@@ -61,6 +61,6 @@ def app(ctx: click.Context | None = None) -> AppContext:
     return obj
 
 
-def json_option(f):  # type: ignore[no-untyped-def]
+def json_option(f):
     """``--json``: machine-readable output (a documented contract)."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)

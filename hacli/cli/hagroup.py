@@ -220,7 +220,7 @@ def _group_dict(g: Any) -> dict[str, Any]:
     }
 
 
-def transport_options(f):  # type: ignore[no-untyped-def]
+def transport_options(f):
     """``--so-pin-file`` and ``--no-transport-key`` for commands that add members."""
     f = so_pin_file_option(f)
     return click.option("--no-transport-key", is_flag=True,

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from hacli.lab import Lab, LabStatus, MemberStatus
 
 
-def dir_option(f):  # type: ignore[no-untyped-def]
+def dir_option(f):
     """``--dir DIR``: the lab directory (default: the XDG data directory + hacli/lab)."""
     return click.option(
         "--dir", "directory", metavar="DIR", type=click.Path(file_okay=False),
@@ -102,7 +102,7 @@ def status(directory: str | None, as_json: bool) -> None:
     show_status(open_lab(directory).status(), as_json)
 
 
-def _member_command(verb: str, doc: str):  # type: ignore[no-untyped-def]
+def _member_command(verb: str, doc: str):
     @click.argument("member")
     @dir_option
     @json_option

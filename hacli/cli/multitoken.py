@@ -44,6 +44,7 @@ def multitoken(mode: str, slot: str, label: str | None, threads: int, seconds: f
     pin = resolve_pin(pin_file, doc.get(HACLI_SECTION, "LabDir"))
     with Engine(config, groups=[label] if label else None) as engine:
         group = engine.group(label)
+        target: HATarget | DirectTarget
         if slot.lower() == "ha":
             target = HATarget(engine, group.label, pin)
         else:

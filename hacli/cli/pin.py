@@ -17,7 +17,7 @@ PIN_ENV = "HACLI_PIN"
 SO_PIN_ENV = "HACLI_SO_PIN"
 
 
-def pin_file_option(f):  # type: ignore[no-untyped-def]
+def pin_file_option(f):
     """``--pin-file FILE``: read the user PIN from the first line of FILE."""
     return click.option("--pin-file", metavar="FILE",
                         help=f"Read the PIN from FILE (else ${PIN_ENV}, the lab PIN, a prompt).",
@@ -35,7 +35,7 @@ def read_pin_file(path: str | Path) -> str:
     return pin
 
 
-def so_pin_file_option(f):  # type: ignore[no-untyped-def]
+def so_pin_file_option(f):
     """``--so-pin-file FILE``: the Security Officer PIN, for the transport key."""
     return click.option("--so-pin-file", metavar="FILE",
                         help=f"Read the SO PIN from FILE (else ${SO_PIN_ENV}, the lab's, "

@@ -128,14 +128,14 @@ def _check_groups(doc: Document) -> list[Finding]:
         if not members:
             out.append(Finding("error", line, VT, members_key,
                                f"group {label or n} has no members"))
-        for m in sorted({m for m in members if members.count(m) > 1}):
+        for member in sorted({x for x in members if members.count(x) > 1}):
             out.append(Finding("error", line, VT, members_key,
-                               f"member {m} repeats in group {label or n}"))
-        for m in dict.fromkeys(members):
-            if m in owner and owner[m] != label:
+                               f"member {member} repeats in group {label or n}"))
+        for member in dict.fromkeys(members):
+            if member in owner and owner[member] != label:
                 out.append(Finding("warning", line, VT, members_key,
-                                   f"member {m} is in groups {owner[m]} and {label}"))
-            owner.setdefault(m, label)
+                                   f"member {member} is in groups {owner[member]} and {label}"))
+            owner.setdefault(member, label)
     if doc.has_section(HASYNC):
         for key in doc.keys(HASYNC):
             if key.lower() not in seen_labels:

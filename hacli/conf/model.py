@@ -39,6 +39,13 @@ def _where(doc: Document, section: str, key: str) -> str:
     return f"{path}:{line}" if line else str(path)
 
 
+def typed_int(doc: Document, section: str, key: str) -> int:
+    """:func:`typed` for an ``integer`` setting of the spec."""
+    value = typed(doc, section, key)
+    assert isinstance(value, int), f"{section}/{key} is not an integer in ha.spec"
+    return value
+
+
 def typed(doc: Document, section: str, key: str) -> object:
     """The value of a spec'd setting, typed, or its default when absent."""
     setting = spec.lookup(section, key)
@@ -93,14 +100,14 @@ def load_settings(doc: Document) -> HASettings:
     """The global HA settings, typed, with the spec's defaults."""
     log_path = str(typed(doc, HACONF, "haLogPath")) or None
     return HASettings(
-        reconn_att=int(typed(doc, HACONF, "reconnAtt")),  # type: ignore[arg-type]
-        auto_reconnect_interval=int(typed(doc, HACONF, "AutoReconnectInterval")),  # type: ignore[arg-type]
+        reconn_att=typed_int(doc, HACONF, "reconnAtt"),
+        auto_reconnect_interval=typed_int(doc, HACONF, "AutoReconnectInterval"),
         ha_only=bool(typed(doc, HACONF, "HAOnly")),
         ha_log_enabled=typed(doc, HACONF, "haLogStatus") == "enabled",
         ha_log_path=log_path,
-        log_len=int(typed(doc, HACONF, "logLen")),  # type: ignore[arg-type]
+        log_len=typed_int(doc, HACONF, "logLen"),
         recovery_mode=str(typed(doc, VT, "VirtualTokenActiveRecovery")),
-        receive_timeout_ms=int(typed(doc, CLIENT, "ReceiveTimeout")),  # type: ignore[arg-type]
+        receive_timeout_ms=typed_int(doc, CLIENT, "ReceiveTimeout"),
     )
 
 

@@ -83,7 +83,7 @@ class _TokenInfo(ctypes.Structure):
 
 
 # The CK_FUNCTION_LIST prefix we use, in the standard's order (v2.40 §5.2).
-_FUNCTIONS = [
+_FUNCTIONS: list[tuple[str, list[Any]]] = [
     ("C_Initialize", [ctypes.c_void_p]),
     ("C_Finalize", [ctypes.c_void_p]),
     ("C_GetInfo", [ctypes.c_void_p]),

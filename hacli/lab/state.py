@@ -37,7 +37,7 @@ def new_state(tokens: list[dict[str, str]], created_dir: bool) -> dict[str, Any]
     return {
         "version": STATE_VERSION,
         "group": GROUP_LABEL,
-        "group_serial": group_serial_of(records[0]["serial"]),
+        "group_serial": group_serial_of(str(records[0]["serial"])),
         "created_dir": created_dir,
         "members": records,
     }

@@ -120,9 +120,9 @@ class DirectTarget:
         if key_type == KeyType.EC:
             from pkcs11.util.ec import encode_named_curve_parameters
 
+            ec_params = encode_named_curve_parameters(curve or "secp256r1")
             params = self.session.create_domain_parameters(
-                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)},
-                local=True)
+                KeyType.EC, {Attribute.EC_PARAMS: ec_params}, local=True)
             return params.generate_keypair(store=True, label=label)
         return self.session.generate_keypair(key_type, bits, label=label, store=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,10 @@ def _known_answer(session: Any, known: KnownKey) -> bool:
     return out.hex() == known.answer
 
 
+def _sha256_abc(session: Any) -> bool:
+    return bool(session.digest(b"abc", Mechanism.SHA256).hex() == _SHA256_ABC)
+
+
 def _random(session: Any) -> bool:
     a, b = session.generate_random(32), session.generate_random(32)
     return a != b and any(a) and any(b)
@@ -34,12 +39,12 @@ def checks(session: Any) -> list[tuple[str, Mechanism | None, Callable[[], bool]
     """(name, mechanism the check needs, check) for one session."""
     out: list[tuple[str, Mechanism | None, Callable[[], bool]]] = [
         ("SHA-256 known answer (FIPS 180-4 'abc')", Mechanism.SHA256,
-         lambda: session.digest(b"abc", Mechanism.SHA256).hex() == _SHA256_ABC),
+         functools.partial(_sha256_abc, session)),
     ]
     for known in KNOWN_KEYS:
         name = getattr(known.mechanism, "name", "")
         out.append((f"{name} known answer ({known.source})", known.mechanism,
-                    lambda k=known: _known_answer(session, k)))
+                    functools.partial(_known_answer, session, known)))
     out.append(("Random numbers differ", None, lambda: _random(session)))
     return out
 
