@@ -30,16 +30,24 @@ python-pkcs11's per-session operation lock would be held by the helper).
 
 Ending early (session closed, member failed) sends *abort*: the feeder raises
 inside python-pkcs11, whose context manager then ends the operation on the
-member (``C_xFinal``, results ignored).  When the module instance was
-abandoned after a timeout (frozen member) no abort is sent: the helper stays
-parked for good rather than call into a module that may be unloaded (one
-sleeping daemon thread per operation that was in flight on a frozen member).
+member (``C_xFinal``, results ignored).
+
+Every helper is *adopted* by the module instance whose worker started it
+(:meth:`~hacli.engine.module.ModuleInstance.adopt`).  The instance ends the
+helpers still in an operation, one at a time on its worker, before it
+re-initialises or finalizes the module.  When the instance was abandoned
+after a timeout (frozen member) the operations layer sends nothing; the
+instance cuts its transport, so the stuck call returns, and its worker then
+aborts the parked helpers (their ``C_xFinal`` fails at once on the dead
+connection) before it exits: no helper outlives its instance, and none calls
+into a module after it is finalized (modules are never unloaded).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -48,6 +56,7 @@ import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from hacli.engine.exceptions import CKRError
+from hacli.engine.module import current_instance
 
 if TYPE_CHECKING:
     from hacli.engine.member import Connection, Member
@@ -83,7 +92,8 @@ class StepDriver:
     methods :meth:`start`, :meth:`feed`, :meth:`finish` and :meth:`abort` are
     called on the member's worker thread; each returns once the helper has
     parked for its next chunk or finished.  Data chunks are held only until
-    the helper takes them.
+    the helper takes them.  Started on a module instance's worker, the driver
+    is adopted by that instance (see the module docstring).
     """
 
     def __init__(self, body: Body, name: str = "hacli-op"):
@@ -104,6 +114,18 @@ class StepDriver:
     @property
     def done(self) -> bool:
         return self._done
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The helper thread."""
+        return self._thread
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the helper thread to end; True if it has (or never started)."""
+        if self._thread.ident is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     # -- helper thread -------------------------------------------------------
     def _run(self) -> None:
@@ -142,10 +164,17 @@ class StepDriver:
                 raise _Abort()
 
     # -- worker side ---------------------------------------------------------
-    def _wait(self) -> None:
-        # called with self._cond held
+    def _wait(self, deadline: float | None = None) -> bool:
+        # called with self._cond held; False when the deadline passed first
         while not self._done and (self._inbox is not None or not self._parked):
-            self._cond.wait()
+            if deadline is None:
+                self._cond.wait()
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._cond.wait(left)
+        return True
 
     def _take_output(self) -> list[bytes]:
         out, self._out = self._out, []
@@ -158,6 +187,9 @@ class StepDriver:
 
     def start(self) -> list[bytes]:
         """Begin: runs ``C_xInit`` (and nothing else).  Raises its error."""
+        inst = current_instance()
+        if inst is not None:
+            inst.adopt(self)
         self._thread.start()
         with self._cond:
             self._wait()
@@ -166,14 +198,16 @@ class StepDriver:
                 raise RuntimeError("multi-part operation ended at init")
             return self._take_output()
 
-    def _send(self, kind: str, chunk: bytes = b"") -> list[bytes]:
+    def _send(self, kind: str, chunk: bytes = b"", timeout: float | None = None) -> list[bytes]:
         with self._cond:
             if self._done:
                 self._raise_if_failed()
                 raise RuntimeError("multi-part operation already ended")
             self._inbox = (kind, chunk)
             self._cond.notify_all()
-            self._wait()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if not self._wait(deadline):
+                raise TimeoutError(f"multi-part helper {self._thread.name} still busy")
             self._raise_if_failed()
             return self._take_output()
 
@@ -187,13 +221,20 @@ class StepDriver:
         with self._cond:
             return self._result, out
 
-    def abort(self) -> None:
+    def abort(self, timeout: float | None = None) -> None:
         """End the operation early (python-pkcs11 ends it on the member).
 
-        Never raises: the member may be gone, which is why we abort.
+        Never raises: the member may be gone, which is why we abort.  With a
+        ``timeout``, returns after that many seconds even if the helper is
+        still inside its ``C_xFinal``.  A driver never started just ends.
         """
+        if self._thread.ident is None:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+            return
         try:
-            self._send("abort")
+            self._send("abort", timeout=timeout)
         except BaseException:
             pass
         finally:

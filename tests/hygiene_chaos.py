@@ -1,0 +1,92 @@
+"""Freeze-and-kill chaos with multi-part operations in flight (body of a test subprocess).
+
+Run by tests/test_engine_hygiene.py as ``python hygiene_chaos.py LAB_DIR LOG_DIR CYCLES``.
+Each cycle starts multi-part sign operations on the HA group (on both members),
+freezes the member serving the first of them (the members take turns), steps
+that operation until the step times out (the member is marked down and its module
+instance abandoned, with the other operations on it still parked), kills the
+frozen member, restores it and recovers it, then ends the operations left.  At
+the end the engine is closed and one JSON line is printed: the threads still
+alive, the steps that timed out, the seconds the cycles took and how many module
+copies the process keeps mapped.  The process then exits normally, so the
+interpreter's own clean-up runs too (where python-pkcs11's finalizers used to
+reach an unloaded module).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from pkcs11 import KeyType, Mechanism
+
+from hacli.engine import CKRError, Engine
+from hacli.engine.module import kept_libraries
+from hacli.lab import Lab
+from hacli.lab.procs import wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from enginehelpers import lab_config
+
+SIGN = Mechanism.SHA256_RSA_PKCS
+#: Operations started per cycle (each on the member the balancer picks).
+OPS = 4
+
+
+def main() -> int:
+    lab_dir, log_dir, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    lab = Lab(lab_dir)
+    engine = Engine(lab_config(lab, Path(log_dir), timeout_ms=500))
+    g = engine.group()
+    admin = g.open_session()
+    admin.login(lab.pin())
+    # a token key: a member's session objects die with its (killed) server
+    pub, priv = admin.generate_keypair(KeyType.RSA, 2048, label="hygiene-chaos", token=True)
+    serials = [m.serial for m in g.members]
+    timeouts = 0
+    started = time.monotonic()
+    for cycle in range(cycles):
+        sessions = [g.open_session() for _ in range(OPS)]
+        for s in sessions:
+            s.sign_init(priv, mechanism=SIGN)
+            s.sign_update(b"in flight " * 20)
+        on = {i: s.active_operations()["sign"] for i, s in enumerate(sessions)}
+        # freeze a member that serves an operation: the members take turns
+        wanted = serials[cycle % 2]
+        victim = wanted if wanted in on.values() else next(iter(on.values()))
+        lab.hang(victim)
+        first = next(s for i, s in enumerate(sessions) if on[i] == victim)
+        try:
+            first.sign_update(b"stuck")
+        except CKRError as e:
+            if e.ckr == "CKR_DEVICE_ERROR":
+                timeouts += 1
+            else:
+                raise
+        lab.fail(victim)
+        lab.restore(victim)
+        if not wait_until(lambda v=victim: g.recover_now(v) or
+                          all(m.alive for m in g.members), 10.0, 0.02):
+            print(json.dumps({"error": f"cycle {cycle}: {victim} not recovered"}), flush=True)
+            return 3
+        # end what is left: finals on the member that stayed up, the others fail
+        for i, s in enumerate(sessions):
+            if on[i] != victim and i % 2:
+                s.sign_final()
+            s.close()
+    elapsed = time.monotonic() - started
+    for h in (pub, priv):
+        admin.destroy_object(h)
+    admin.close()
+    engine.close()
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    print(json.dumps({"threads": left, "timeouts": timeouts, "seconds": round(elapsed, 2),
+                      "kept": kept_libraries()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
