@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from hacli.engine import halog
 from hacli.engine.exceptions import CKRError
 from hacli.engine.group import HAGroup
 from hacli.engine.member import MAPPER, Member, open_connection
-from hacli.engine.module import InstanceRegistry, ModuleInstance
+from hacli.engine.module import InstanceRegistry, ModuleInstance, make_workdir
 from hacli.engine.parallel import in_parallel
 from hacli.engine.policy import Clock
 from hacli.engine.session import VirtualSession
@@ -43,7 +42,7 @@ class Engine:
                  clock: Clock = time.monotonic, state_dir: Path | None = None):
         self.config = config
         self.settings = config.settings
-        self._workdir = tempfile.mkdtemp(prefix="hacli-engine-")
+        self._workdir = make_workdir()
         self._registry = InstanceRegistry(self._workdir)
         self._ids = itertools.count(1)
         self._closed = False

@@ -890,10 +890,12 @@ class ModuleInstance:
             try:
                 with ENV_GATE.enter(self.env):
                     try:
-                        lib = _pkcs11.lib.__new__(_pkcs11.lib, self.copy_path)
+                        # python-pkcs11's lib is a Cython type: __new__ takes the
+                        # path (it loads the file), __init__ runs C_Initialize
+                        lib = _pkcs11.lib.__new__(_pkcs11.lib, self.copy_path)  # type: ignore[call-arg]
                     finally:
                         self._remove_copy()
-                    lib.__init__(self.copy_path)
+                    lib.__init__(self.copy_path)  # type: ignore[misc]
             finally:
                 self._connect_end()
             _keep_forever(lib)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
 from typing import Any
 
 import pkcs11
@@ -43,7 +42,7 @@ from hacli.conf.model_types import HAConfig
 from hacli.engine.ckr import ckr_name
 from hacli.engine.exceptions import CKRError
 from hacli.engine.member import MAPPER, TRANSPORT_ID, TRANSPORT_LABEL
-from hacli.engine.module import InstanceRegistry
+from hacli.engine.module import InstanceRegistry, make_workdir
 from hacli.errors import EngineError, UsageError
 
 WRAP = Mechanism.AES_KEY_WRAP_PAD
@@ -106,7 +105,7 @@ def provision_transport_key(config: HAConfig, group_label: str, so_pin: str,
     if group is None:
         raise UsageError(f"no HA group named {group_label!r}")
     timeout = max(0.001, config.settings.receive_timeout_ms / 1000.0)
-    workdir = tempfile.mkdtemp(prefix="hacli-provision-")
+    workdir = make_workdir("hacli-provision-")
     registry = InstanceRegistry(workdir)
     result: dict[str, str] = {}
     sessions: dict[str, tuple[Any, Any]] = {}  # serial -> (instance, SO session)
