@@ -373,6 +373,10 @@ def _sockets_to(path: str, inodes: Iterable[int] | None = None) -> dict[int, int
 
 # socket inode -> number of the instance that connected it
 _SOCKET_OWNERS: dict[int, int] = {}
+# instance number -> (server path, the process's sockets when it began to
+# connect) while a (re)initialisation is running: a socket made since then may
+# be that instance's, so another instance's cutting leaves it alone
+_CONNECTING: dict[int, tuple[str, frozenset[int]]] = {}
 _SOCKET_LOCK = threading.Lock()
 
 
@@ -736,11 +740,15 @@ class ModuleInstance:
     def _connect_begin(self) -> None:
         if self.server_path is not None:
             self._sockets_before = frozenset(_socket_inodes())
+            with _SOCKET_LOCK:
+                _CONNECTING[self.number] = (self.server_path, self._sockets_before)
 
     def _connect_end(self) -> None:
         """Record the sockets the (re)initialisation connected to the server."""
         path, before = self.server_path, self._sockets_before
         self._sockets_before = None
+        with _SOCKET_LOCK:
+            _CONNECTING.pop(self.number, None)
         if path is None or before is None:
             return
         new = [ino for ino in _socket_inodes() if ino not in before]
@@ -777,9 +785,14 @@ class ModuleInstance:
         mine, before = self._sockets, self._sockets_before
         with _SOCKET_LOCK:
             others = {ino for ino, n in _SOCKET_OWNERS.items() if n != self.number}
+            # a newer instance of the same member connecting right now (its
+            # recovery): the sockets made since it began may be its own
+            newer = [b for n, (p, b) in _CONNECTING.items() if n != self.number and p == path]
         cut = 0
         for ino, fd in _socket_inodes().items():
             if ino in others or (ino not in mine and (before is None or ino in before)):
+                continue
+            if ino not in mine and any(ino not in b for b in newer):
                 continue
             sock = _borrow(fd, ino)
             if sock is None:

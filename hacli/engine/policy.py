@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass
 
 Clock = Callable[[], float]
@@ -121,17 +121,20 @@ class RecoveryPolicy:
     def _has_attempts(self, r: MemberRecovery) -> bool:
         return self.max_attempts < 0 or r.attempts < self.max_attempts
 
-    def due(self, now: float | None = None) -> Hashable | None:
+    def due(self, now: float | None = None,
+            busy: Collection[Hashable] = ()) -> Hashable | None:
         """The member to try now, or None.
 
         Among the disconnected members with attempts left whose last attempt
-        (or failure) is more than X seconds ago, the one that has waited longest.
+        (or failure) is more than X seconds ago, the one that has waited longest;
+        ``busy``: members an attempt is already running on (skipped).
         """
         now = self.clock() if now is None else now
         with self._lock:
             ready = [(r.last_attempt, r.down_since, i, m)
                      for i, (m, r) in enumerate(self._down.items())
-                     if self._has_attempts(r) and now - r.last_attempt > self.interval]
+                     if m not in busy and self._has_attempts(r)
+                     and now - r.last_attempt > self.interval]
             return min(ready, key=lambda t: t[:3])[3] if ready else None
 
     def record(self, member: Hashable, success: bool, now: float | None = None) -> None:

@@ -23,10 +23,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from hacli.conf.model_types import MemberLocation
 from hacli.engine.exceptions import CKRError
 from hacli.engine.member import Member, open_connection
 from hacli.engine.members import MemberSet
-from hacli.engine.module import InstanceRegistry
+from hacli.engine.module import InstanceRegistry, module_key
 from hacli.engine.parallel import in_parallel
 
 
@@ -48,8 +49,12 @@ class Recovery:
         self._catch_up = catch_up
         self._periodic_due = periodic_due
         self._periodic = periodic
-        # one recovery at a time (other threads go on)
+        # one attempt per member at a time (other threads go on); attempts on
+        # different members may run at once, so a member whose attempt hangs
+        # (frozen again) never holds another member back
         self._lock = threading.Lock()
+        self._attempting: set[str] = set()
+        self._instance_locks: dict[object, threading.Lock] = {}
         self._stop = threading.Event()
         self._bg: threading.Thread | None = None
         self._catch_up_threads: list[threading.Thread] = []
@@ -104,6 +109,15 @@ class Recovery:
         # the attempt as a whole keeps to the command timeout (it may run
         # inside an application call)
         deadline = time.monotonic() + self._timeout
+        with self._lock:
+            # members sharing a module instance connect one after the other
+            # (a re-initialisation for one would cut the other's fresh sessions)
+            key_lock = self._instance_locks.setdefault(module_key(loc.library, loc.env),
+                                                       threading.Lock())
+        with key_lock:
+            self._connect_on(m, loc, clean, deadline)
+
+    def _connect_on(self, m: Member, loc: MemberLocation, clean: bool, deadline: float) -> None:
         inst = self._registry.current(loc.library, loc.env, m.serial)
         if inst.lib is None:
             inst.load(self._timeout)
@@ -122,19 +136,22 @@ class Recovery:
 
         Returns True when a member was recovered.
         """
-        if not self._members.policy.disconnected and not self._periodic_due():
+        policy = self._members.policy
+        if not policy.disconnected and not self._periodic_due():
             return False
-        if not self._lock.acquire(blocking=False):
-            return False  # another thread is recovering right now
+        with self._lock:
+            serial = policy.due(busy=self._attempting)
+            if serial is not None:
+                self._attempting.add(str(serial))
+        if serial is None:
+            if self._periodic_due():
+                self._periodic()
+            return False
         try:
-            serial = self._members.policy.due()
-            if serial is None:
-                if self._periodic_due():
-                    self._periodic()
-                return False
             return self._recover(self._members.get(serial))
         finally:
-            self._lock.release()
+            with self._lock:
+                self._attempting.discard(str(serial))
 
     def _recover(self, m: Member, catch_up_inline: bool = False) -> bool:
         """One attempt on ``m``, recorded in the policy before anything else can
@@ -173,19 +190,26 @@ class Recovery:
 
     def recover_now(self, serial: str | None = None) -> bool:
         """Attempt recovery of one down member immediately (``hagroup recover``)."""
+        down = self._members.policy.disconnected
+        target: object = serial
+        if target is None:
+            if not down:
+                return False
+            target = min(down.items(), key=lambda kv: kv[1])[0]
+        m = self._members.get(target)
+        if m.alive:
+            return True
         with self._lock:
-            down = self._members.policy.disconnected
-            target: object = serial
-            if target is None:
-                if not down:
-                    return False
-                target = min(down.items(), key=lambda kv: kv[1])[0]
-            m = self._members.get(target)
-            if m.alive:
-                return True
+            if m.serial in self._attempting:
+                return False  # an attempt is running on it right now
+            self._attempting.add(m.serial)
+        try:
             # an administrator's command, not an application call: it may wait
             # for the catch-up, and reports a member that failed during it
             return self._recover(m, catch_up_inline=True) and m.alive
+        finally:
+            with self._lock:
+                self._attempting.discard(m.serial)
 
 
 __all__ = ["Recovery"]
