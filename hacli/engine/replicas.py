@@ -56,6 +56,9 @@ class Replicas:
         self._journal = journal
         self._tomb_lock = threading.Lock()
         self._tombstones: dict[Any, float] = {}  # ident key -> monotonic time of the destroy
+        # identities this process journaled a creation for (a destroy of one
+        # of them cancels what is still waiting)
+        self._created: set[Any] = set()
 
     @property
     def change_journal(self) -> ChangeJournal:
@@ -80,8 +83,14 @@ class Replicas:
     def record_missed(self, kind: str, ident: dict[Any, Any], attrs: dict[Any, Any] | None,
                       missed: Iterable[Member]) -> None:
         """Durably journal a change the ``missed`` members did not get (they need
-        sync).  Returns once it is on disk: before the application is told."""
+        sync).  Returns once it is on disk: before the application is told.
+
+        A destroy also cancels the creations of that object still waiting for
+        members: a member that missed both must never get it copied.
+        """
         serials = sorted({m.serial for m in missed})
+        if kind == "destroy" and ident_key(ident) in self._created:
+            self._cancel_creations(ident_key(ident))
         if not serials:
             return
         with self._members.lock:
@@ -90,12 +99,21 @@ class Replicas:
                     m.needs_sync = True
         self._journal().record(kind, ident, attrs, serials)
 
+    def _cancel_creations(self, key: Any) -> None:
+        journal = self._journal()
+        for e in journal.entries():
+            if e.kind == "create" and e.key == key and e.pending:
+                for serial in e.pending:
+                    journal.delivered_many([e.seq], serial)
+
     def _missed_creation(self, vobjs: Sequence[VObject]) -> None:
         """Journal the token objects of ``vobjs`` for the members without a copy."""
         for v in vobjs:
             if v.is_token_object:
-                self.record_missed("create", dict(v.ident), None,
-                                   [m for m in self._members if m.serial not in v.real])
+                missed = [m for m in self._members if m.serial not in v.real]
+                if missed:
+                    self._created.add(ident_key(v.ident))
+                    self.record_missed("create", dict(v.ident), None, missed)
 
     def create(self, operation: str, fn: Callable[..., list[Any]], vobjs: Sequence[VObject] = (),
                owner: int | None = None, only: Member | None = None,
@@ -267,6 +285,11 @@ class Replicas:
                                    detail="the key may not leave its member (not "
                                           "extractable): it cannot be copied") from None
                 raise request_error(e, operation, s.serial) from None
+
+            # the copy carries exactly the identity asked for, even when a read
+            # of the source's attributes came back short (an attribute that
+            # could not be read is skipped there): never an unlabelled copy
+            data["attrs"].update(ident)
 
             def load(conn: Connection, data: dict[str, Any] = data) -> None:
                 obj = replication.import_(conn, data)
