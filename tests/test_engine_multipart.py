@@ -256,7 +256,9 @@ def test_engine_close_ends_operations(healthy_lab, engine_factory) -> None:
     _pub, priv = s.generate_keypair(KeyType.RSA, 2048, label="mp-close")
     s.sign_init(priv, mechanism=SIGN)
     s.sign_update(b"left open")
-    helper = s._ops["sign"].driver._thread
+    op = s._ops.get("sign")
+    assert op is not None and op.driver is not None
+    helper = op.driver._thread
     assert helper.is_alive()
     engine.close()
     helper.join(5)

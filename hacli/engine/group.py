@@ -43,7 +43,6 @@ from hacli.engine.login import Login
 from hacli.engine.member import Connection, Member, MemberState
 from hacli.engine.members import MemberSet
 from hacli.engine.module import InstanceRegistry
-from hacli.engine.multipart import MultiPart
 from hacli.engine.objects import ObjectRegistry, VObject
 from hacli.engine.operations import Operations
 from hacli.engine.parallel import in_parallel
@@ -215,24 +214,6 @@ class HAGroup:
     def register_found(self, m: Member, conn: Connection, obj: Any, owner: int) -> VObject:
         """The virtual object of a real object a search found on ``m`` (worker side)."""
         return self._objects.register(m, conn, obj, ident_of(obj), owner)
-
-    def begin_operation(self, operation: str, kind: str, vobj: VObject | None,
-                        mechanism: Any, param: Any, only: Member | None = None) -> MultiPart:
-        """``C_xInit`` on the member the balancer picks; the operation stays there."""
-        return self.operations.begin(operation, kind, vobj, mechanism, param, only)
-
-    def step_operation(self, op: MultiPart, operation: str,
-                       action: Callable[[MultiPart], Any]) -> Any:
-        """One step of a multi-part operation on its member."""
-        return self.operations.step(op, operation, action)
-
-    def abort_operation(self, op: MultiPart) -> None:
-        """End ``op`` early on its member (never raises)."""
-        self.operations.abort(op)
-
-    def operation_member_failed(self, op: MultiPart) -> None:
-        """``op``'s member was marked down: end it there."""
-        self.operations.member_failed(op)
 
     # -- synchronisation -----------------------------------------------------
     @property

@@ -15,6 +15,7 @@ fails, and they end their operations through :meth:`Operations.member_failed`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -140,4 +141,101 @@ class Operations:
             op.conn.instance.submit(op.driver.abort)
 
 
-__all__ = ["Operations"]
+class SessionOperations:
+    """The multi-part operations of one virtual session, one per kind (PKCS#11).
+
+    The session asks; this table keeps the state: which kind is active (or
+    starting), the lock a step holds, what ends an operation (final, any
+    error, the session closing, its member failing).
+    """
+
+    def __init__(self, operations: Operations):
+        self._operations = operations
+        #: active multi-part operations by kind (_STARTING while C_xInit runs)
+        self._ops: dict[str, MultiPart | object] = {}
+        self._lock = threading.Lock()
+
+    def init(self, kind: str, fn: str, vobj: VObject | None, mechanism: Any, param: Any,
+             only: Member | None, closed: Callable[[], bool]) -> None:
+        """``C_xInit``: ``CKR_OPERATION_ACTIVE`` when one of this kind runs;
+        the operation is begun on a member (see :meth:`Operations.begin`)."""
+        with self._lock:
+            if kind in self._ops:
+                raise CKRError("CKR_OPERATION_ACTIVE", fn)
+            self._ops[kind] = _STARTING
+        try:
+            op = self._operations.begin(fn, kind, vobj, mechanism, param, only)
+        except BaseException:
+            with self._lock:
+                self._ops.pop(kind, None)
+            raise
+        with self._lock:
+            if closed():  # closed while C_xInit ran
+                self._ops.pop(kind, None)
+                abort = True
+            else:
+                self._ops[kind] = op
+                abort = False
+        if abort:
+            self._operations.abort(op)
+            raise CKRError("CKR_SESSION_CLOSED", fn)
+
+    def step(self, kind: str, fn: str, final: bool, action: Callable[[MultiPart], Any]) -> Any:
+        """One ``C_xUpdate``/``C_xFinal`` of the active operation of ``kind``;
+        final or any error ends it."""
+        with self._lock:
+            op = self._ops.get(kind)
+        if not isinstance(op, MultiPart):
+            raise CKRError("CKR_OPERATION_NOT_INITIALIZED", fn)
+        with op.lock:
+            with self._lock:
+                if self._ops.get(kind) is not op:  # ended by another thread meanwhile
+                    raise CKRError("CKR_OPERATION_NOT_INITIALIZED", fn)
+            ended = final
+            try:
+                if op.deferred is not None:
+                    return action(op)
+                return self._operations.step(op, fn, action)
+            except BaseException:
+                ended = True  # an error ends the operation (PKCS#11)
+                if op.driver is not None and not op.driver.done:
+                    self._operations.abort(op)
+                raise
+            finally:
+                if ended:
+                    with self._lock:
+                        if self._ops.get(kind) is op:
+                            del self._ops[kind]
+
+    def abort_all(self) -> None:
+        """End every operation (the session closes, the engine closes)."""
+        with self._lock:
+            ops, self._ops = [o for o in self._ops.values() if isinstance(o, MultiPart)], {}
+        for op in ops:
+            self._operations.abort(op)
+
+    def member_failed(self, member: Member) -> None:
+        """``member`` was marked down: the operations running there are over
+        (``CKR_DEVICE_ERROR`` at their next step)."""
+        with self._lock:
+            ops = [op for op in self._ops.values()
+                   if isinstance(op, MultiPart) and op.member is member]
+        for op in ops:
+            self._operations.member_failed(op)
+
+    def get(self, kind: str) -> MultiPart | None:
+        """The active operation of ``kind`` (None while none, or while starting)."""
+        with self._lock:
+            op = self._ops.get(kind)
+        return op if isinstance(op, MultiPart) else None
+
+    def active(self) -> dict[str, str | None]:
+        """Operations in progress: kind -> serial of the member serving it."""
+        with self._lock:
+            return {k: (op.member.serial if isinstance(op, MultiPart) else None)
+                    for k, op in self._ops.items()}
+
+
+_STARTING = object()
+
+__all__ = ["Operations", "SessionOperations"]

@@ -12,7 +12,6 @@ Errors are :class:`~hacli.engine.exceptions.CKRError` with the ``CKR_*`` name.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from pkcs11.util import ec as _ec
 from hacli.engine import multipart
 from hacli.engine.exceptions import CKRError
 from hacli.engine.multipart import FUNCTIONS, MultiPart
+from hacli.engine.operations import SessionOperations
 from hacli.engine.templates import (
     Template,
     checked,
@@ -52,9 +52,8 @@ class VirtualSession:
         self.only = only
         self.closed = False
         self._found: list[int] | None = None
-        #: active multi-part operations by kind (_STARTING while C_xInit runs)
-        self._ops: dict[str, MultiPart | object] = {}
-        self._ops_lock = threading.Lock()
+        #: its multi-part operations (the table lives in operations.py)
+        self._ops = SessionOperations(group.operations)
 
     def __repr__(self) -> str:
         pin = f" member={self.only.serial}" if self.only else ""
@@ -86,11 +85,7 @@ class VirtualSession:
     def _member_failed(self, member: Member) -> None:
         """Called by the group (its lock held) when a member is marked down:
         multi-part operations running there are over (CKR_DEVICE_ERROR next)."""
-        with self._ops_lock:
-            ops = [op for op in self._ops.values()
-                   if isinstance(op, MultiPart) and op.member is member]
-        for op in ops:
-            self.group.operation_member_failed(op)
+        self._ops.member_failed(member)
 
     def close(self) -> None:
         """Close the session: active multi-part operations end; its session
@@ -103,10 +98,7 @@ class VirtualSession:
 
     def _abort_operations(self) -> None:
         """End every multi-part operation of this session (on its member)."""
-        with self._ops_lock:
-            ops, self._ops = [o for o in self._ops.values() if isinstance(o, MultiPart)], {}
-        for op in ops:
-            self.group.abort_operation(op)
+        self._ops.abort_all()
 
     def info(self) -> SessionInfo:
         """Session info (state, R/W, login)."""
@@ -356,53 +348,12 @@ class VirtualSession:
         fn = FUNCTIONS[kind][0]
         self._check(fn)
         vobj = self.group.vobject(key, fn) if key is not None else None
-        with self._ops_lock:
-            if kind in self._ops:
-                raise CKRError("CKR_OPERATION_ACTIVE", fn)
-            self._ops[kind] = _STARTING
-        try:
-            op = self.group.begin_operation(fn, kind, vobj, mechanism, param, self.only)
-        except BaseException:
-            with self._ops_lock:
-                self._ops.pop(kind, None)
-            raise
-        with self._ops_lock:
-            if self.closed:  # closed while C_xInit ran
-                self._ops.pop(kind, None)
-                abort = True
-            else:
-                self._ops[kind] = op
-                abort = False
-        if abort:
-            self.group.abort_operation(op)
-            raise CKRError("CKR_SESSION_CLOSED", fn)
+        self._ops.init(kind, fn, vobj, mechanism, param, self.only, lambda: self.closed)
 
     def _op_step(self, kind: str, final: bool, action: Any) -> Any:
         fn = FUNCTIONS[kind][2 if final else 1]
         self._check(fn)
-        with self._ops_lock:
-            op = self._ops.get(kind)
-        if not isinstance(op, MultiPart):
-            raise CKRError("CKR_OPERATION_NOT_INITIALIZED", fn)
-        with op.lock:
-            with self._ops_lock:
-                if self._ops.get(kind) is not op:  # ended by another thread meanwhile
-                    raise CKRError("CKR_OPERATION_NOT_INITIALIZED", fn)
-            ended = final
-            try:
-                if op.deferred is not None:
-                    return action(op)
-                return self.group.step_operation(op, fn, action)
-            except BaseException:
-                ended = True  # an error ends the operation (PKCS#11)
-                if op.driver is not None and not op.driver.done:
-                    self.group.abort_operation(op)
-                raise
-            finally:
-                if ended:
-                    with self._ops_lock:
-                        if self._ops.get(kind) is op:
-                            del self._ops[kind]
+        return self._ops.step(kind, fn, final, action)
 
     @staticmethod
     def _chunk(data: Any, operation: str) -> bytes:
@@ -431,9 +382,7 @@ class VirtualSession:
 
     def active_operations(self) -> dict[str, str | None]:
         """Multi-part operations in progress: kind -> serial of the member serving it."""
-        with self._ops_lock:
-            return {k: (op.member.serial if isinstance(op, MultiPart) else None)
-                    for k, op in self._ops.items()}
+        return self._ops.active()
 
     def sign_init(self, key: int, mechanism: Any = None, mechanism_param: Any = None) -> None:
         """C_SignInit on the member the balancer picks; the operation stays there."""
@@ -518,7 +467,5 @@ class VirtualSession:
         """C_DigestFinal: the digest; the operation ends."""
         return self._final("digest")
 
-
-_STARTING = object()
 
 __all__ = ["VirtualSession"]
