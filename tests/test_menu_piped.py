@@ -217,6 +217,16 @@ def test_working_options_on_the_lab(lab, tmp_path) -> None:
     assert "known-aes256 (FIPS-197 C.3)" in ok(65, "")
     wrap = menu.run(60, "", str(rsa.number(r"Public key handle: (\d+)")), str(aes), "1")
     assert wrap.ckr == "CKR_KEY_NOT_WRAPPABLE" and "only a trusted wrapping key" in wrap.text
+    # with the group's trusted transport key, 60 wraps and 61 unwraps on lab members
+    # (the lab's p11-kit carries CKM_AES_KEY_WRAP_PAD)
+    found = ok(26, "", "2", "hacli-transport")
+    transport = re.search(r"handle (\d+) - CKO_SECRET_KEY CKK_AES 'hacli-transport'", found)
+    assert transport, found
+    blob = tmp_path / "menu-wrapped.key"
+    wrapped = ok(60, "", transport.group(1), str(aes), "1", str(blob))
+    assert re.search(r"Wrapped key \(40 bytes\)", wrapped) and blob.stat().st_size == 40
+    unwrapped = ok(61, "", transport.group(1), "1", str(blob), "1", "menu-unwrapped")
+    assert re.search(r"Key unwrapped\. Key handle: \d+", unwrapped)
     ec_priv = str(ec.number(r"private key handle: (\d+)"))
     ec_pub = str(ec.number(r"Public key handle: (\d+)"))
     derived = ok(63, "", ec_priv, ec_pub, "3", "menu-ecdh")
