@@ -90,8 +90,8 @@ Checks (any failure: exit 1)
   members restored together can need 2X.  The issue asks for X + 2 s, and
   that is what is checked.);
 * after the run, ``group.synchronize(pin)`` complete, and OpenSC's
-  ``pkcs11-tool -O`` on every member (through ``libsofthsm2.so`` and the lab's
-  softhsm2.conf; the PIN reaches that child in its environment only) lists the
+  ``pkcs11-tool -O`` on every member (through ``libsofthsm2.so`` and that
+  member's own softhsm2.conf; the PIN reaches that child in its environment only) lists the
   same token objects (class, key type, label, ID), every kept key, and no
   destroyed one;
 * after ``engine.close()``: no thread left that was not there before the
@@ -396,7 +396,7 @@ class Soak:
             self.problems.append("pkcs11-tool not found (Debian package opensc): "
                                  "members not compared")
             return {"error": "pkcs11-tool not found"}
-        env = dict(os.environ, SOFTHSM2_CONF=str(self.lab.softhsm2_conf))
+        env = dict(os.environ)
         env[PIN_ENV] = self.pin
         listing: dict[str, Counter[Identity]] = {}
         lost = {self.members[s] for s in self.lab_lost()}
@@ -409,7 +409,9 @@ class Soak:
                 out = subprocess.run(
                     [tool, "--module", find_tools().softhsm2, "--token-label", label, "--login",
                      "--pin", f"env:{PIN_ENV}", "-O"],
-                    env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                    # each member's token is in its own token directory
+                    env={**env, **self.lab.member(label).softhsm2_env},
+                    stdin=subprocess.DEVNULL, capture_output=True, text=True,
                     timeout=60, check=False)
             except subprocess.TimeoutExpired:
                 self.problems.append(f"pkcs11-tool on {label} did not finish in 60 s")

@@ -16,7 +16,9 @@ Fixtures
 
 Useful lab attributes: ``lab.conf_path`` (the group's Chrystoki.conf),
 ``lab.pin_file``, ``lab.so_pin_file``, ``lab.members()`` (serial, label, socket,
-``env`` for a p11-kit-client copy), ``lab.status()``, ``lab.fail/hang/restore(m)``.
+``env`` for a p11-kit-client copy, ``softhsm2_conf`` / ``softhsm2_env`` to open
+that member's token directly through libsofthsm2.so: every member has its own),
+``lab.status()``, ``lab.fail/hang/restore(m)``.
 Members are addressed by serial or label (``"member0"``).
 """
 
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,6 +65,38 @@ def lab_processes(lab: Lab) -> list[int]:
     for member in lab.members():
         found.update(pids_with_arg(member.uri))
     return sorted(found)
+
+
+#: ``softhsm2.conf`` as hacli wrote it before each member had its own token
+#: directory: every member's token in ``DIR/tokens``.
+SHARED_SOFTHSM2_CONF = """\
+# SoftHSM2 configuration of the hacli lab in {dir}
+# (written by `hacli lab up`; see docs/lab.md).
+# Every member's token lives in the token directory below; each member's
+# `p11-kit server` exports only its own token.  To open the tokens directly:
+#   SOFTHSM2_CONF={dir}/softhsm2.conf pkcs11-tool --module {module} -L
+directories.tokendir = {dir}/tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+"""
+
+
+def to_shared_layout(lab: Lab) -> Path:
+    """Turn a lab that is down into one an older hacli made: every member's
+    token directory moved into ``DIR/tokens``, one ``DIR/softhsm2.conf``, no
+    member configuration.  Returns that ``softhsm2.conf``."""
+    shared = lab.directory / "tokens"
+    shared.mkdir(mode=0o700)
+    for m in lab.members():
+        own = lab.directory / f"m{m.index}" / "tokens"
+        for token in own.iterdir():
+            token.rename(shared / token.name)
+        own.rmdir()
+        m.softhsm2_conf.unlink()
+    conf = lab.directory / "softhsm2.conf"
+    conf.write_text(SHARED_SOFTHSM2_CONF.format(dir=lab.directory, module=find_tools().softhsm2))
+    return conf
 
 
 def restore_all(lab: Lab) -> None:
@@ -269,4 +304,4 @@ def poll(condition: Callable[[], Any], timeout: float = 10.0) -> bool:
     return wait_until(lambda: bool(condition()), timeout)
 
 
-__all__ = ["MemberClient", "lab_processes", "poll", "restore_all"]
+__all__ = ["MemberClient", "lab_processes", "poll", "restore_all", "to_shared_layout"]

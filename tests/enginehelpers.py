@@ -31,13 +31,14 @@ def lab_config(lab: Any, log_dir: Path, *, interval: int = 1, timeout_ms: int = 
 
 def direct_config(lab: Any, log_dir: Path, **kw: Any) -> HAConfig:
     """The lab's group with every member opened *directly* through libsofthsm2.so
-    (the lab's softhsm2.conf), bypassing p11-kit: members cannot be crashed, but
-    one can be made unreachable by pointing its location at a missing library."""
+    (each with its own softhsm2.conf, so each member is its own module instance),
+    bypassing p11-kit: members cannot be crashed, but one can be made unreachable
+    by pointing its location at a missing library."""
     cfg = lab_config(lab, log_dir, **kw)
     lib = find_tools().softhsm2
-    env = {"SOFTHSM2_CONF": str(lab.softhsm2_conf)}
+    env = {m.serial: m.softhsm2_env for m in lab.members()}
     return dataclasses.replace(
-        cfg, members={s: MemberLocation(s, lib, dict(env)) for s in cfg.members})
+        cfg, members={s: MemberLocation(s, lib, dict(env[s])) for s in cfg.members})
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from clihelpers import assert_one_error_line, run_process
-from conftest import lab_processes
+from conftest import lab_processes, to_shared_layout
 
 from hacli.lab import Lab, find_tools
 from hacli.lab.procs import proc_start_time, wait_until
@@ -47,7 +47,10 @@ def test_lab_lifecycle_through_the_cli(lab_dir: Path) -> None:
     assert status["p11kit_client"] == find_tools().p11kit_client
     assert status["p11kit_version"] == find_tools().p11kit_version == "0.25.5"
     assert [m["state"] for m in status["members"]] == ["running", "running"]
-    assert all(set(m) == {"serial", "label", "state", "pid"} for m in status["members"])
+    assert all(set(m) == {"serial", "label", "state", "pid", "softhsm2_conf"}
+               for m in status["members"])
+    assert status["softhsm2_conf"] == status["members"][0]["softhsm2_conf"] == str(
+        lab_dir / "m0" / "softhsm2.conf")
     pin = Path(status["pin_file"]).read_text().strip()
     assert stat.S_IMODE(Path(status["pin_file"]).stat().st_mode) == 0o600
     pids = [m["pid"] for m in status["members"]]
@@ -108,7 +111,7 @@ def _make_old(lab: Lab) -> tuple[bytes, subprocess.Popen[bytes]]:
     server = subprocess.Popen(
         [SYSTEM_P11KIT, "server", "--foreground", "--provider", find_tools().softhsm2,
          "--name", str(member.socket), member.uri],
-        env={"PATH": os.environ["PATH"], "SOFTHSM2_CONF": str(lab.softhsm2_conf)},
+        env={"PATH": os.environ["PATH"], **member.softhsm2_env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     assert wait_until(lambda: member.socket.exists(), 10)
@@ -182,3 +185,21 @@ def test_up_updates_an_older_conf_and_keeps_the_rest(lab_dir: Path) -> None:
     assert json.loads(res.out)["members"][0]["state"] == "running"  # stdout: JSON only
     assert lab.conf_path.read_text() == mine.replace("   ReplicateByValue = 1;\n", "")
     assert "# I want this" in lab.conf_path.read_text()
+
+
+def test_up_moves_an_older_labs_tokens_and_says_so(lab_dir: Path) -> None:
+    d = ["--dir", str(lab_dir)]
+    assert run_process("lab", "up", *d, "--members", "2").code == 0
+    assert run_process("lab", "down", *d).code == 0
+    lab = Lab(lab_dir)
+    to_shared_layout(lab)
+    res = run_process("lab", "up", *d)
+    assert res.code == 0, res.err
+    m0, m1 = lab.members()
+    assert f"Lab started again: {m0.serial}, {m1.serial}." in res.out
+    for m in (m0, m1):
+        assert f"Updated: {m.label}: token moved from {lab_dir}/tokens/" in res.out
+        assert f"{m.label}: SOFTHSM2_CONF={m.softhsm2_conf}" in res.out  # the status table
+    assert "Updated: softhsm2.conf: removed with tokens/" in res.out
+    again = run_process("lab", "up", *d)
+    assert "already up; nothing changed" in again.out and "Updated" not in again.out

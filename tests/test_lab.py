@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import to_shared_layout
 
 from hacli.errors import LabError, UsageError
 from hacli.lab import FAILED, HUNG, RUNNING, Lab, LabUsageError, find_tools, servers, tools
@@ -27,7 +28,7 @@ STATUS_KEYS = {
 }
 #: Debian 12's own client module (p11-kit 0.24.1), which the lab must never use.
 SYSTEM_CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
-MEMBER_KEYS = {"serial", "label", "state", "pid"}
+MEMBER_KEYS = {"serial", "label", "state", "pid", "softhsm2_conf"}
 
 
 def _states(lab: Lab) -> list[str]:
@@ -44,7 +45,8 @@ def test_up_creates_tokens_conf_and_private_pin_files(lab: Lab) -> None:
     assert json.loads(status.to_json()) == status.as_dict()
     assert status.dir == str(lab.directory)
     assert status.conf == str(lab.conf_path) and lab.conf_path.is_file()
-    assert status.softhsm2_conf == str(lab.softhsm2_conf)
+    # member0's (each member has its own); the top-level key stays for older tools
+    assert status.softhsm2_conf == str(lab.softhsm2_conf) == str(lab.directory / "m0/softhsm2.conf")
     assert status.pin_file == str(lab.pin_file)
     assert status.group == "labgroup"
     tools = find_tools()
@@ -61,9 +63,17 @@ def test_up_creates_tokens_conf_and_private_pin_files(lab: Lab) -> None:
         assert len(secret.read_text()) >= 16
     assert lab.pin() != lab.so_pin()
 
-    assert f"directories.tokendir = {lab.tokens_dir}" in lab.softhsm2_conf.read_text()
-    for m in lab.members():
-        assert m.socket == lab.directory / f"m{m.index}" / "p11kit.sock"
+    # one token directory and one SoftHSM2 configuration per member, nothing shared
+    assert not (lab.directory / "tokens").exists()
+    assert not (lab.directory / "softhsm2.conf").exists()
+    for m, st in zip(lab.members(), status.members, strict=True):
+        mdir = lab.directory / f"m{m.index}"
+        assert m.softhsm2_conf == lab.member_softhsm2_conf(m.label) == mdir / "softhsm2.conf"
+        assert st.softhsm2_conf == str(m.softhsm2_conf)
+        assert m.softhsm2_env == {"SOFTHSM2_CONF": str(m.softhsm2_conf)}
+        assert f"directories.tokendir = {mdir / 'tokens'}\n" in m.softhsm2_conf.read_text()
+        assert len([p for p in (mdir / "tokens").iterdir() if (p / "token.object").is_file()]) == 1
+        assert m.socket == mdir / "p11kit.sock"
         assert stat.S_ISSOCK(m.socket.stat().st_mode)
         assert m.env == {"P11_KIT_SERVER_ADDRESS": f"unix:path={m.socket}"}
 
@@ -122,16 +132,19 @@ def test_each_socket_serves_exactly_its_own_token(lab: Lab, member_client) -> No
         assert seen == {"value": repr([(m.label, m.serial)])}
 
 
-def test_softhsm2_conf_opens_every_token_directly(lab: Lab) -> None:
-    out = subprocess.run(
-        ["softhsm2-util", "--show-slots"],
-        env={**os.environ, "SOFTHSM2_CONF": str(lab.softhsm2_conf)},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for m in lab.members():
+def test_each_members_softhsm2_conf_opens_its_token_only(lab: Lab) -> None:
+    members = lab.members()
+    for m in members:
+        out = subprocess.run(
+            ["softhsm2-util", "--show-slots"],
+            env={**os.environ, **m.softhsm2_env},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
         assert m.serial in out and m.label in out
+        assert [o.serial for o in members if o.serial in out] == [m.serial]
     assert find_tools().softhsm2.endswith("libsofthsm2.so")
 
 
@@ -325,7 +338,7 @@ def test_down_leaves_no_process_and_up_restores_tokens(tmp_path: Path, member_cl
     assert not group_pids(pid)
     assert not [p for p in _all_pids() if lab.members()[0].uri in proc_cmdline(p)]
     assert lab.status().members[0].state == FAILED
-    assert lab.exists() and lab.tokens_dir.is_dir()
+    assert lab.exists() and lab.tokens_dir_of(0).is_dir()
     lab.down()  # down twice is harmless
 
     again = lab.up()
@@ -402,6 +415,102 @@ def test_two_commands_at_once_do_not_corrupt_the_lab(tmp_path: Path) -> None:
         lab.down(purge=True)
 
 
+def test_up_gives_each_member_of_an_older_lab_its_own_token_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member_client
+) -> None:
+    """A lab an older hacli made (every token in DIR/tokens, one softhsm2.conf),
+    with its servers still running on that layout (one of them frozen): `up`
+    stops them, moves each token into its member's own directory (renames
+    only), starts them again, and every key is still there."""
+    lab = Lab(tmp_path / "lab", timeout=10.0)
+    try:
+        lab.up(members=3)
+        for m in lab.members():
+            client = member_client(lab, m.label)
+            made = client.call(f"session.generate_key(KeyType.AES, 128, label='kept-{m.index}', "
+                               "store=True).label")
+            assert made == {"value": f"'kept-{m.index}'"}
+        lab.down()
+        shared_conf = to_shared_layout(lab)
+        moved = {p.name for p in (lab.directory / "tokens").iterdir()}
+        assert len(moved) == 3
+
+        # the older lab's servers, as an older `up` started them, on the shared directory
+        old_env = clean_env({"SOFTHSM2_CONF": str(shared_conf)})
+        monkeypatch.setattr(servers, "server_env", lambda paths, index: old_env)
+        state = json.loads(lab.state_file.read_text())
+        servers.start(lab, state["members"], find_tools(), 10.0)
+        lab.state_file.write_text(json.dumps(state))
+        monkeypatch.undo()
+        old_pids = {m.pid for m in lab.status().members}
+        assert _states(lab) == [RUNNING, RUNNING, RUNNING]
+        lab.hang("member2")
+        # until `up` has moved the tokens, a failed member is not started on the older layout
+        lab.fail("member1")
+        with pytest.raises(LabError, match=r"older hacli made it\): run `hacli lab up`"):
+            lab.restore("member1")
+
+        status = lab.up()
+        assert _states(lab) == [RUNNING, RUNNING, RUNNING]
+        assert not old_pids & {m.pid for m in status.members}
+        notes = "\n".join(status.notes)
+        for label in ("member0", "member2"):  # member1 had no server left
+            assert f"{label}: its server used the lab's one token directory; started again" in notes
+        assert "member1: its server" not in notes
+        for m in lab.members():
+            own = lab.directory / f"m{m.index}" / "tokens"
+            tokens = [p.name for p in own.iterdir()]
+            assert len(tokens) == 1 and tokens[0] in moved
+            assert f"{m.label}: token moved from {lab.directory}/tokens/{tokens[0]} to " \
+                f"{own}/{tokens[0]}" in notes
+            assert m.softhsm2_conf.is_file()
+        assert "softhsm2.conf: removed with tokens/" in notes
+        assert not (lab.directory / "tokens").exists() and not shared_conf.exists()
+        assert lab.list_tokens() == [[{"label": m.label, "serial": m.serial}]
+                                     for m in lab.members()]
+        for m in lab.members():
+            fresh = member_client(lab, m.label)
+            found = fresh.call("[k.label for k in session.get_objects({Attribute.CLASS: "
+                               "ObjectClass.SECRET_KEY})]")
+            assert found == {"value": repr([f"kept-{m.index}"])}
+        # up to date: a second up has nothing to say
+        again = lab.up()
+        assert again.notes == () and again.started == ()
+    finally:
+        lab.down(purge=True)
+
+
+def test_up_leaves_a_token_of_no_member_where_it_is(tmp_path: Path) -> None:
+    """A token in an older lab's DIR/tokens that is no member's (here: a second
+    copy of member0's, whose own is already in place) is not moved and not
+    deleted; a move an earlier `up` left half-way is finished."""
+    lab = Lab(tmp_path / "lab", timeout=10.0)
+    try:
+        lab.up(members=2)
+        lab.down()
+        name0, name1 = (next(lab.tokens_dir_of(i).iterdir()).name for i in (0, 1))
+        to_shared_layout(lab)
+        shared = lab.directory / "tokens"
+        token0, token1 = shared / name0, shared / name1
+        spare = shared / "spare-copy"
+        shutil.copytree(token0, spare)
+        (shared / ".moving").mkdir()  # `up` was interrupted with token1 in its staging directory
+        token1.rename(shared / ".moving" / token1.name)
+        status = lab.up()
+        assert status.all_running
+        assert sorted(p.name for p in shared.iterdir()) == ["spare-copy"]
+        assert (lab.directory / "softhsm2.conf").is_file()
+        assert status.notes[-1].startswith(
+            f"{shared}: left as it is, with softhsm2.conf: it holds spare-copy")
+        assert [p.name for p in lab.tokens_dir_of(0).iterdir()] == [name0]
+        assert [p.name for p in lab.tokens_dir_of(1).iterdir()] == [name1]
+        assert lab.list_tokens() == [[{"label": m.label, "serial": m.serial}]
+                                     for m in lab.members()]
+        assert lab.up().notes == ()  # every member has its token: nothing more to do
+    finally:
+        lab.down(purge=True)
+
+
 # --------------------------------------------------------------------------- secrets
 
 
@@ -410,7 +519,7 @@ def test_pins_never_leave_the_pin_files(lab: Lab) -> None:
     texts = [
         lab.state_file.read_text(),
         lab.conf_path.read_text(),
-        lab.softhsm2_conf.read_text(),
+        *(m.softhsm2_conf.read_text() for m in lab.members()),
         lab.status().to_json(),
         repr(lab.status()),
         *(p.read_text() for p in lab.directory.glob("m*/server.log")),
@@ -444,8 +553,9 @@ def test_servers_and_their_children_hold_no_pin_variable(
         for p in pids:
             environ = Path(f"/proc/{p}/environ").read_bytes()
             names = {e.split(b"=", 1)[0] for e in environ.split(b"\0") if e}
-            # really the process's environment (the lab sets this one), and no PIN in it
-            assert b"SOFTHSM2_CONF" in names, (p, names)
+            # really the process's environment (the lab sets this one: the
+            # member's own SoftHSM2 configuration), and no PIN in it
+            assert f"SOFTHSM2_CONF={lab.softhsm2_conf_of(0)}".encode() in environ.split(b"\0")
             assert not [n for n in names if b"PIN" in n.upper()], (p, names)
             for value in [*secrets.values(), lab.pin(), lab.so_pin()]:
                 assert value.encode() not in environ, p
@@ -577,3 +687,84 @@ def test_p11kit_prefix_lookup_order(tmp_path: Path, fresh_tools) -> None:
     found = find_tools()
     assert (found.p11kit_prefix, found.p11kit_version) == (str(other), "9.8.7")
     assert found.p11kit_client == str(other / "lib/pkcs11/p11-kit-client.so")
+
+
+# --------------------------------------------------------------------------- frozen member's locks
+
+#: Runs forever in a member client (its call comes back "blocked"): token objects
+#: made and destroyed, so the member's SoftHSM2 takes its file locks again and again.
+_WRITE_LOAD = """
+while True:
+    session.create_object({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: 'lock-load',
+                           Attribute.VALUE: b'x', Attribute.TOKEN: True}).destroy()
+"""
+
+
+def _posix_locks_of(pids: set[int]) -> set[int]:
+    """Inodes of the files a POSIX lock of one of *pids* holds (from /proc/locks)."""
+    inodes = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1] != "->" and fields[1] == "POSIX" and int(fields[4]) in pids:
+            inodes.add(int(fields[5].rsplit(":", 1)[1]))
+    return inodes
+
+
+def _freeze_holding_a_token_lock(lab: Lab, which: str) -> None:
+    """``hang`` *which* at a moment one of its processes holds a SoftHSM2 file lock
+    on a file of the lab (the member is under write load): restore and hang again
+    until it does, so the test does not depend on luck."""
+    lab_files = {p.stat().st_ino for p in lab.directory.rglob("*") if p.is_file()}
+    for _ in range(200):
+        pid = lab.hang(which).pid
+        assert pid
+        if _posix_locks_of(set(group_pids(pid))) & lab_files:
+            return
+        lab.restore(which)
+    pytest.fail(f"{which} never held a file lock when frozen")
+
+
+def test_a_frozen_member_holding_its_token_lock_blocks_no_other_member(
+    healthy_lab: Lab, member_client
+) -> None:
+    """A frozen member's SoftHSM2 keeps the file lock it held; no other member's
+    SoftHSM2 ever waits for it.  (With one token directory for all members, every
+    new SoftHSM2 instance scanned the frozen member's token at C_Initialize and
+    blocked: `restore` of another member timed out, `softhsm2-util` hung.)"""
+    lab = healthy_lab
+    m0, m1 = lab.members()
+    before = set(group_pids(lab.status().member(m1.label).pid))  # the server, any other client's
+    load = member_client(lab, m1.label)
+    assert load.call(_WRITE_LOAD, timeout=0.2) == {"blocked": True}
+    try:
+        _freeze_holding_a_token_lock(lab, m1.label)
+        # a new SoftHSM2 instance on member0's own configuration answers at once
+        conf0 = lab.member_softhsm2_conf(m0.label)
+        slots = subprocess.run(
+            ["softhsm2-util", "--show-slots"],
+            env={**os.environ, "SOFTHSM2_CONF": str(conf0)},
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+        assert m0.serial in slots and m1.serial not in slots
+        listed = subprocess.run(
+            ["pkcs11-tool", "--module", find_tools().softhsm2, "-L"],
+            env={**os.environ, "SOFTHSM2_CONF": str(conf0)},
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+        assert m0.label in listed
+        # and member0 crashes and comes back promptly (its server's new
+        # connection child loads SoftHSM2 again)
+        lab.fail(m0.label)
+        restored = lab.restore(m0.label)
+        assert restored.state == RUNNING
+        assert lab.list_tokens(m0.label) == [[{"label": m0.label, "serial": m0.serial}]]
+        assert lab.status().member(m1.label).state == HUNG
+    finally:
+        load.close()  # killed: its call is blocked in the frozen member
+        pid = lab.restore(m1.label).pid
+        # its connection child finishes the call it was frozen in, and exits
+        assert wait_until(lambda: set(group_pids(pid)) <= before, 10)
+        cleaner = member_client(lab, m1.label)
+        cleaner.destroy_labelled("lock-load")
+        assert cleaner.call("len(list(session.get_objects({Attribute.LABEL: 'lock-load'})))") \
+            == {"value": "0"}

@@ -35,7 +35,7 @@ def pkcs11_tool_objects(lab, token_label: str) -> set[tuple[str, str, str]]:
     opened directly through SoftHSM2 (not through hacli, not through p11-kit)."""
     tool = shutil.which("pkcs11-tool")
     assert tool, "pkcs11-tool (Debian package opensc) is installed by `make install`"
-    env = {**os.environ, "SOFTHSM2_CONF": str(lab.softhsm2_conf), PIN_VAR: lab.pin()}
+    env = {**os.environ, **lab.member(token_label).softhsm2_env, PIN_VAR: lab.pin()}
     proc = subprocess.run(
         [tool, "--module", find_tools().softhsm2, "--token-label", token_label, "--login",
          "--pin", f"env:{PIN_VAR}", "--list-objects"],

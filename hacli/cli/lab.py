@@ -49,7 +49,11 @@ def show_status(status: LabStatus, as_json: bool, headline: str | None = None) -
     render.table(["Member", "Serial", "State", "PID"], _status_rows(status),
                  title=f"Lab {status.dir} — HA group {status.group} ({status.group_serial})")
     render.echo(f"Configuration: {status.conf}")
-    render.echo(f"Token access:  SOFTHSM2_CONF={status.softhsm2_conf}  (PIN in {status.pin_file})")
+    # each member's token is in its own token directory: one SOFTHSM2_CONF each
+    for i, m in enumerate(status.members):
+        head = "Token access:" if i == 0 else ""
+        render.echo(f"{head:<15}{m.label}: SOFTHSM2_CONF={m.softhsm2_conf}")
+    render.echo(f"{'':<15}(PIN in {status.pin_file})")
     render.echo(f"p11-kit:       {status.p11kit_version}, client {status.p11kit_client}")
 
 

@@ -21,7 +21,8 @@ from hacli.lab.tools import LabTools
 
 
 def create_lab(paths: LabPaths, count: int, tools: LabTools, timeout: float) -> dict[str, Any]:
-    """Create *count* member tokens, PIN files, both conf files, start the servers.
+    """Create *count* member tokens (each in its own token directory), PIN files,
+    the members' ``softhsm2.conf`` and ``Chrystoki.conf``; start the servers.
 
     Returns the saved state.  Refuses a directory that holds part of a lab
     (its leftovers are for ``down --purge``, not for silent reuse).
@@ -37,10 +38,13 @@ def create_lab(paths: LabPaths, count: int, tools: LabTools, timeout: float) -> 
     made: list[Path] = []
     recs: list[dict[str, Any]] = []
     try:
-        write_softhsm2_conf(paths, tools.softhsm2)
-        made.append(paths.softhsm2_conf)
-        paths.tokens_dir.mkdir(mode=0o700)
-        made.append(paths.tokens_dir)
+        for i in range(count):
+            # each member's own directory, token directory and SoftHSM2
+            # configuration: no SoftHSM2 ever sees another member's files
+            paths.member_dir(i).mkdir(mode=0o700)
+            made.append(paths.member_dir(i))
+            paths.tokens_dir_of(i).mkdir(mode=0o700)
+            write_softhsm2_conf(paths, i, tools.softhsm2)
         paths.log_dir.mkdir(mode=0o755)
         made.append(paths.log_dir)
         # 24 hex digits = 96 bits; alphanumeric so it survives any shell.
@@ -54,16 +58,13 @@ def create_lab(paths: LabPaths, count: int, tools: LabTools, timeout: float) -> 
             [f"member{i}" for i in range(count)],
             pin,
             so_pin,
-            servers.server_env(paths),
+            [servers.server_env(paths, i) for i in range(count)],
             # initialising takes longer the more members there are
             timeout + 2.0 * count,
         )
         del pin, so_pin
         state = new_state(tokens, created_dir=not others)
         recs = state["members"]
-        for i in range(count):
-            paths.member_dir(i).mkdir(mode=0o700)
-            made.append(paths.member_dir(i))
         servers.start(paths, recs, tools, timeout)
         write_chrystoki_conf(paths, [paths.member_of(r) for r in recs], tools.p11kit_client)
         made.append(paths.conf_path)

@@ -18,12 +18,13 @@ import contextlib
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
 from hacli.errors import LabError
-from hacli.lab import servers
+from hacli.lab import migrate, servers
 from hacli.lab.create import create_lab
 from hacli.lab.files import read_secret, remove
 from hacli.lab.model import (
@@ -41,7 +42,12 @@ from hacli.lab.model import (
 )
 from hacli.lab.paths import LabPaths
 from hacli.lab.state import find_record, load_state, save_state
-from hacli.lab.templates import conf_lock_file, update_chrystoki_conf, write_chrystoki_conf
+from hacli.lab.templates import (
+    conf_lock_file,
+    update_chrystoki_conf,
+    write_chrystoki_conf,
+    write_softhsm2_conf,
+)
 from hacli.lab.tokens import list_tokens
 from hacli.lab.tools import LabTools, find_tools
 
@@ -98,6 +104,10 @@ class Lab(LabPaths):
         """The member with this serial or label, or a LabUsageError listing the valid ones."""
         return self.member_of(find_record(self._load(), which))
 
+    def member_softhsm2_conf(self, which: str) -> Path:
+        """The SoftHSM2 configuration that opens this member's token (and no other) directly."""
+        return self.member(which).softhsm2_conf
+
     @property
     def group_label(self) -> str:
         return GROUP_LABEL
@@ -128,8 +138,9 @@ class Lab(LabPaths):
         """Bring the lab up: create it, or restart what is not running.
 
         On an empty (or missing) directory: create *members* tokens (default
-        2), PIN files, ``softhsm2.conf``, ``Chrystoki.conf``, start one server
-        per member and check that each serves exactly its own token.
+        2), each in its own token directory with its own ``softhsm2.conf``, PIN
+        files, ``Chrystoki.conf``, start one server per member and check that
+        each serves exactly its own token.
 
         On an existing lab: start the servers of failed members (tokens and
         keys intact, same serials), resume hung ones, and leave running ones
@@ -138,9 +149,12 @@ class Lab(LabPaths):
         if given, must equal the lab's member count.
 
         A lab an older hacli made is brought up to date, and
-        :attr:`LabStatus.notes` says what changed: servers running a p11-kit
-        other than the lab's build are started again on it, and the old
-        settings of its ``Chrystoki.conf`` are updated in place
+        :attr:`LabStatus.notes` says what changed: the members' tokens move
+        from the one token directory they shared into their own
+        (:func:`hacli.lab.migrate.split_shared_tokens`; the servers are stopped
+        for it and started again), servers running a p11-kit other than the
+        lab's build are started again on it, and the old settings of its
+        ``Chrystoki.conf`` are updated in place
         (:func:`hacli.lab.templates.update_chrystoki_conf`).
 
         Every server started is checked through the lab's client module: it
@@ -228,6 +242,12 @@ class Lab(LabPaths):
             if current == HUNG:
                 servers.resume(self, rec, self.timeout)
             elif current == FAILED:
+                if migrate.shared_layout(self, state["members"]):
+                    raise LabError(
+                        f"the lab in {self.directory} keeps every member's token in one "
+                        "directory (an older hacli made it): run `hacli lab up` to give "
+                        "each member its own"
+                    )
                 servers.start(self, [rec], find_tools(), self.timeout)
                 self._save(state)
             return servers.member_status(self, rec)
@@ -302,9 +322,24 @@ class Lab(LabPaths):
                 f"the lab in {self.directory} has {len(recs)} members, not {members}; "
                 "`hacli lab down --purge` first to make a new one"
             )
-        if not self.tokens_dir.is_dir():
-            raise LabError(f"the lab's tokens are gone ({self.tokens_dir} is missing)")
         notes: list[str] = []
+        if migrate.shared_layout(self, recs):
+            # An older lab: every member's token in one directory.  Its servers
+            # use it, and a token may move only while no SoftHSM2 has it open.
+            for rec in recs:
+                if servers.state_of(self, rec) != FAILED:
+                    servers.stop(self, rec, self.timeout)
+                    notes.append(
+                        f"{rec['label']}: its server used the lab's one token directory; "
+                        "started again on its own"
+                    )
+            notes += migrate.split_shared_tokens(self, recs, tools.softhsm2, self.timeout)
+        for rec in recs:
+            own = self.tokens_dir_of(rec["index"])
+            if not migrate.token_dirs(own):
+                raise LabError(f"the token of {rec['label']} is gone ({own} holds no token)")
+            if not self.softhsm2_conf_of(rec["index"]).exists():
+                write_softhsm2_conf(self, rec["index"], tools.softhsm2)
         for rec in recs:
             # A server an older hacli started runs the system's p11-kit, which the
             # build's client cannot talk to: start it again on the build.

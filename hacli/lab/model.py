@@ -49,6 +49,14 @@ class LabMember:
     label: str
     serial: str
     socket: Path
+    #: The member's own SoftHSM2 configuration (its token directory only): what
+    #: its server runs with, and what opens its token directly, without p11-kit.
+    softhsm2_conf: Path
+
+    @property
+    def softhsm2_env(self) -> dict[str, str]:
+        """Environment of a direct ``libsofthsm2.so`` client of this member's token."""
+        return {"SOFTHSM2_CONF": str(self.softhsm2_conf)}
 
     @property
     def address(self) -> str:
@@ -76,9 +84,17 @@ class MemberStatus:
     state: str
     #: Pid of the member's ``p11-kit server`` (its process group id), None if gone.
     pid: int | None
+    #: The member's own SoftHSM2 configuration (opens its token directly).
+    softhsm2_conf: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"serial": self.serial, "label": self.label, "state": self.state, "pid": self.pid}
+        return {
+            "serial": self.serial,
+            "label": self.label,
+            "state": self.state,
+            "pid": self.pid,
+            "softhsm2_conf": self.softhsm2_conf,
+        }
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,8 @@ class LabStatus:
     dir: str
     conf: str
     group: str
+    #: member0's SoftHSM2 configuration (each member has its own, in
+    #: :attr:`MemberStatus.softhsm2_conf`; see docs/lab.md).
     softhsm2_conf: str
     pin_file: str
     members: tuple[MemberStatus, ...]

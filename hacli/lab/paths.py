@@ -24,7 +24,9 @@ _BAD_PATH_CHARS = set(";,#{}\n\r\t")
 class LabPaths:
     """The paths of a lab in *directory* (made absolute; nothing is touched)."""
 
-    #: Entries of a lab directory (purge removes these when it did not create DIR).
+    #: Entries of a lab directory (purge removes these when it did not create DIR);
+    #: ``softhsm2.conf`` and ``tokens`` are an older lab's (one token directory
+    #: for every member), kept here so that purging such a lab removes them too.
     OWN_NAMES = (
         "lab.json",
         "Chrystoki.conf",
@@ -45,8 +47,38 @@ class LabPaths:
 
     @property
     def softhsm2_conf(self) -> Path:
-        """SoftHSM2 configuration to open the members' tokens directly."""
+        """member0's SoftHSM2 configuration (:meth:`softhsm2_conf_of` ``(0)``).
+
+        Each member has its own token directory and configuration; this one
+        opens member0's token only.  It is what ``softhsm2_conf`` at the top of
+        ``lab status --json`` names, for tools written when one file opened
+        every member: use :meth:`softhsm2_conf_of` (or
+        :attr:`LabMember.softhsm2_conf`) for the others.
+        """
+        return self.softhsm2_conf_of(0)
+
+    def softhsm2_conf_of(self, index: int) -> Path:
+        """Member *index*'s SoftHSM2 configuration: its own token directory only."""
+        return self.member_dir(index) / "softhsm2.conf"
+
+    def tokens_dir_of(self, index: int) -> Path:
+        """Member *index*'s SoftHSM2 token directory (its one token, nobody else's).
+
+        Never shared: a frozen member keeps the file locks its SoftHSM2 held,
+        and a SoftHSM2 that scanned that member's token at ``C_Initialize``
+        would wait for them (``docs/lab.md``, "Why one token directory per member").
+        """
+        return self.member_dir(index) / "tokens"
+
+    @property
+    def shared_softhsm2_conf(self) -> Path:
+        """An older lab's one SoftHSM2 configuration (every member's token); gone after ``up``."""
         return self.directory / "softhsm2.conf"
+
+    @property
+    def shared_tokens_dir(self) -> Path:
+        """An older lab's one token directory (every member's token); gone after ``up``."""
+        return self.directory / "tokens"
 
     @property
     def pin_file(self) -> Path:
@@ -68,10 +100,6 @@ class LabPaths:
         return self.directory / "lab.lock"
 
     @property
-    def tokens_dir(self) -> Path:
-        return self.directory / "tokens"
-
-    @property
     def log_dir(self) -> Path:
         """``haLogPath`` of the lab group (the HA log goes here)."""
         return self.directory / "log"
@@ -80,12 +108,13 @@ class LabPaths:
         return self.directory / f"m{index}"
 
     def member_of(self, rec: dict[str, Any]) -> LabMember:
-        """The member a ``lab.json`` member record describes, with its socket path."""
+        """The member a ``lab.json`` member record describes, with its socket and SoftHSM2 paths."""
         return LabMember(
             index=rec["index"],
             label=rec["label"],
             serial=rec["serial"],
             socket=self.member_dir(rec["index"]) / SOCKET_NAME,
+            softhsm2_conf=self.softhsm2_conf_of(rec["index"]),
         )
 
     def own_entries(self) -> list[Path]:

@@ -26,15 +26,17 @@ from hacli.lab.tokens import REQUIRED_MECHANISMS, clean_env, list_tokens
 from hacli.lab.tools import LabTools, find_tools
 
 
-def server_env(paths: LabPaths) -> dict[str, str]:
-    """The environment SoftHSM2 runs in for this lab: only here is ``SOFTHSM2_CONF`` set.
+def server_env(paths: LabPaths, index: int) -> dict[str, str]:
+    """The environment member *index*'s SoftHSM2 runs in: only here is ``SOFTHSM2_CONF`` set.
 
-    A clean one (:func:`hacli.lab.tokens.clean_env`): a server and the
-    ``p11-kit-remote`` children it forks never see a PIN variable of the
-    caller (``HACLI_PIN``, ``HACLI_SO_PIN``, ...) nor a ``P11_KIT_SERVER_*``
-    or ``LD_LIBRARY_PATH`` that would change what they load.
+    It names the member's own configuration (its own token directory), so its
+    SoftHSM2 never opens, scans or locks another member's files.  A clean one
+    (:func:`hacli.lab.tokens.clean_env`): a server and the ``p11-kit-remote``
+    children it forks never see a PIN variable of the caller (``HACLI_PIN``,
+    ``HACLI_SO_PIN``, ...) nor a ``P11_KIT_SERVER_*`` or ``LD_LIBRARY_PATH``
+    that would change what they load.
     """
-    return clean_env({"SOFTHSM2_CONF": str(paths.softhsm2_conf)})
+    return clean_env({"SOFTHSM2_CONF": str(paths.softhsm2_conf_of(index))})
 
 
 def executable(rec: dict[str, Any]) -> str | None:
@@ -93,6 +95,7 @@ def member_status(paths: LabPaths, rec: dict[str, Any]) -> MemberStatus:
         label=rec["label"],
         state=state,
         pid=rec["pid"] if state != FAILED else None,
+        softhsm2_conf=str(paths.softhsm2_conf_of(rec["index"])),
     )
 
 
@@ -193,7 +196,7 @@ def _spawn(paths: LabPaths, rec: dict[str, Any], tools: LabTools, timeout: float
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=mdir,
-            env=server_env(paths),
+            env=server_env(paths, member.index),
             # own session => own process group: fail/hang/restore signal
             # the group, which holds the p11-kit-remote children too.
             start_new_session=True,

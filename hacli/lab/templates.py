@@ -1,7 +1,8 @@
-"""The lab's two configuration files: ``softhsm2.conf`` and ``Chrystoki.conf``.
+"""The lab's configuration files: each member's ``softhsm2.conf`` and ``Chrystoki.conf``.
 
-Both are written once, when a lab is created (``Chrystoki.conf`` again only
-if it went missing, so a user's edits survive a later ``up``).  A
+They are written when a lab is created (a member's ``softhsm2.conf`` again
+whenever it is missing; ``Chrystoki.conf`` again only if it went missing, so
+a user's edits survive a later ``up``).  A
 ``Chrystoki.conf`` written by an older hacli is brought up to date in place by
 :func:`update_chrystoki_conf`, through the lossless document editor: only the
 lines it must change change.
@@ -25,10 +26,11 @@ from hacli.lab.paths import LabPaths
 HACLI_SECTION = "hacli"
 
 SOFTHSM2_CONF_TEMPLATE = """\
-# SoftHSM2 configuration of the hacli lab in {dir}
+# SoftHSM2 configuration of {label}, member of the hacli lab in {dir}
 # (written by `hacli lab up`; see docs/lab.md).
-# Every member's token lives in the token directory below; each member's
-# `p11-kit server` exports only its own token.  To open the tokens directly:
+# {label}'s token, and nothing else, lives in the token directory below: every
+# member has its own, so a frozen member's file locks never block another.
+# {label}'s `p11-kit server` runs with this file.  To open the token directly:
 #   SOFTHSM2_CONF={path} pkcs11-tool --module {module} -L
 directories.tokendir = {tokendir}
 objectstore.backend = file
@@ -94,15 +96,17 @@ _OLD_BY_VALUE_BLOCK = re.compile(
 _CLIENT_NAME = "p11-kit-client.so"
 
 
-def write_softhsm2_conf(paths: LabPaths, module: str) -> None:
-    """``softhsm2.conf``: every member's token in :attr:`LabPaths.tokens_dir`."""
+def write_softhsm2_conf(paths: LabPaths, index: int, module: str) -> None:
+    """Member *index*'s ``softhsm2.conf``: its token directory, :meth:`LabPaths.tokens_dir_of`."""
+    path = paths.softhsm2_conf_of(index)
     text = SOFTHSM2_CONF_TEMPLATE.format(
+        label=f"member{index}",
         dir=paths.directory,
-        path=paths.softhsm2_conf,
+        path=path,
         module=module,
-        tokendir=paths.tokens_dir,
+        tokendir=paths.tokens_dir_of(index),
     )
-    write_atomic(paths.softhsm2_conf, text, 0o644)
+    write_atomic(path, text, 0o644)
 
 
 def write_chrystoki_conf(paths: LabPaths, members: list[LabMember], client: str) -> None:

@@ -13,6 +13,8 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from hacli.errors import LabError
@@ -71,14 +73,46 @@ def run_probe(request: dict[str, Any], env: dict[str, str], timeout: float) -> d
 
 
 def init_tokens(
-    softhsm2: str, labels: list[str], pin: str, so_pin: str, env: dict[str, str], timeout: float
+    softhsm2: str,
+    labels: list[str],
+    pin: str,
+    so_pin: str,
+    envs: list[dict[str, str]],
+    timeout: float,
 ) -> list[dict[str, str]]:
-    """Initialise one free SoftHSM2 token per label; ``{"label", "serial"}`` of each, in order.
+    """Initialise one SoftHSM2 token per label; ``{"label", "serial"}`` of each, in order.
 
-    The PINs go to the child on its stdin, never on a command line.
+    Token *i* is made by a probe child with environment ``envs[i]`` (its
+    ``SOFTHSM2_CONF`` names that member's own token directory); the children
+    run at once.  The PINs go to each child on its stdin, never on a command line.
     """
-    request = {"op": "init", "library": softhsm2, "labels": labels, "pin": pin, "so_pin": so_pin}
-    return run_probe(request, env, timeout)["tokens"]
+
+    def one(label: str, env: dict[str, str]) -> dict[str, str]:
+        request = {
+            "op": "init",
+            "library": softhsm2,
+            "labels": [label],
+            "pin": pin,
+            "so_pin": so_pin,
+        }
+        return run_probe(request, env, timeout)["tokens"][0]
+
+    with ThreadPoolExecutor(max_workers=max(1, len(labels))) as pool:
+        futures = [pool.submit(one, lb, env) for lb, env in zip(labels, envs, strict=True)]
+        return [f.result() for f in futures]
+
+
+def read_tokens(softhsm2: str, softhsm2_conf: Path, timeout: float) -> list[dict[str, str]]:
+    """The initialised tokens (``{"label", "serial"}``) SoftHSM2 finds with *softhsm2_conf*.
+
+    Opened directly through *softhsm2*, in a probe child: how ``up`` tells
+    which member a token directory of an older lab belongs to.
+    """
+    request = {
+        "op": "list",
+        "modules": [{"library": softhsm2, "env": {"SOFTHSM2_CONF": str(softhsm2_conf)}}],
+    }
+    return run_probe(request, clean_env(), timeout)["results"][0]
 
 
 def list_tokens(
