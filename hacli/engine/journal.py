@@ -537,6 +537,12 @@ class ChangeJournal:
                     return r.snapshot()
             return None
 
+    def explained_keys(self) -> frozenset[IdentKey]:
+        """Every identity some live entry is about (:meth:`explains` for a whole
+        inventory at once: one read of the file, not one per object)."""
+        with self._locked():
+            return frozenset(k for r in self._recs.values() for k in r.keys)
+
     def compact(self) -> bool:
         """Rewrite the file with the live entries only, if anything is stale.
         (Done by itself when stale lines outnumber live entries past

@@ -257,13 +257,12 @@ class Synchronisation:
             inv = self._inventories()
             union, missing = union_of(inv)
             conflicts: list[SyncConflict] = []
-            journal = self._replicas.change_journal
+            explained = self._replicas.change_journal.explained_keys()
             for serial, keys in missing.items():
                 m = self._members.get(serial)
                 for k in keys:
                     ident, info, holders = union[k]
-                    if (journal.explains(k) is not None
-                            or self._replicas.destroyed_since(k, started)):
+                    if k in explained or self._replicas.destroyed_since(k, started):
                         continue  # the journal (or a destroy just now) decides
                     summary = replication.summarize(ident, info)
                     if not adopt:
