@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/ha_bench.py
 
 soak: install
+	$(PY) -m pytest -q -m soak tests/test_soak.py
 	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-60} --mode activeBasic
 	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-60} --mode activeEnhanced
 

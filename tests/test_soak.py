@@ -28,6 +28,7 @@ soak_check = importlib.import_module("soak_check")
 pytestmark = pytest.mark.lab
 
 
+@pytest.mark.soak
 def test_soak_20_seconds() -> None:
     proc = subprocess.run(
         [sys.executable, str(SOAK), "--seconds", "20", "--json"],
