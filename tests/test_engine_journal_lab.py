@@ -100,3 +100,42 @@ def test_destroy_missed_by_a_member_survives_a_killed_engine(healthy_lab, tmp_pa
     out = synchronize_cli(lab)
     assert f"Destroyed on {m1.serial}" in out
     assert labels_everywhere(lab, tmp_path, "revoked-2") == {m0.serial: 0, m1.serial: 0}
+
+
+def test_a_copy_made_before_its_source_failed_goes_with_the_remade_key_pair(
+        healthy_lab, tmp_path, monkeypatch) -> None:
+    """Soak finding: a key pair's public key reached the other member, then the
+    member that generated the pair was killed before the private key was
+    copied.  The engine made the pair again on the member that serves, with
+    the same label and ID, but left the first public key's copy there: after
+    the application destroyed the pair, that copy was still on the member
+    (a destroyed object back).  The copy must go before the pair is remade."""
+    from hacli.engine.replicas import Replicas
+
+    lab = healthy_lab
+    real_replicate_one = Replicas.replicate_one
+    copies: list[str] = []
+
+    def replicate_then_kill_the_source(self, vobj, dst, src=None):
+        copied = real_replicate_one(self, vobj, dst, src)
+        copies.append(dst.serial)
+        if len(copies) == 1 and src is not None:
+            lab.fail(src.serial)  # the public key is across; the private key is not
+        return copied
+
+    monkeypatch.setattr(Replicas, "replicate_one", replicate_then_kill_the_source)
+    with Engine(lab_config(lab, tmp_path / "a")) as engine:
+        g = engine.group()
+        with g.open_session() as s:
+            s.login(lab.pin())
+            pub, priv = s.generate_keypair(KeyType.EC, label="remade-1", id=b"\x5e\x01",
+                                           token=True)
+            assert copies, "the pair was not copied"
+            s.destroy_object(pub)
+            s.destroy_object(priv)
+    monkeypatch.setattr(Replicas, "replicate_one", real_replicate_one)
+    killed = [m.serial for m in lab.members() if m.serial != copies[0]]
+    for serial in killed:
+        lab.restore(serial)
+    synchronize_cli(lab)
+    assert set(labels_everywhere(lab, tmp_path, "remade-1").values()) == {0}

@@ -139,15 +139,42 @@ class Replicas:
                 self._missed_creation(out)
                 return out
             # The member that made the objects failed before any other member
-            # got a copy: as far as the application can tell, the call failed
-            # on a member that went down.  Make them again on one that serves;
-            # the orphans on the failed member are destroyed when it returns.
+            # got a copy of all of them: as far as the application can tell,
+            # the call failed on a member that went down.  Make them again on
+            # one that serves; the orphans on the failed member are destroyed
+            # when it returns.
             for v in out:
+                self._discard_copies(v, primary)
                 if v.is_token_object:
                     self.record_missed("destroy", dict(v.ident), None, [primary])
                 self._objects.forget(v)
         raise CKRError("CKR_DEVICE_ERROR", operation,
                        detail="every member that made the object failed before it was copied")
+
+    def _discard_copies(self, vobj: VObject, primary: Member) -> None:
+        """Destroy the copies of ``vobj`` already made on members other than
+        ``primary`` (the objects are about to be made again, with the same
+        identity: a copy left behind would outlive the new object's destroy).
+        A member that fails meanwhile gets the destroy journaled, before the
+        new object's creation, so its replay order is right."""
+        for serial in [s for s in vobj.real if s != primary.serial]:
+            m = self._members.get(serial)
+
+            def drop(conn: Connection, m: Member = m) -> None:
+                obj = self._objects.resolve(m, conn, vobj)
+                obj.destroy()
+                conn.objects.pop(obj.handle, None)
+
+            try:
+                m.run(drop, operation="C_DestroyObject")
+            except NotOnMember:
+                continue
+            except Exception as e:
+                if not is_member_failure(e):
+                    raise
+                self._members.mark_failed(m, e)
+                if vobj.is_token_object:
+                    self.record_missed("destroy", dict(vobj.ident), None, [m])
 
     def replicate_created(self, vobjs: Sequence[VObject], primary: Member,
                           only: Member | None) -> None:
