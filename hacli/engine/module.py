@@ -79,6 +79,7 @@ import pkcs11
 from pkcs11 import _pkcs11
 
 from hacli.engine.exceptions import CallTimeout, ModuleUnavailable
+from hacli.engine.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from hacli.engine.multipart import StepDriver
@@ -561,22 +562,37 @@ class _Task:
 
 
 _STOP = object()
+#: Wakes an idle worker after its instance was abandoned (it then finalizes).
+_WAKE = object()
 
 
 class ModuleInstance:
-    """One loaded copy of a PKCS#11 module, driven by one worker thread.
+    """One loaded copy of a PKCS#11 module, with its call lock and worker thread.
+
+    Two ways to call it (docs/engine.md, "Calls into a member"):
+
+    * **direct** (a module whose transport can be cut, ``p11-kit-client.so``,
+      with a ``watchdog``): :meth:`call` runs on the caller's thread under the
+      instance's lock.  The call's deadline is published for the
+      :class:`~hacli.engine.watchdog.Watchdog`, which abandons the instance and
+      cuts its transport when a call overstays.  The worker thread only runs
+      clean-up handed to :meth:`submit`, and finalizes an abandoned instance.
+    * **worker** (any other module): every call is handed to the worker thread
+      and waited for with the timeout; a stuck call keeps the worker, never
+      the caller.
 
     :param library: path of the module (``.so``).
     :param env: environment the module needs while loading/initialising.
     :param workdir: private directory for the library copy.
     :param name: for thread names and messages (member serial(s)).
+    :param watchdog: the engine's watchdog; without one, calls go to the worker.
     """
 
     _counter = 0
     _counter_lock = threading.Lock()
 
     def __init__(self, library: str, env: Mapping[str, str] | None, workdir: str,
-                 name: str = ""):
+                 name: str = "", watchdog: Watchdog | None = None):
         install_quiet_hooks()
         self.library = library
         self.env = dict(env or {})
@@ -607,9 +623,20 @@ class ModuleInstance:
         self._running: _Task | None = None
         self._state_lock = threading.Lock()
         self._finalized = False
+        #: Held by whoever is inside the module: a direct caller or the worker.
+        self._call_lock = threading.Lock()
+        #: monotonic deadline of the direct call running now (read by the watchdog)
+        self._deadline: float | None = None
+        #: the command timeout last asked for (bounds clean-up run on the worker)
+        self._timeout_hint = HELPER_TIMEOUT
+        #: True: calls run on the caller's thread (see the class docstring)
+        self.direct = watchdog is not None and self.server_path is not None
+        self._watchdog = watchdog if self.direct else None
         self._thread = threading.Thread(
             target=self._work, name=f"hacli-module-{self.number}-{name}", daemon=True)
         self._thread.start()
+        if self._watchdog is not None:
+            self._watchdog.watch(self)
 
     def __repr__(self) -> str:
         state = "abandoned" if self.abandoned else "closed" if self.closed else "ok"
@@ -627,36 +654,50 @@ class ModuleInstance:
             task = self._queue.get()
             if task is _STOP:
                 break
-            with self._state_lock:
-                if self.abandoned or self._finalized:
-                    task.future.set_exception(ModuleUnavailable(self.name))
-                    continue
-                task.started = time.monotonic()
-                self._running = task
-            if task.future.set_running_or_notify_cancel():
-                try:
-                    result = task.fn(*task.args)
-                except BaseException as e:
-                    _drop_locals(e)
-                    task.future.set_exception(e)
-                else:
-                    task.future.set_result(result)
-                    del result
-            del task
-            with self._state_lock:
-                self._running = None
+            if task is _WAKE:
                 if self.abandoned:
                     break
+                continue
+            with self._call_lock:
+                self._run_task(task)
+            del task
+            if self.abandoned:
+                break
         # Leaving.  If we were abandoned the stuck call has returned (its
-        # transport was cut, or the member resumed): end the helpers parked in
-        # operations and finalize, from this, the instance's only thread.
+        # transport was cut, or the member resumed), on this thread or on a
+        # direct caller's, which has let go of the call lock: end the helpers
+        # parked in operations and finalize.
         if self.abandoned:
-            self._drain(ModuleUnavailable(self.name))
-            self._finalize()
+            with self._call_lock:
+                self._drain(ModuleUnavailable(self.name))
+                self._finalize()
             with _GRAVEYARD_LOCK:
                 _GRAVEYARD.discard(self)
         self._release()
         _LOCAL.instance = None
+
+    def _run_task(self, task: _Task) -> None:
+        """Run one queued task (worker, call lock held)."""
+        with self._state_lock:
+            if self.abandoned or self._finalized:
+                task.future.set_exception(ModuleUnavailable(self.name))
+                return
+            task.started = time.monotonic()
+            self._running = task
+            if self.direct:  # the watchdog bounds clean-up work as well
+                self._deadline = task.started + self._timeout_hint
+        if task.future.set_running_or_notify_cancel():
+            try:
+                result = task.fn(*task.args)
+            except BaseException as e:
+                _drop_locals(e)
+                task.future.set_exception(e)
+            else:
+                task.future.set_result(result)
+                del result
+        with self._state_lock:
+            self._running = None
+            self._deadline = None
 
     def _release(self) -> None:
         """The worker is done: a finalized module nobody runs in goes to the pool."""
@@ -675,13 +716,60 @@ class ModuleInstance:
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float,
              operation: str = "") -> T:
-        """Run ``fn(*args)`` on the worker; wait at most ``timeout`` s of its run.
+        """Run ``fn(*args)`` in the module, bounded by ``timeout`` s of its run.
 
-        Raises :class:`CallTimeout` (and abandons the instance, cutting its
-        transport) when the running call exceeds the timeout,
+        Direct instances run it on the calling thread under the call lock
+        (waiting for the lock is bounded by ``timeout`` too); the others on
+        the worker.  Raises :class:`CallTimeout` (and abandons the instance,
+        cutting its transport) when the running call exceeds the timeout,
         :class:`ModuleUnavailable` when the instance is already abandoned or
         closed, else whatever ``fn`` raised.
         """
+        if not self.direct:
+            return self._call_on_worker(fn, args, timeout, operation)
+        if self.abandoned or self.closed:
+            raise ModuleUnavailable(self.name)
+        lock = self._call_lock
+        if not lock.acquire(True, timeout):
+            # whoever holds it overstays and the watchdog has not freed it (a
+            # clean-up task stuck on the worker): this instance is done for
+            self._expire()
+            raise CallTimeout(operation, self.name, timeout)
+        try:
+            if self.abandoned or self._finalized:
+                raise ModuleUnavailable(self.name)
+            self._timeout_hint = timeout
+            self._deadline = time.monotonic() + timeout
+            try:
+                return fn(*args)
+            except BaseException as e:
+                _drop_locals(e)
+                if self.abandoned:  # the watchdog cut the transport under it
+                    raise CallTimeout(operation, self.name, timeout) from None
+                raise
+            finally:
+                self._deadline = None
+        finally:
+            lock.release()
+
+    def check_deadline(self, now: float) -> None:
+        """Watchdog: abandon the instance if its running call is past its deadline."""
+        deadline = self._deadline
+        if deadline is not None and now >= deadline:
+            self._expire(deadline)
+
+    def _expire(self, deadline: float | None = None) -> None:
+        """Abandon (the call with ``deadline`` still running, if given) and cut."""
+        with self._state_lock:
+            if self.abandoned or (deadline is not None and self._deadline != deadline):
+                return
+            self._abandon_locked()
+        self._queue.put(_WAKE)
+        self._start_cutting()
+
+    def _call_on_worker(self, fn: Callable[..., T], args: tuple[Any, ...], timeout: float,
+                        operation: str) -> T:
+        """:meth:`call` for an instance without a direct path: hand it to the worker."""
         if not self.usable:
             raise ModuleUnavailable(self.name)
         task = _Task(fn, args)
@@ -732,6 +820,8 @@ class ModuleInstance:
 
     def _abandon_locked(self) -> None:
         self.abandoned = True
+        if self._watchdog is not None:
+            self._watchdog.unwatch(self)
         with _GRAVEYARD_LOCK:
             _GRAVEYARD.add(self)
         self._drain(ModuleUnavailable(self.name, "module instance abandoned after a timeout"))
@@ -975,6 +1065,10 @@ class ModuleInstance:
             with contextlib.suppress(Exception):
                 self.call(self._finalize, timeout=timeout, operation="C_Finalize")
         self.closed = True
+        if self._watchdog is not None and not self.abandoned:
+            # (an abandoned instance was unwatched already; its worker still
+            # needs the cut below to get out of the module)
+            self._watchdog.unwatch(self)
         if self.abandoned:
             self._start_cutting()
         self._queue.put(_STOP)
@@ -999,6 +1093,8 @@ class InstanceRegistry:
 
     def __init__(self, workdir: str):
         self.workdir = workdir
+        #: frees direct calls stuck in a member (one per registry, i.e. per engine)
+        self.watchdog = Watchdog()
         self._owns_workdir = claim_workdir(workdir)
         if self._owns_workdir:
             remove_stale_workdirs(os.path.dirname(os.path.abspath(workdir)))
@@ -1015,7 +1111,7 @@ class InstanceRegistry:
                 # forget abandoned instances whose threads have all ended
                 self._all = [i for i in self._all
                              if not (i.abandoned and not i.threads())]
-                inst = ModuleInstance(library, env, self.workdir, name)
+                inst = ModuleInstance(library, env, self.workdir, name, self.watchdog)
                 self._current[key] = inst
                 self._all.append(inst)
             return inst
@@ -1038,6 +1134,7 @@ class InstanceRegistry:
             t.join(max(0.0, deadline - time.monotonic()))
         for i in instances:
             i.join(max(0.0, deadline - time.monotonic()))
+        self.watchdog.close()
         if self._owns_workdir:
             remove_workdir(self.workdir)
 

@@ -60,6 +60,7 @@ from hacli.engine.module import current_instance
 
 if TYPE_CHECKING:
     from hacli.engine.member import Connection, Member
+    from hacli.engine.module import ModuleInstance
 
 #: The multi-part operation kinds of a session.
 KINDS = ("sign", "verify", "encrypt", "decrypt", "digest")
@@ -185,9 +186,13 @@ class StepDriver:
             err, self._error = self._error, None
             raise err
 
-    def start(self) -> list[bytes]:
-        """Begin: runs ``C_xInit`` (and nothing else).  Raises its error."""
-        inst = current_instance()
+    def start(self, owner: ModuleInstance | None = None) -> list[bytes]:
+        """Begin: runs ``C_xInit`` (and nothing else).  Raises its error.
+
+        ``owner`` (default: the instance whose worker runs this) adopts the
+        helper: it ends it before it re-initialises or finalizes the module.
+        """
+        inst = owner if owner is not None else current_instance()
         if inst is not None:
             inst.adopt(self)
         self._thread.start()

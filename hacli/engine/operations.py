@@ -63,7 +63,7 @@ class Operations:
                 op.driver = multipart.StepDriver(
                     multipart.body_for(kind, target, mechanism, param, op.sigbuf),
                     name=f"hacli-op-{kind}-{m.serial}")
-                op.driver.start()
+                op.driver.start(conn.instance)
                 return op
             except BaseException:
                 multipart.drop_session(session)
