@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 from hacli.conf import spec
 from hacli.conf.model import GROUP_KEY, HASYNC, MEMBER_KEY, VT, split_members
@@ -32,19 +32,38 @@ RETIRED_KEYS = {
 }
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One problem found by :func:`check`."""
+Severity = Literal["error", "warning"]
 
-    severity: str  # "error" or "warning"
+
+class FindingDict(TypedDict):
+    """:meth:`Finding.as_dict`: one finding of ``conf check --json``."""
+
+    severity: Severity
     line: int | None
     section: str
     key: str | None
     message: str
 
-    def as_dict(self) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found by :func:`check`."""
+
+    severity: Severity
+    line: int | None
+    section: str
+    key: str | None
+    message: str
+
+    def as_dict(self) -> FindingDict:
         """JSON-ready form."""
-        return asdict(self)
+        return FindingDict(
+            severity=self.severity,
+            line=self.line,
+            section=self.section,
+            key=self.key,
+            message=self.message,
+        )
 
 
 def _known_keys(section: str, key: str) -> list[str]:

@@ -47,17 +47,26 @@ import copy as _copy
 import enum
 import re
 from dataclasses import dataclass, field
+from typing import Final, Literal, TypeAlias
 
 from hacli.errors import ConfParseError, ConfValueError
 
-SYNTAXES = ("brace", "ini")
-NEWLINES = ("\n", "\r\n")
+#: ``brace`` (Unix ``Chrystoki.conf``) or ``ini`` (Windows ``crystoki.ini``).
+Syntax: TypeAlias = Literal["brace", "ini"]
+#: The line endings a document writes.
+Newline: TypeAlias = Literal["\n", "\r\n"]
+
+SYNTAXES: Final[tuple[Syntax, ...]] = ("brace", "ini")
+NEWLINES: Final[tuple[Newline, ...]] = ("\n", "\r\n")
 
 _BOM = "\ufeff"
 
 # Default layout of new lines when the file has no entry to copy it from.  Three
 # spaces and " = " is what the Luna client installer writes.
-_DEFAULT_LAYOUT = {"brace": ("   ", " ", " ", ";"), "ini": ("", "", "", "")}
+_DEFAULT_LAYOUT: Final[dict[Syntax, tuple[str, str, str, str]]] = {
+    "brace": ("   ", " ", " ", ";"),
+    "ini": ("", "", "", ""),
+}
 
 # What may follow the terminating ';' of a brace entry, the '{' of a section
 # header or a '}': blanks and an optional comment.
@@ -66,7 +75,10 @@ _INI_TRAILER = re.compile(r"[ \t\r\f\v]*(?:[;#].*)?")
 _BRACE_HEADER = re.compile(r"\s*(?P<name>[^=\s](?:[^=]*[^=\s])?)\s*=\s*\{(?P<trailer>.*)")
 _INI_HEADER = re.compile(r"\s*\[(?P<name>[^\]]*)\](?P<trailer>.*)")
 
-_COMMENT_STARTS = {"brace": ("#", ";", "//"), "ini": (";", "#")}
+_COMMENT_STARTS: Final[dict[Syntax, tuple[str, ...]]] = {
+    "brace": ("#", ";", "//"),
+    "ini": (";", "#"),
+}
 
 
 class _Kind(enum.Enum):
@@ -109,7 +121,7 @@ class _LineError(Exception):
     """A line that is not valid in the syntax; turned into ConfParseError with its number."""
 
 
-def _classify(text: str, syntax: str) -> _Line:
+def _classify(text: str, syntax: Syntax) -> _Line:
     """Parse one line (without its ending) of ``syntax``; raise _LineError if invalid."""
     stripped = text.strip()
     if not stripped:
@@ -133,7 +145,7 @@ def _classify(text: str, syntax: str) -> _Line:
     return _entry(text, syntax)
 
 
-def _entry(text: str, syntax: str) -> _Line:
+def _entry(text: str, syntax: Syntax) -> _Line:
     eq = text.find("=")
     if eq < 0:
         expected = (
@@ -189,7 +201,7 @@ def _decode(data: bytes, path: str | None) -> str:
         raise ConfParseError("not a text file (invalid UTF-8)", path, line) from None
 
 
-def _detect_syntax(pairs: list[tuple[str, str]], path: str | None) -> str:
+def _detect_syntax(pairs: list[tuple[str, str]], path: str | None) -> Syntax:
     # The first section header decides: a stray key before it must not decide
     # the syntax, or its error message would be about the wrong syntax.
     for text, _ in pairs:
@@ -203,7 +215,7 @@ def _detect_syntax(pairs: list[tuple[str, str]], path: str | None) -> str:
     return "ini" if path and path.lower().endswith(".ini") else "brace"
 
 
-def _check_structure(lines: list[_Line], syntax: str, path: str | None) -> None:
+def _check_structure(lines: list[_Line], syntax: Syntax, path: str | None) -> None:
     """Raise ConfParseError for lines in the wrong place (nesting, stray '}', orphans)."""
     open_at: int | None = None  # brace: index of the open section's header
     seen_header = False  # ini: a section has started
@@ -241,15 +253,17 @@ class Document:
     rules on duplicates and on where new lines go.
     """
 
-    def __init__(self, syntax: str = "brace", newline: str = "\n", path: str | None = None):
+    def __init__(
+        self, syntax: Syntax = "brace", newline: Newline = "\n", path: str | None = None
+    ) -> None:
         """An empty document; prefer :meth:`new` or :meth:`parse`."""
         if syntax not in SYNTAXES:
             raise ValueError(f"syntax must be one of {SYNTAXES}, not {syntax!r}")
         if newline not in NEWLINES:
             raise ValueError(f"newline must be one of {NEWLINES}, not {newline!r}")
-        self.syntax: str = syntax
+        self.syntax: Syntax = syntax
         #: Line ending of lines the document adds (the file's prevailing one).
-        self.newline: str = newline
+        self.newline: Newline = newline
         #: Whether the file starts with a UTF-8 byte order mark (kept on output).
         self.bom: bool = False
         #: Where the document came from, for messages; not used for I/O.
@@ -259,7 +273,7 @@ class Document:
     # -- construction and output ------------------------------------------------
 
     @classmethod
-    def new(cls, syntax: str = "brace", newline: str = "\n") -> Document:
+    def new(cls, syntax: Syntax = "brace", newline: Newline = "\n") -> Document:
         """An empty document of the given syntax and line ending."""
         return cls(syntax, newline)
 
@@ -544,12 +558,12 @@ class Document:
             )
 
 
-def _prevailing_newline(lines: list[_Line]) -> str:
+def _prevailing_newline(lines: list[_Line]) -> Newline:
     """The more common line ending (the first one's on a tie); "\\n" if none."""
     endings = [line.eol for line in lines if line.eol]
     if not endings:
         return "\n"
     crlf = endings.count("\r\n")
     if crlf * 2 == len(endings):
-        return endings[0]
+        return "\r\n" if endings[0] == "\r\n" else "\n"
     return "\r\n" if crlf * 2 > len(endings) else "\n"

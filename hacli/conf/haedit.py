@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from hacli.conf.document import Document
 
 
-def set_setting(doc: Document, section: str, key: str, value: str) -> object:
+def set_setting(doc: Document, section: str, key: str, value: str) -> spec.SettingValue:
     """Validate against the spec, then set; returns the typed value.
 
     The key keeps the file's spelling when it exists and the spec's otherwise.

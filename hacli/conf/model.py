@@ -35,8 +35,8 @@ MEMBER_KEY = re.compile(r"^Member(\d\d)(Serial|Library|Environment)$", re.IGNORE
 
 def _where(doc: Document, section: str, key: str) -> str:
     line = doc.line_of(section, key)
-    path = getattr(doc, "path", None) or "<config>"
-    return f"{path}:{line}" if line else str(path)
+    path = doc.path or "<config>"
+    return f"{path}:{line}" if line else path
 
 
 def typed_int(doc: Document, section: str, key: str) -> int:
@@ -46,7 +46,7 @@ def typed_int(doc: Document, section: str, key: str) -> int:
     return value
 
 
-def typed(doc: Document, section: str, key: str) -> object:
+def typed(doc: Document, section: str, key: str) -> spec.SettingValue:
     """The value of a spec'd setting, typed, or its default when absent."""
     setting = spec.lookup(section, key)
     assert setting is not None, f"{section}/{key} is not in ha.spec"
@@ -181,5 +181,5 @@ def load_config(doc: Document, path: str | None = None) -> HAConfig:
         groups=load_groups(doc),
         members=load_members(doc),
         default_library=default_library,
-        path=path or getattr(doc, "path", None),
+        path=path or doc.path,
     )

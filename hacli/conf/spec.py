@@ -10,12 +10,32 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Protocol, TypeAlias
 
 from hacli.errors import ConfValueError
 
 RETRY_WORDS = ("unlimited", "infinite")
 MAX_RETRY_COUNT = 500
+
+#: A setting's typed value: ``integer``, ``retry_count`` and ``interval`` give an
+#: int, ``flag`` a bool, ``option`` and ``string`` a str.
+SettingValue: TypeAlias = int | bool | str
+
+
+class _Validator(Protocol):
+    """The part of configobj's ``validate.Validator`` this module uses.
+
+    ``validate`` has no type information; these are the types it gives for the
+    checks ``ha.spec`` uses (no list or ``None`` arguments or defaults).
+    """
+
+    def check(self, check: str, value: str) -> SettingValue: ...
+
+    def get_default_value(self, check: str) -> SettingValue: ...
+
+    def _parse_with_caching(
+        self, check: str
+    ) -> tuple[str, list[str], dict[str, str], str | None]: ...
 
 
 @dataclass(frozen=True)
@@ -28,7 +48,7 @@ class Setting:
     help: str
 
     @property
-    def default(self) -> Any:
+    def default(self) -> SettingValue:
         """The typed default value."""
         return _validator().get_default_value(self.check)
 
@@ -52,7 +72,7 @@ class Setting:
         return "a string"
 
 
-def _retry_count(value: Any) -> int:
+def _retry_count(value: object) -> int:
     text = str(value).strip().lower()
     if text in RETRY_WORDS:
         return -1
@@ -65,7 +85,7 @@ def _retry_count(value: Any) -> int:
     return n
 
 
-def _interval(value: Any, min: str, max: str, luna_min: str, luna_max: str) -> int:
+def _interval(value: object, min: str, max: str, luna_min: str, luna_max: str) -> int:
     try:
         n = int(str(value).strip())
     except ValueError:
@@ -75,7 +95,7 @@ def _interval(value: Any, min: str, max: str, luna_min: str, luna_max: str) -> i
     return n
 
 
-def _flag(value: Any) -> bool:
+def _flag(value: object) -> bool:
     text = str(value).strip().lower()
     if text in ("1", "yes", "true", "on", "enabled"):
         return True
@@ -87,14 +107,20 @@ def _flag(value: Any) -> bool:
 def _fail(reason: str) -> Exception:
     from validate import VdtValueError
 
-    return VdtValueError(reason)
+    # validate is untyped; VdtValueError is its ValidateError (an Exception) for bad values.
+    error: Exception = VdtValueError(reason)
+    return error
 
 
 @functools.cache
-def _validator() -> Any:
+def _validator() -> _Validator:
     from validate import Validator
 
-    return Validator({"retry_count": _retry_count, "interval": _interval, "flag": _flag})
+    # validate is untyped: the annotation is where its Validator gets a type.
+    validator: _Validator = Validator(
+        {"retry_count": _retry_count, "interval": _interval, "flag": _flag}
+    )
+    return validator
 
 
 @functools.cache
@@ -103,13 +129,16 @@ def settings() -> tuple[Setting, ...]:
     from configobj import ConfigObj
 
     text = resources.files("hacli.conf").joinpath("ha.spec").read_text(encoding="utf-8")
+    # configobj is untyped; with list_values=False every name and value is a str.
     spec = ConfigObj(text.splitlines(), _inspec=True, list_values=False)
-    out = []
+    out: list[Setting] = []
     for section in spec.sections:
         sec = spec[section]
         for key in sec.scalars:
-            help_text = " ".join(c.lstrip("# ").strip() for c in sec.comments.get(key, []))
-            out.append(Setting(section, key, sec[key], help_text))
+            check: str = sec[key]
+            comments: list[str] = sec.comments.get(key, [])
+            help_text = " ".join(c.lstrip("# ").strip() for c in comments)
+            out.append(Setting(section, key, check, help_text))
     return tuple(out)
 
 
@@ -126,7 +155,7 @@ def spec_sections() -> list[str]:
     return list(dict.fromkeys(s.section for s in settings()))
 
 
-def convert(section: str, key: str, value: str, *, where: str = "") -> Any:
+def convert(section: str, key: str, value: str, *, where: str = "") -> SettingValue:
     """Check ``value`` against the spec and return it typed.
 
     Raises :class:`ConfValueError` naming ``where`` (file:line), the section,
