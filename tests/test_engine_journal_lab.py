@@ -139,3 +139,39 @@ def test_a_copy_made_before_its_source_failed_goes_with_the_remade_key_pair(
         lab.restore(serial)
     synchronize_cli(lab)
     assert set(labels_everywhere(lab, tmp_path, "remade-1").values()) == {0}
+
+
+def test_a_sync_starting_during_a_destroy_does_not_copy_the_object_back(
+        healthy_lab, tmp_path, monkeypatch) -> None:
+    """Soak finding: a key created while member m1 was down waits in the journal
+    for m1.  m1 returns; the application destroys the key (every member in
+    service: m1 has nothing to destroy yet); a synchronisation that starts
+    while that destroy is still under way used to find the creation still
+    waiting, and copied the destroyed key to m1."""
+    from hacli.engine.execution import Executor
+
+    lab = healthy_lab
+    m0, m1 = lab.members()
+    with Engine(lab_config(lab, tmp_path / "a")) as engine:  # HASynchronize off
+        g = engine.group()
+        with g.open_session() as s:
+            s.login(lab.pin())
+            lab.fail(m1.serial)
+            g.status()
+            key = s.generate_key(KeyType.AES, 256, label="raced-1", token=True)
+            lab.restore(m1.serial)
+            assert g.recover_now()
+            real_on_each = Executor.on_each
+            reports = []
+
+            def destroy_then_sync(self, operation, fn, vobj=None, only=None):
+                out = real_on_each(self, operation, fn, vobj, only)
+                if operation == "C_DestroyObject":
+                    reports.append(g.synchronize())  # starts before the destroy returns
+                return out
+
+            monkeypatch.setattr(Executor, "on_each", destroy_then_sync)
+            s.destroy_object(key)
+            monkeypatch.setattr(Executor, "on_each", real_on_each)
+            assert reports and not reports[0].copied, reports
+    assert labels_everywhere(lab, tmp_path, "raced-1") == {m0.serial: 0, m1.serial: 0}

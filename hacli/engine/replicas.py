@@ -56,9 +56,9 @@ class Replicas:
         self._journal = journal
         self._tomb_lock = threading.Lock()
         self._tombstones: dict[Any, float] = {}  # ident key -> monotonic time of the destroy
-        # identities this process journaled a creation for (a destroy of one
-        # of them cancels what is still waiting)
-        self._created: set[Any] = set()
+        # identity key -> monotonic time this process journaled a creation of
+        # it (a destroy of one of them cancels what is still waiting)
+        self._created: dict[Any, float] = {}
 
     @property
     def change_journal(self) -> ChangeJournal:
@@ -72,6 +72,18 @@ class Replicas:
             t = self._tombstones.get(key)
         return t is not None and t >= since
 
+    def destroyed_since_created(self, key: Any, default: float) -> bool:
+        """True when the object ``key`` whose creation a member missed was
+        destroyed through the group after that creation was journaled (by
+        this process; else after ``default``, e.g. the start of a sync).
+
+        Measured from the creation, not from the start of the sync that asks:
+        a destroy that came just before the sync started may not have
+        cancelled the waiting creation yet."""
+        with self._tomb_lock:
+            since = self._created.get(key, default)
+        return self.destroyed_since(key, since)
+
     def _tombstone(self, key: Any) -> None:
         now = time.monotonic()
         with self._tomb_lock:
@@ -83,14 +95,8 @@ class Replicas:
     def record_missed(self, kind: str, ident: dict[Any, Any], attrs: dict[Any, Any] | None,
                       missed: Iterable[Member]) -> None:
         """Durably journal a change the ``missed`` members did not get (they need
-        sync).  Returns once it is on disk: before the application is told.
-
-        A destroy also cancels the creations of that object still waiting for
-        members: a member that missed both must never get it copied.
-        """
+        sync).  Returns once it is on disk: before the application is told."""
         serials = sorted({m.serial for m in missed})
-        if kind == "destroy" and ident_key(ident) in self._created:
-            self._cancel_creations(ident_key(ident))
         if not serials:
             return
         with self._members.lock:
@@ -112,7 +118,8 @@ class Replicas:
             if v.is_token_object:
                 missed = [m for m in self._members if m.serial not in v.real]
                 if missed:
-                    self._created.add(ident_key(v.ident))
+                    with self._tomb_lock:
+                        self._created[ident_key(v.ident)] = time.monotonic()
                     self.record_missed("create", dict(v.ident), None, missed)
 
     def create(self, operation: str, fn: Callable[..., list[Any]], vobjs: Sequence[VObject] = (),
@@ -275,6 +282,11 @@ class Replicas:
         last: BaseException | None = None
         for s in sources:
             how = "value"
+            if s.conn is None:
+                continue  # went down since it was chosen: another source, or none
+            if dst.conn is None:
+                raise CKRError("CKR_DEVICE_ERROR", operation, dst.serial,
+                               detail="the member is not connected")
             if cls in replication.SECRET_CLASSES:
                 problem = replication.wrap_problem(s.conn)
                 who = s
@@ -362,7 +374,12 @@ class Replicas:
         if only is None:
             # before the first member destroys it: a synchronisation running
             # now must not copy it back from a member it has not reached yet
-            self._tombstone(ident_key(vobj.ident))
+            # (the tombstone), and one starting from now on must not find its
+            # creation still waiting for a member that missed it (cancelled)
+            key = ident_key(vobj.ident)
+            self._tombstone(key)
+            if vobj.is_token_object and key in self._created:
+                self._cancel_creations(key)
         self._executor.on_each("C_DestroyObject", task, vobj, only)
         if only is None and vobj.is_token_object:
             self.record_missed("destroy", dict(vobj.ident), None,

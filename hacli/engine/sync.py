@@ -354,7 +354,7 @@ class Synchronisation:
                               operation="C_SetAttributeValue")
                 elif e.kind == "create":
                     gone = (later_destroys.get(e.key, 0) > e.seq
-                            or self._replicas.destroyed_since(e.key, started))
+                            or self._replicas.destroyed_since_created(e.key, started))
                     if not gone and not m.run(has_matching, ident,
                                               operation="C_FindObjects"):
                         sources = [s for s in self._members.serving() if s is not m]
@@ -364,7 +364,7 @@ class Synchronisation:
                         how = self._replicas.transfer(ident, m, sources,
                                                       operation="synchronize")
                         copied.append((m.serial, summary, how))
-                        if self._replicas.destroyed_since(e.key, started):
+                        if self._replicas.destroyed_since_created(e.key, started):
                             # destroyed through the group while it was copied
                             m.run(destroy_matching, ident, operation="C_DestroyObject")
             except Exception as err:
