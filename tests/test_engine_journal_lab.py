@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from clihelpers import run_process
-from enginehelpers import lab_config
+from enginehelpers import lab_config, wait_for
 from pkcs11 import Attribute, KeyType
 
 from hacli.engine import Engine
@@ -76,7 +76,7 @@ def test_destroy_missed_by_a_member_survives_a_killed_engine(healthy_lab, tmp_pa
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(TESTS)!r})
-        from enginehelpers import lab_config
+        from enginehelpers import lab_config, wait_for
         from hacli.engine import Engine
         from hacli.lab import Lab
         from pkcs11 import KeyType
@@ -144,11 +144,17 @@ def test_a_copy_made_before_its_source_failed_goes_with_the_remade_key_pair(
 def test_a_sync_starting_during_a_destroy_does_not_copy_the_object_back(
         healthy_lab, tmp_path, monkeypatch) -> None:
     """Soak finding: a key created while member m1 was down waits in the journal
-    for m1.  m1 returns; the application destroys the key (every member in
-    service: m1 has nothing to destroy yet); a synchronisation that starts
-    while that destroy is still under way used to find the creation still
-    waiting, and copied the destroyed key to m1."""
+    for m1.  m1 returns; the application destroys the key, with every member
+    in service (m1 has nothing to destroy yet).  A synchronisation that
+    started after the destroy began, but before it ended, found the creation
+    still waiting, read the key from m0 before the destroy reached m0, and
+    wrote it to m1 after the destroy had passed m1: the key was back.  The
+    interleaving is forced here: the sync's write to m1 waits until the
+    destroy has been on every member."""
+    import threading
+
     from hacli.engine.execution import Executor
+    from hacli.engine.member import Member
 
     lab = healthy_lab
     m0, m1 = lab.members()
@@ -161,17 +167,36 @@ def test_a_sync_starting_during_a_destroy_does_not_copy_the_object_back(
             key = s.generate_key(KeyType.AES, 256, label="raced-1", token=True)
             lab.restore(m1.serial)
             assert g.recover_now()
-            real_on_each = Executor.on_each
-            reports = []
 
-            def destroy_then_sync(self, operation, fn, vobj=None, only=None):
-                out = real_on_each(self, operation, fn, vobj, only)
-                if operation == "C_DestroyObject":
-                    reports.append(g.synchronize())  # starts before the destroy returns
-                return out
+            real_on_each, real_run = Executor.on_each, Member.run
+            writing, destroyed = threading.Event(), threading.Event()
+            reports: list = []
+            syncing: list[threading.Thread] = []
 
-            monkeypatch.setattr(Executor, "on_each", destroy_then_sync)
+            def write_after_the_destroy(self, fn, *args, operation="", timeout=None):
+                if threading.current_thread() in syncing and operation == "C_UnwrapKey":
+                    writing.set()
+                    destroyed.wait(10)
+                return real_run(self, fn, *args, operation=operation, timeout=timeout)
+
+            def sync_during_destroy(self, operation, fn, vobj=None, only=None):
+                if operation != "C_DestroyObject":
+                    return real_on_each(self, operation, fn, vobj, only)
+                sync = threading.Thread(target=lambda: reports.append(g.synchronize()))
+                syncing.append(sync)
+                sync.start()
+                # the sync has read the key from m0 and is about to write it to
+                # m1, or it has ended without copying anything
+                assert wait_for(lambda: writing.is_set() or not sync.is_alive(), 10)
+                try:
+                    return real_on_each(self, operation, fn, vobj, only)
+                finally:
+                    destroyed.set()
+                    sync.join(10)
+
+            monkeypatch.setattr(Member, "run", write_after_the_destroy)
+            monkeypatch.setattr(Executor, "on_each", sync_during_destroy)
             s.destroy_object(key)
-            monkeypatch.setattr(Executor, "on_each", real_on_each)
+            monkeypatch.undo()
             assert reports and not reports[0].copied, reports
     assert labels_everywhere(lab, tmp_path, "raced-1") == {m0.serial: 0, m1.serial: 0}
