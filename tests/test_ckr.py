@@ -138,3 +138,36 @@ def test_ckr_error_keeps_the_name() -> None:
     odd = CKRError("CKR_0x00000123", "C_Sign")
     assert (odd.ckr, odd.code, odd.rv, str(odd)) == ("CKR_0x00000123", None, -1,
                                                      "C_Sign: CKR_0x00000123")
+
+
+def test_lab_probe_codes_are_named_by_the_table() -> None:
+    # the probe runs with the standard library only: it writes numbers, the
+    # parent names them
+    from hacli.lab import probe
+    from hacli.lab.tokens import name_codes
+
+    module = object.__new__(probe.Module)
+    module.path = "/x/libsofthsm2.so"
+    with pytest.raises(probe.ProbeError) as exc:
+        module._check("C_InitToken", 0xA0)
+    assert str(exc.value) == "C_InitToken failed: CKR_0x000000A0 (/x/libsofthsm2.so)"
+    assert name_codes(str(exc.value)) == \
+        "C_InitToken failed: CKR_PIN_INCORRECT (/x/libsofthsm2.so)"
+    assert name_codes("C_Login failed: CKR_0x00000777 (m)") == "C_Login failed: CKR_0x00000777 (m)"
+    assert name_codes("SoftHSM2 offers no free slot") == "SoftHSM2 offers no free slot"
+
+
+def test_no_code_names_as_string_literals_outside_the_table() -> None:
+    # code names come from CKR, so a misspelt one fails at import, not silently
+    # in a comparison; the table itself and the names of exported tables are
+    # the exceptions
+    import re
+    from pathlib import Path
+
+    import hacli
+
+    root = Path(hacli.__file__).parent
+    found = {f"{p.relative_to(root)}: {m}"
+             for p in root.rglob("*.py") if p.name != "ckr.py" or p.parent.name != "engine"
+             for m in re.findall(r'"CKR_\w*', p.read_text())}
+    assert found == {'engine/__init__.py: "CKR_CODES', 'engine/__init__.py: "CKR_NAMES'}

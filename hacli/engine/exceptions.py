@@ -22,7 +22,7 @@ from hacli.errors import EngineError
 class CKRError(EngineError):
     """A PKCS#11 operation through the engine failed with a ``CKR_*`` code.
 
-    :ivar ckr: the ``CKR_*`` name, e.g. ``"CKR_MECHANISM_INVALID"``: the
+    :ivar ckr: the ``CKR_*`` name, e.g. ``CKR_MECHANISM_INVALID``: the
         :class:`~hacli.engine.ckr.CKR` member when the code is in the table
         (it compares equal to the plain name), else the string as given.
     :ivar operation: what was attempted (``"C_Sign"``, ``"login"``, ...).
