@@ -109,7 +109,8 @@ class CKR(enum.StrEnum):
         """The code with this numeric value, or None."""
         return _BY_RV.get(rv)
 
-    # PKCS#11 v3.0, plus the codes python-pkcs11 knows.  Kinds: only the eight
+    # PKCS#11's codes up to v3.0 (not all: one missing here is named
+    # CKR_0x%08X by ckr_name), every one python-pkcs11 knows.  Kinds: only the eight
     # codes that say the device, its connection or our session on it is gone
     # are member failures; everything else is the request's (GENERAL_ERROR and
     # DEVICE_MEMORY being suspects, see is_suspect).

@@ -32,7 +32,7 @@ class CKRError(EngineError):
     def __init__(self, ckr: CKR | str, operation: str = "", member: str | None = None,
                  detail: str = ""):
         # a plain name becomes its CKR member, so .code and .rv need no lookup
-        self.ckr: str = CKR.get(ckr) or ckr
+        self.ckr: str = ckr if isinstance(ckr, CKR) else (CKR.get(ckr) or ckr)
         self.operation = operation
         self.member = member
         self.detail = detail
