@@ -25,8 +25,7 @@ from hacli.errors import (
 
 def _pkcs11_message(exc: BaseException) -> str:
     # python-pkcs11 exceptions carry no text; the CKR name is the message.
-    from hacli.cli.ckrtext import explain
-    from hacli.engine.ckr import ckr_name
+    from hacli.engine.ckr import ckr_name, explain
 
     name = ckr_name(exc)
     return f"{name}: {explain(name)}"

@@ -51,6 +51,8 @@ def _save_reported(data: dict[str, list[str]]) -> None:
 def apply_memory(conf_key: str, groups: list[GroupStatus]) -> list[dict[str, Any]]:
     """Status dicts, with failures already reported by an earlier run downgraded
     from ``CKR_DEVICE_ERROR`` to ``CKR_TOKEN_NOT_PRESENT``."""
+    from hacli.engine.ckr import CKR  # here: `hacli ha --help` loads no engine
+
     memory = _load_reported()
     reported = set(memory.get(conf_key, []))
     out = []
@@ -60,8 +62,8 @@ def apply_memory(conf_key: str, groups: list[GroupStatus]) -> list[dict[str, Any
             status = m.status
             if m.alive:
                 reported.discard(m.serial)
-            elif status == "CKR_DEVICE_ERROR" and m.serial in reported:
-                status = "CKR_TOKEN_NOT_PRESENT"
+            elif status == CKR.DEVICE_ERROR and m.serial in reported:
+                status = CKR.TOKEN_NOT_PRESENT
             else:
                 reported.add(m.serial)
             members.append({"serial": m.serial, "status": status})
@@ -74,9 +76,11 @@ def apply_memory(conf_key: str, groups: list[GroupStatus]) -> list[dict[str, Any
 
 def exit_status(groups: list[dict[str, Any]]) -> ExitStatus:
     """0 all members serve, 3 a member is down, 4 a group has no member serving."""
-    if any(g["status"] != "CKR_OK" for g in groups):
+    from hacli.engine.ckr import CKR
+
+    if any(g["status"] != CKR.OK for g in groups):
         return ExitStatus.GROUP_DOWN
-    if any(m["status"] != "CKR_OK" for g in groups for m in g["members"]):
+    if any(m["status"] != CKR.OK for g in groups for m in g["members"]):
         return ExitStatus.DEGRADED
     return ExitStatus.OK
 
@@ -119,6 +123,6 @@ def status(label: str | None, as_json: bool) -> int:
 
 
 def _group_line(g: dict[str, Any]) -> str:
-    from hacli.cli.ckrtext import explain
+    from hacli.engine.ckr import explain
 
     return f"Status: {explain(g['status'])} ({g['status']})"

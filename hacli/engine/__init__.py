@@ -16,7 +16,15 @@ No click or rich imports here: the CLI is a layer over this package.
 
 from __future__ import annotations
 
-from hacli.engine.ckr import CKR_CODES, CKR_NAMES, ckr_name, ckr_value, is_member_failure
+from hacli.engine.ckr import (
+    CKR,
+    CKR_CODES,
+    CKR_NAMES,
+    CKRKind,
+    ckr_name,
+    ckr_value,
+    is_member_failure,
+)
 from hacli.engine.engine import Engine
 from hacli.engine.exceptions import CallTimeout, CKRError, GroupDownError
 from hacli.engine.group import HAGroup
@@ -41,12 +49,14 @@ from hacli.engine.types import (
 )
 
 __all__ = [
+    "CKR",
     "CKR_CODES",
     "CKR_NAMES",
     "HA_LOG_EVENTS",
     "HA_SLOT_DESCRIPTION",
     "TRANSPORT_LABEL",
     "CKRError",
+    "CKRKind",
     "CallTimeout",
     "Engine",
     "GroupDownError",

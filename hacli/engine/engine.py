@@ -12,6 +12,7 @@ from typing import Any
 
 from hacli.conf.model_types import HAConfig
 from hacli.engine import halog
+from hacli.engine.ckr import CKR
 from hacli.engine.exceptions import CKRError
 from hacli.engine.group import HAGroup
 from hacli.engine.member import MAPPER, Member, open_connection
@@ -134,7 +135,7 @@ class Engine:
         for s in self.slots():
             if s.slot_id == slot_id:
                 return s
-        raise CKRError("CKR_SLOT_ID_INVALID", "C_GetSlotInfo")
+        raise CKRError(CKR.SLOT_ID_INVALID, "C_GetSlotInfo")
 
     def open_session(self, slot_id: int, rw: bool = True) -> VirtualSession:
         """Open a session on a slot of :meth:`slots`: a virtual HA session, or

@@ -15,21 +15,24 @@ import re
 
 import pkcs11
 
-from hacli.engine.ckr import CKR_CODES, ckr_name
+from hacli.engine.ckr import CKR, ckr_name
 from hacli.errors import EngineError
 
 
 class CKRError(EngineError):
     """A PKCS#11 operation through the engine failed with a ``CKR_*`` code.
 
-    :ivar ckr: the ``CKR_*`` name, e.g. ``"CKR_MECHANISM_INVALID"``.
+    :ivar ckr: the ``CKR_*`` name, e.g. ``CKR_MECHANISM_INVALID``: the
+        :class:`~hacli.engine.ckr.CKR` member when the code is in the table
+        (it compares equal to the plain name), else the string as given.
     :ivar operation: what was attempted (``"C_Sign"``, ``"login"``, ...).
     :ivar member: serial of the member that answered, when one did.
     """
 
-    def __init__(self, ckr: str, operation: str = "", member: str | None = None,
+    def __init__(self, ckr: CKR | str, operation: str = "", member: str | None = None,
                  detail: str = ""):
-        self.ckr = ckr
+        # a plain name becomes its CKR member, so .code and .rv need no lookup
+        self.ckr: str = ckr if isinstance(ckr, CKR) else (CKR.get(ckr) or ckr)
         self.operation = operation
         self.member = member
         self.detail = detail
@@ -41,9 +44,14 @@ class CKRError(EngineError):
         super().__init__(" ".join(parts))
 
     @property
+    def code(self) -> CKR | None:
+        """The table's record of :attr:`ckr` (None for a code it lacks)."""
+        return self.ckr if isinstance(self.ckr, CKR) else None
+
+    @property
     def rv(self) -> int:
         """Numeric value of :attr:`ckr` (``-1`` when unknown)."""
-        return CKR_CODES.get(self.ckr, -1)
+        return self.ckr.rv if isinstance(self.ckr, CKR) else -1
 
 
 class GroupDownError(CKRError):
@@ -51,7 +59,7 @@ class GroupDownError(CKRError):
 
     def __init__(self, operation: str = "", group: str = "", detail: str = ""):
         self.group = group
-        super().__init__("CKR_DEVICE_ERROR", operation,
+        super().__init__(CKR.DEVICE_ERROR, operation,
                          detail=detail or f"no member of HA group {group!r} is available")
 
 
@@ -63,7 +71,7 @@ class CallTimeout(CKRError, TimeoutError):
 
     def __init__(self, operation: str = "", member: str | None = None, timeout: float = 0.0):
         self.timeout = timeout
-        super().__init__("CKR_DEVICE_ERROR", operation, member,
+        super().__init__(CKR.DEVICE_ERROR, operation, member,
                          detail=f"no answer within {timeout:g} s")
 
 
@@ -71,7 +79,7 @@ class ModuleUnavailable(CKRError):
     """A member's module instance is abandoned (stuck) or closed; internal use."""
 
     def __init__(self, member: str | None = None, detail: str = "module instance unavailable"):
-        super().__init__("CKR_DEVICE_ERROR", "", member, detail=detail)
+        super().__init__(CKR.DEVICE_ERROR, "", member, detail=detail)
 
 
 _BYTES_LITERAL = re.compile(r"""(?:b|bytearray\()(['"]).*?(?<!\\)\1\)?""", re.DOTALL)
@@ -96,9 +104,9 @@ def request_error(e: BaseException, operation: str, member: str | None) -> BaseE
         return err
     if isinstance(e, AttributeError):
         # python-pkcs11 objects lack e.g. .sign when the key may not sign
-        return CKRError("CKR_KEY_FUNCTION_NOT_PERMITTED", operation)
+        return CKRError(CKR.KEY_FUNCTION_NOT_PERMITTED, operation)
     if isinstance(e, TypeError | ValueError):
-        return CKRError("CKR_ARGUMENTS_BAD", operation, detail=safe_detail(e))
+        return CKRError(CKR.ARGUMENTS_BAD, operation, detail=safe_detail(e))
     return e
 
 

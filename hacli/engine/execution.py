@@ -22,7 +22,7 @@ from typing import Any
 
 import pkcs11
 
-from hacli.engine.ckr import ckr_name, is_member_failure, is_suspect
+from hacli.engine.ckr import CKR, ckr_name, is_member_failure, is_suspect
 from hacli.engine.exceptions import CKRError, GroupDownError, request_error
 from hacli.engine.member import Connection, Member
 from hacli.engine.members import MemberSet
@@ -30,7 +30,7 @@ from hacli.engine.objects import NotOnMember, ObjectRegistry, VObject
 from hacli.engine.replication import KEY_CLASSES
 
 #: Errors after which the shared work session may still have an operation active.
-LEAVES_OPERATION_ACTIVE = ("CKR_BUFFER_TOO_SMALL", "CKR_OPERATION_ACTIVE")
+LEAVES_OPERATION_ACTIVE = (CKR.BUFFER_TOO_SMALL, CKR.OPERATION_ACTIVE)
 
 
 def retry_budget(timeout: float, elapsed: float) -> float:
@@ -82,8 +82,8 @@ class Executor:
                         for m in serving if m.conn is not None):
                     missing = True
                 if missing and not failed:
-                    code = ("CKR_KEY_HANDLE_INVALID" if any(v.cls in KEY_CLASSES for v in vobjs)
-                            else "CKR_OBJECT_HANDLE_INVALID")
+                    code = (CKR.KEY_HANDLE_INVALID if any(v.cls in KEY_CLASSES for v in vobjs)
+                            else CKR.OBJECT_HANDLE_INVALID)
                     raise CKRError(code, operation)
                 raise GroupDownError(operation, self.label)
             ok = False

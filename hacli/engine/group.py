@@ -36,6 +36,7 @@ from typing import Any
 
 from hacli.conf.model_types import GroupConf, HASettings
 from hacli.engine import halog
+from hacli.engine.ckr import CKR
 from hacli.engine.exceptions import GroupDownError
 from hacli.engine.execution import Executor
 from hacli.engine.journal import ChangeJournal
@@ -276,19 +277,19 @@ class HAGroup:
         with self.members_set.lock:
             for m in self.members:
                 if m.alive:
-                    code = "CKR_OK"
+                    code = CKR.OK
                 elif not m.failure_reported:
-                    code = "CKR_DEVICE_ERROR"
+                    code = CKR.DEVICE_ERROR
                     m.failure_reported = True
                 else:
-                    code = "CKR_TOKEN_NOT_PRESENT"
+                    code = CKR.TOKEN_NOT_PRESENT
                 out.append(MemberStatus(
                     serial=m.serial, status=code, alive=m.alive, needs_sync=m.needs_sync,
                     last_error=m.last_error, ops=m.ops,
                     down_for=None if m.down_since is None or m.alive else now - m.down_since))
             any_alive = any(m.alive for m in self.members)
         return GroupStatus(label=self.label, serial=self.serial,
-                           status="CKR_OK" if any_alive else "CKR_DEVICE_ERROR",
+                           status=CKR.OK if any_alive else CKR.DEVICE_ERROR,
                            members=tuple(out), logged_in=self.logged_in,
                            recovery_attempts=self.policy.attempts)
 

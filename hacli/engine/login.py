@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from hacli.engine.ckr import is_member_failure
+from hacli.engine.ckr import CKR, is_member_failure
 from hacli.engine.exceptions import CKRError, GroupDownError, request_error
 from hacli.engine.member import MAPPER, Connection, Member
 from hacli.engine.members import MemberSet
@@ -66,7 +66,7 @@ class Login:
 
     def _login(self, pin: str) -> None:
         if self._pin is not None:
-            raise CKRError("CKR_USER_ALREADY_LOGGED_IN", "C_Login")
+            raise CKRError(CKR.USER_ALREADY_LOGGED_IN, "C_Login")
         done: list[Member] = []
 
         def task(conn: Connection) -> None:
@@ -99,7 +99,7 @@ class Login:
     def logout(self) -> None:
         """Log out of every member and forget the PIN."""
         if self._pin is None:
-            raise CKRError("CKR_USER_NOT_LOGGED_IN", "C_Logout")
+            raise CKRError(CKR.USER_NOT_LOGGED_IN, "C_Logout")
         self._pin = None
         for m in self._members.serving():
             self._logout_member(m)
@@ -112,7 +112,7 @@ class Login:
             yield
             return
         if pin is None:
-            raise CKRError("CKR_USER_NOT_LOGGED_IN", operation,
+            raise CKRError(CKR.USER_NOT_LOGGED_IN, operation,
                            detail="comparing members needs the user PIN: private objects "
                                   "are invisible without a login")
         self._login(pin)

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from hacli.engine import halog
 from hacli.engine.balancer import Balancer
-from hacli.engine.ckr import ckr_name, is_member_failure
+from hacli.engine.ckr import CKR, ckr_name, is_member_failure
 from hacli.engine.exceptions import CKRError
 from hacli.engine.member import Connection, Member, MemberState
 from hacli.engine.module import ModuleInstance
@@ -70,7 +70,7 @@ class MemberSet:
         for m in self.members:
             if m.serial == serial:
                 return m
-        raise CKRError("CKR_ARGUMENTS_BAD", "member", str(serial),
+        raise CKRError(CKR.ARGUMENTS_BAD, "member", str(serial),
                        detail="not a member of this group")
 
     def serving(self, only: Member | None = None) -> list[Member]:

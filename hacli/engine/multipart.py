@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
+from hacli.engine.ckr import CKR
 from hacli.engine.exceptions import CKRError
 from hacli.engine.module import current_instance
 
@@ -323,7 +324,7 @@ def _after_error(op: MultiPart, error: BaseException, step: int) -> None:
     if op.driver is not None and op.driver.done:
         drop_session(op.session)
     if isinstance(error, pkcs11.PKCS11Error) and "buffer was too small" in str(error).lower():
-        raise CKRError("CKR_BUFFER_TOO_SMALL", FUNCTIONS[op.kind][step], op.member.serial,
+        raise CKRError(CKR.BUFFER_TOO_SMALL, FUNCTIONS[op.kind][step], op.member.serial,
                        detail=ZERO_OUTPUT_NOTE) from error
 
 

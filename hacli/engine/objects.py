@@ -17,6 +17,7 @@ from typing import Any
 
 from pkcs11 import Attribute
 
+from hacli.engine.ckr import CKR
 from hacli.engine.exceptions import CKRError
 from hacli.engine.member import Connection, Member
 from hacli.engine.replication import ident_key
@@ -68,7 +69,7 @@ class ObjectRegistry:
         with self._lock:
             v = self._objects.get(int(handle))
         if v is None:
-            raise CKRError("CKR_OBJECT_HANDLE_INVALID", operation)
+            raise CKRError(CKR.OBJECT_HANDLE_INVALID, operation)
         return v
 
     def find(self, handle: int) -> VObject | None:

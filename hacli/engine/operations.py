@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hacli.engine import multipart
-from hacli.engine.ckr import is_member_failure
+from hacli.engine.ckr import CKR, is_member_failure
 from hacli.engine.exceptions import CKRError, ModuleUnavailable, request_error
 from hacli.engine.execution import Executor
 from hacli.engine.member import Connection, Member
@@ -84,7 +84,7 @@ class Operations:
         m = op.member
         with self._members.lock:
             if op.dead is None and (m.conn is not op.conn or not m.alive):
-                op.dead = "CKR_DEVICE_ERROR"
+                op.dead = CKR.DEVICE_ERROR
             dead = op.dead
             if dead is None:
                 m.in_flight += 1
@@ -105,8 +105,8 @@ class Operations:
             if is_member_failure(e):
                 self._members.mark_failed(m, e)
                 with self._members.lock:
-                    op.dead = "CKR_DEVICE_ERROR"
-                raise CKRError("CKR_DEVICE_ERROR", operation, m.serial,
+                    op.dead = CKR.DEVICE_ERROR
+                raise CKRError(CKR.DEVICE_ERROR, operation, m.serial,
                                detail=_MEMBER_FAILED) from e
             raise request_error(e, operation, m.serial) from e
         finally:
@@ -136,7 +136,7 @@ class Operations:
         queued (before any recovery re-initialises the module); nothing is
         queued when the instance was abandoned (see hacli.engine.multipart).
         """
-        op.dead = op.dead or "CKR_DEVICE_ERROR"
+        op.dead = op.dead or CKR.DEVICE_ERROR
         if op.driver is not None and not op.driver.done:
             op.conn.instance.submit(op.driver.abort)
 
@@ -161,7 +161,7 @@ class SessionOperations:
         the operation is begun on a member (see :meth:`Operations.begin`)."""
         with self._lock:
             if kind in self._ops:
-                raise CKRError("CKR_OPERATION_ACTIVE", fn)
+                raise CKRError(CKR.OPERATION_ACTIVE, fn)
             self._ops[kind] = _STARTING
         try:
             op = self._operations.begin(fn, kind, vobj, mechanism, param, only)
@@ -178,7 +178,7 @@ class SessionOperations:
                 abort = False
         if abort:
             self._operations.abort(op)
-            raise CKRError("CKR_SESSION_CLOSED", fn)
+            raise CKRError(CKR.SESSION_CLOSED, fn)
 
     def step(self, kind: str, fn: str, final: bool, action: Callable[[MultiPart], Any]) -> Any:
         """One ``C_xUpdate``/``C_xFinal`` of the active operation of ``kind``;
@@ -186,11 +186,11 @@ class SessionOperations:
         with self._lock:
             op = self._ops.get(kind)
         if not isinstance(op, MultiPart):
-            raise CKRError("CKR_OPERATION_NOT_INITIALIZED", fn)
+            raise CKRError(CKR.OPERATION_NOT_INITIALIZED, fn)
         with op.lock:
             with self._lock:
                 if self._ops.get(kind) is not op:  # ended by another thread meanwhile
-                    raise CKRError("CKR_OPERATION_NOT_INITIALIZED", fn)
+                    raise CKRError(CKR.OPERATION_NOT_INITIALIZED, fn)
             ended = final
             try:
                 if op.deferred is not None:

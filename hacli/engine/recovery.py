@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from hacli.conf.model_types import MemberLocation
+from hacli.engine.ckr import CKR
 from hacli.engine.exceptions import CKRError
 from hacli.engine.member import Member, open_connection
 from hacli.engine.members import MemberSet
@@ -104,7 +105,7 @@ class Recovery:
         """
         loc = m.location
         if loc is None:
-            raise CKRError("CKR_TOKEN_NOT_PRESENT", "connect", m.serial,
+            raise CKRError(CKR.TOKEN_NOT_PRESENT, "connect", m.serial,
                            detail="no module location configured for this member")
         # the attempt as a whole keeps to the command timeout (it may run
         # inside an application call)

@@ -31,7 +31,7 @@ import pkcs11
 from pkcs11 import Attribute
 
 from hacli.engine import replication
-from hacli.engine.ckr import ckr_name, is_member_failure
+from hacli.engine.ckr import CKR, ckr_name, is_member_failure
 from hacli.engine.exceptions import CKRError, request_error
 from hacli.engine.execution import Executor
 from hacli.engine.journal import ChangeJournal
@@ -155,7 +155,7 @@ class Replicas:
                 if v.is_token_object:
                     self.record_missed("destroy", dict(v.ident), None, [primary])
                 self._objects.forget(v)
-        raise CKRError("CKR_DEVICE_ERROR", operation,
+        raise CKRError(CKR.DEVICE_ERROR, operation,
                        detail="every member that made the object failed before it was copied")
 
     def _discard_copies(self, vobj: VObject, primary: Member) -> None:
@@ -209,7 +209,7 @@ class Replicas:
                 objs = [self._objects.resolve(m, conn, v) for v in sources]
                 made = fn(m, conn, *objs)
                 if len(made) != len(vobjs):
-                    raise CKRError("CKR_GENERAL_ERROR", "replicate", m.serial)
+                    raise CKRError(CKR.GENERAL_ERROR, "replicate", m.serial)
                 for v, o in zip(vobjs, made, strict=True):
                     self._objects.map(m, conn, v, o)
 
@@ -261,7 +261,7 @@ class Replicas:
         for m, conn in conns:
             problem = replication.wrap_problem(conn)
             if problem is not None:
-                raise CKRError("CKR_KEY_NOT_WRAPPABLE", operation, m.serial,
+                raise CKRError(CKR.KEY_NOT_WRAPPABLE, operation, m.serial,
                                detail=f"member {m.serial} cannot receive keys wrapped under "
                                       f"the group transport key: {problem}; the key would "
                                       "exist on one member only")
@@ -293,7 +293,7 @@ class Replicas:
                 if problem is None:
                     problem, who = replication.wrap_problem(dst.conn), dst
                 if problem is not None:
-                    raise CKRError("CKR_KEY_NOT_WRAPPABLE", operation, dst.serial,
+                    raise CKRError(CKR.KEY_NOT_WRAPPABLE, operation, dst.serial,
                                    detail=f"secret and private keys travel only wrapped under "
                                           f"the group transport key, and member {who.serial} "
                                           f"cannot: {problem}")
@@ -317,7 +317,7 @@ class Replicas:
                     last = e
                     continue
                 name = ckr_name(e)
-                if name in ("CKR_KEY_UNEXTRACTABLE", "CKR_KEY_NOT_WRAPPABLE"):
+                if name in (CKR.KEY_UNEXTRACTABLE, CKR.KEY_NOT_WRAPPABLE):
                     if vobj is not None:
                         vobj.replicable = False
                     raise CKRError(name, operation, s.serial,
@@ -345,7 +345,7 @@ class Replicas:
             finally:
                 data = {}  # drop the only reference to the wrapped blob
             return how
-        raise CKRError("CKR_DEVICE_ERROR", operation, dst.serial,
+        raise CKRError(CKR.DEVICE_ERROR, operation, dst.serial,
                        detail="no member holding the object is available") from last
 
     def replicate_one(self, vobj: VObject, dst: Member, src: Member | None = None) -> bool:

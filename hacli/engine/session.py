@@ -20,6 +20,7 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util import ec as _ec
 
 from hacli.engine import multipart
+from hacli.engine.ckr import CKR
 from hacli.engine.exceptions import CKRError
 from hacli.engine.multipart import FUNCTIONS, MultiPart
 from hacli.engine.operations import SessionOperations
@@ -68,11 +69,11 @@ class VirtualSession:
     # -- session management ------------------------------------------------
     def _check(self, operation: str) -> None:
         if self.closed:
-            raise CKRError("CKR_SESSION_HANDLE_INVALID", operation)
+            raise CKRError(CKR.SESSION_HANDLE_INVALID, operation)
 
     def _writable(self, template: Template, operation: str) -> None:
         if not self.rw and template.get(Attribute.TOKEN):
-            raise CKRError("CKR_SESSION_READ_ONLY", operation)
+            raise CKRError(CKR.SESSION_READ_ONLY, operation)
 
     def _replicable(self, template: dict[Any, Any], given_id: bytes | None,
                     operation: str) -> tuple[dict[Any, Any], bytes]:
@@ -188,20 +189,20 @@ class VirtualSession:
     def find_objects_init(self, template: Template | None = None) -> None:
         """CKDemo-style find: init runs the search (on one member) ..."""
         if self._found is not None:
-            raise CKRError("CKR_OPERATION_ACTIVE", "C_FindObjectsInit")
+            raise CKRError(CKR.OPERATION_ACTIVE, "C_FindObjectsInit")
         self._found = self.find_objects(template)
 
     def find_objects_next(self, max_count: int = 10) -> list[int]:
         """... next returns up to ``max_count`` handles ..."""
         if self._found is None:
-            raise CKRError("CKR_OPERATION_NOT_INITIALIZED", "C_FindObjects")
+            raise CKRError(CKR.OPERATION_NOT_INITIALIZED, "C_FindObjects")
         out, self._found = self._found[:max_count], self._found[max_count:]
         return out
 
     def find_objects_final(self) -> None:
         """... final ends it."""
         if self._found is None:
-            raise CKRError("CKR_OPERATION_NOT_INITIALIZED", "C_FindObjectsFinal")
+            raise CKRError(CKR.OPERATION_NOT_INITIALIZED, "C_FindObjectsFinal")
         self._found = None
 
     def get_attributes(self, handle: int, attributes: Iterable[Any]) -> dict[Any, Any]:
@@ -361,7 +362,7 @@ class VirtualSession:
             return data.encode("utf-8")
         if isinstance(data, bytes | bytearray | memoryview):
             return bytes(data)
-        raise CKRError("CKR_ARGUMENTS_BAD", operation, detail="data must be bytes")
+        raise CKRError(CKR.ARGUMENTS_BAD, operation, detail="data must be bytes")
 
     def _update(self, kind: str, data: Any) -> bytes:
         def action(op: MultiPart) -> bytes:

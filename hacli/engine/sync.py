@@ -25,7 +25,7 @@ from pkcs11 import Attribute, CertificateType, KeyType, ObjectClass
 
 from hacli.conf.model_types import GroupConf
 from hacli.engine import halog, replication
-from hacli.engine.ckr import ckr_name, is_member_failure
+from hacli.engine.ckr import CKR, ckr_name, is_member_failure
 from hacli.engine.journal import Entry
 from hacli.engine.login import Login
 from hacli.engine.member import Connection, Member
@@ -173,7 +173,7 @@ class Synchronisation:
             for m in self._members:
                 if m.serial not in inv:
                     out.append(MemberInventory(m.serial, reachable=False,
-                                               error=m.last_error or "CKR_DEVICE_ERROR"))
+                                               error=m.last_error or CKR.DEVICE_ERROR))
                     continue
                 lacks = tuple(replication.summarize(*union[k][:2]) for k in missing[m.serial])
                 m.needs_sync = bool(lacks) or bool(pending.get(m.serial))
@@ -370,7 +370,7 @@ class Synchronisation:
             except Exception as err:
                 if is_member_failure(err) and not m.alive:
                     return  # the rest waits for the member's next recovery
-                if e.kind == "create" and ckr_name(err) == "CKR_DEVICE_ERROR":
+                if e.kind == "create" and ckr_name(err) == CKR.DEVICE_ERROR:
                     if not all(x.alive for x in self._members):
                         continue  # a member holding it may be down: next run
                     # every member serves and none holds it: destroyed outside

@@ -16,6 +16,7 @@ from pkcs11 import Attribute, ObjectClass
 from pkcs11.constants import MechanismFlag
 from pkcs11.defaults import DEFAULT_KEY_CAPABILITIES
 
+from hacli.engine.ckr import CKR
 from hacli.engine.exceptions import CKRError
 from hacli.engine.member import MAPPER
 
@@ -61,7 +62,7 @@ def ha_key_attrs(template: dict[Any, Any], operation: str) -> dict[Any, Any]:
     """Secret and private keys made through a group must be replicable under the
     transport key only: extractable, but only wrapped by a trusted key."""
     if template.get(Attribute.EXTRACTABLE) is False:
-        raise CKRError("CKR_TEMPLATE_INCONSISTENT", operation,
+        raise CKRError(CKR.TEMPLATE_INCONSISTENT, operation,
                        detail="keys of an HA group must be replicable (CKA_EXTRACTABLE "
                               "is set, restricted by CKA_WRAP_WITH_TRUSTED)")
     out = dict(template)
@@ -92,10 +93,10 @@ def checked(template: Template | None, operation: str) -> dict[Any, Any]:
         try:
             MAPPER.pack_attribute(key, value)
         except NotImplementedError:
-            raise CKRError("CKR_ATTRIBUTE_TYPE_INVALID", operation,
+            raise CKRError(CKR.ATTRIBUTE_TYPE_INVALID, operation,
                            detail=f"attribute {attr_name(key)} is not known") from None
         except Exception:
-            raise CKRError("CKR_ATTRIBUTE_VALUE_INVALID", operation,
+            raise CKRError(CKR.ATTRIBUTE_VALUE_INVALID, operation,
                            detail=f"{attr_name(key)}: a {type(value).__name__} is not a "
                                   "valid value") from None
     return out

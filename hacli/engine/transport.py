@@ -39,7 +39,7 @@ import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from hacli.conf.model_types import HAConfig
-from hacli.engine.ckr import ckr_name
+from hacli.engine.ckr import CKR, ckr_name
 from hacli.engine.exceptions import CKRError
 from hacli.engine.member import MAPPER, TRANSPORT_ID, TRANSPORT_LABEL
 from hacli.engine.module import InstanceRegistry, make_workdir
@@ -113,7 +113,7 @@ def provision_transport_key(config: HAConfig, group_label: str, so_pin: str,
         for serial in group.members:
             loc = config.location(serial)
             if loc is None:
-                result[serial] = "unreachable: CKR_TOKEN_NOT_PRESENT"
+                result[serial] = f"unreachable: {CKR.TOKEN_NOT_PRESENT}"
                 continue
             inst = registry.current(loc.library, loc.env, serial)
             try:
@@ -123,7 +123,7 @@ def provision_transport_key(config: HAConfig, group_label: str, so_pin: str,
                 so = inst.call(lambda t=token: t.open(rw=True, so_pin=so_pin,
                                                       attribute_mapper=MAPPER), timeout=timeout)
             except pkcs11.PinIncorrect as e:
-                raise CKRError("CKR_PIN_INCORRECT", "C_Login", serial,
+                raise CKRError(CKR.PIN_INCORRECT, "C_Login", serial,
                                detail="wrong SO PIN") from e
             except Exception as e:
                 result[serial] = f"unreachable: {ckr_name(e)}"
@@ -166,7 +166,7 @@ def provision_transport_key(config: HAConfig, group_label: str, so_pin: str,
             # cannot wrap through these modules: a joining member cannot get
             # the existing value, and replication uses value transfer anyway
             for serial in missing:
-                result[serial] = "unsupported: CKR_MECHANISM_INVALID"
+                result[serial] = f"unsupported: {CKR.MECHANISM_INVALID}"
         else:
             src = next(s for s, fp in have.items() if fp != b"?")
             src_inst, src_so = sessions[src]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hacli.engine.ckr import CKR
+
 #: Slot description of a virtual HA slot (CKDemo shows it in the slot list).
 HA_SLOT_DESCRIPTION = "HA Virtual Card Slot"
 
@@ -43,7 +45,7 @@ class GroupStatus:
 
     @property
     def ok(self) -> bool:
-        return self.status == "CKR_OK"
+        return self.status == CKR.OK
 
     @property
     def degraded(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,20 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+#: A return value as the probe writes it (and ckr_name writes an unknown one).
+_NUMBERED_CODE = re.compile(r"\bCKR_0x([0-9A-F]{8})\b")
+
+
+def name_codes(text: str) -> str:
+    """*text* with the probe's numbered return values (``CKR_0x000000A0``) named
+    from the engine's table (``CKR_PIN_INCORRECT``); unknown ones stay numbers."""
+    if _NUMBERED_CODE.search(text) is None:
+        return text
+    from hacli.engine.ckr import ckr_name  # imported only when there is a code to name
+
+    return _NUMBERED_CODE.sub(lambda m: ckr_name(int(m.group(1), 16)), text)
+
+
 def run_probe(request: dict[str, Any], env: dict[str, str], timeout: float) -> dict[str, Any]:
     """Run :mod:`hacli.lab.probe` in a child Python; its answer, or LabError."""
     # -I: the probe needs only the standard library; ignore PYTHONPATH and co.
@@ -68,7 +83,7 @@ def run_probe(request: dict[str, Any], env: dict[str, str], timeout: float) -> d
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         raise LabError(f"PKCS#11 check of the lab failed: {last}") from None
     if "error" in answer:
-        raise LabError(f"PKCS#11 check of the lab failed: {answer['error']}")
+        raise LabError(f"PKCS#11 check of the lab failed: {name_codes(answer['error'])}")
     return answer
 
 

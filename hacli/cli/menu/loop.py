@@ -10,6 +10,7 @@ from __future__ import annotations
 from hacli.cli.menu import screen
 from hacli.cli.menu.actions import ACTIONS, Ctx, MenuError
 from hacli.cli.menu.prompts import BadAnswer, Quit, parse_int
+from hacli.engine.ckr import CKR
 
 
 def _choice(ctx: Ctx, entries: dict[int, str]) -> int:
@@ -45,13 +46,13 @@ def failure(ctx: Ctx, error: BaseException) -> str:
         return error.ckr
     if isinstance(error, HacliError):
         ctx.say(f"Error: {' '.join(str(error).split())}")
-        return "CKR_FUNCTION_FAILED"
+        return CKR.FUNCTION_FAILED
     if isinstance(error, OSError) and not type(error).__module__.startswith("pkcs11"):
         ctx.say(f"Error: {error.strerror or error}" + (f": {error.filename}"
                                                         if error.filename else ""))
-        return "CKR_FUNCTION_FAILED"
+        return CKR.FUNCTION_FAILED
     name = ckr_name(error)
-    if name == "CKR_GENERAL_ERROR":
+    if name == CKR.GENERAL_ERROR:
         ctx.say(f"Internal error: {type(error).__name__}: {error}")
     return name
 
@@ -60,15 +61,15 @@ def run_action(ctx: Ctx, number: int, name: str) -> str:
     """Run one option; returns the CKR name for the status line."""
     if number not in ACTIONS:
         ctx.say(screen.unsupported_text(number, name))
-        return "CKR_FUNCTION_NOT_SUPPORTED"
+        return CKR.FUNCTION_NOT_SUPPORTED
     try:
-        return ACTIONS[number](ctx) or "CKR_OK"
+        return ACTIONS[number](ctx) or CKR.OK
     except (Quit, SystemExit):
         raise
     except KeyboardInterrupt:
         ctx.say("")
         ctx.say("Interrupted.")
-        return "CKR_FUNCTION_CANCELED"
+        return CKR.FUNCTION_CANCELED
     except Exception as e:
         return failure(ctx, e)
 

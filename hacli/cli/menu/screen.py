@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hacli.cli.ckrtext import explain
+from hacli.engine.ckr import explain
 
 
 @dataclass(frozen=True)
@@ -87,14 +87,6 @@ QUIT_LINE = "(0) Quit demo"
 #: The menu prompt (``Prompter.ask`` adds ": "): ``Enter your choice : ``.
 PROMPT = "Enter your choice "
 
-#: Explanations for codes the menu reports that the shared table lacks.
-_EXTRA = {
-    "CKR_FUNCTION_CANCELED": "cancelled (Ctrl-C); back to the menu",
-    "CKR_NO_EVENT": "no slot event happened within the timeout",
-    "CKR_FIPS_SELF_TEST_FAILED": "a self test did not give the known answer",
-}
-
-
 def sections(lab: bool) -> tuple[Section, ...]:
     """The menu's sections (with the lab section for a lab group)."""
     return (*CKDEMO, LAB) if lab else CKDEMO
@@ -127,17 +119,9 @@ def menu_lines(lab: bool) -> list[str]:
     return lines
 
 
-def explain_ckr(name: str) -> str:
-    """Plain words for a CKR name (the shared table, then the menu's own)."""
-    text = explain(name)
-    if text == explain("CKR_UNKNOWN_CODE") and name in _EXTRA:
-        return _EXTRA[name]
-    return text
-
-
 def status_line(ckr: str) -> str:
     """CKDemo's line after an action: ``Status: Doing great, no errors (CKR_OK)``."""
-    return f"Status: {explain_ckr(ckr)} ({ckr})"
+    return f"Status: {explain(ckr)} ({ckr})"
 
 
 def unsupported_text(number: int, name: str) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from hacli.cli.menu.prompts import BadAnswer, Prompter
 from hacli.cli.menu.state import MenuState
+from hacli.engine.ckr import CKR, explain
 
 if TYPE_CHECKING:
     from hacli.engine import Engine, SlotInfo, VirtualSession
@@ -66,7 +67,7 @@ def choose_slot(ctx: Ctx, ha_only: bool = False) -> SlotInfo:
     slots = ctx.engine().slots()
     if not slots:
         raise MenuError(f"No slots: no HA group is configured in {ctx.state.conf_path}.",
-                        "CKR_SLOT_ID_INVALID")
+                        CKR.SLOT_ID_INVALID)
     ctx.say("Slots available:")
     for s in slots:
         ctx.say(slot_line(s))
@@ -103,7 +104,7 @@ def choose_session(ctx: Ctx) -> VirtualSession:
     sessions = ctx.state.sessions
     if not sessions:
         raise MenuError("No session is open: open one with 1 (Open Session) first.",
-                        "CKR_SESSION_HANDLE_INVALID")
+                        CKR.SESSION_HANDLE_INVALID)
     ctx.say("Open sessions: " + ", ".join(str(h) for h in sorted(sessions)))
 
     def parse(text: str) -> VirtualSession:
@@ -169,7 +170,7 @@ def hexdump(data: bytes, limit: int = 64) -> str:
 
 
 # -- PINs -----------------------------------------------------------------------
-PIN_ERRORS = ("CKR_PIN_INCORRECT", "CKR_PIN_LEN_RANGE", "CKR_PIN_INVALID")
+PIN_ERRORS = (CKR.PIN_INCORRECT, CKR.PIN_LEN_RANGE, CKR.PIN_INVALID)
 
 
 def with_pin(ctx: Ctx, login: Callable[[str], None], attempts: int = 3) -> None:
@@ -202,7 +203,5 @@ def with_pin(ctx: Ctx, login: Callable[[str], None], attempts: int = 3) -> None:
         except CKRError as e:
             if e.ckr not in PIN_ERRORS or attempt == attempts:
                 raise
-            from hacli.cli.menu.screen import explain_ckr
-
-            ctx.say(f"{explain_ckr(e.ckr)} ({e.ckr}); try again.")
-    raise MenuError("No PIN was given.", "CKR_PIN_INCORRECT")
+            ctx.say(f"{explain(e.ckr)} ({e.ckr}); try again.")
+    raise MenuError("No PIN was given.", CKR.PIN_INCORRECT)

@@ -18,6 +18,7 @@ from hacli.cli.menu.actions.common import (
     write_output,
 )
 from hacli.engine import CKRError
+from hacli.engine.ckr import CKR
 
 
 @action(60)
@@ -31,7 +32,7 @@ def wrap_key(ctx: Ctx) -> None:
     try:
         blob = session.wrap_key(wrapping, key, mech.mechanism, mech.param)
     except CKRError as e:
-        if e.ckr == "CKR_KEY_NOT_WRAPPABLE":
+        if e.ckr == CKR.KEY_NOT_WRAPPABLE:
             ctx.say("Keys made through an HA group carry CKA_WRAP_WITH_TRUSTED: only a trusted "
                     "wrapping key (CKA_TRUSTED, set by the SO, such as the group's "
                     "hacli-transport key) can wrap them.")
@@ -90,11 +91,11 @@ def derive_key(ctx: Ctx) -> None:
     session = choose_session(ctx)
     if Mechanism.ECDH1_DERIVE not in session.mechanisms():
         raise MenuError("The slot does not list CKM_ECDH1_DERIVE.",
-                        "CKR_MECHANISM_INVALID")
+                        CKR.MECHANISM_INVALID)
     base = choose_object(ctx, session, "Enter your EC private key handle",
                          (ObjectClass.PRIVATE_KEY,))
     if mechs.key_type_of(session, base) != KeyType.EC:
-        raise MenuError("ECDH needs an EC private key.", "CKR_KEY_TYPE_INCONSISTENT")
+        raise MenuError("ECDH needs an EC private key.", CKR.KEY_TYPE_INCONSISTENT)
     peer = choose_object(ctx, session, "Enter the other party's EC public key handle",
                          (ObjectClass.PUBLIC_KEY,))
     point = _ec_point(session, peer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hacli.cli.menu.actions.common import Ctx, MenuError, action
+from hacli.engine.ckr import CKR
 
 if TYPE_CHECKING:
     from hacli.lab import Lab, MemberStatus
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 def _lab(ctx: Ctx) -> Lab:
     lab = ctx.state.lab
     if lab is None:
-        raise MenuError("The configured group is not a lab group.", "CKR_FUNCTION_NOT_SUPPORTED")
+        raise MenuError("The configured group is not a lab group.", CKR.FUNCTION_NOT_SUPPORTED)
     return lab
 
 

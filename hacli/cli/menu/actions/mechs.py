@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pkcs11 import MGF, Attribute, KeyType, Mechanism
 
 from hacli.cli.menu.actions.common import Ctx, MenuError
+from hacli.engine.ckr import CKR
 
 if TYPE_CHECKING:
     from hacli.engine import VirtualSession
@@ -82,12 +83,12 @@ def choose_mechanism(ctx: Ctx, session: VirtualSession, table: tuple[Mech, ...],
     if not fitting:
         name = getattr(key_type, "name", key_type)
         raise MenuError(f"No mechanism of this option takes a CKK_{name} key.",
-                        "CKR_KEY_TYPE_INCONSISTENT")
+                        CKR.KEY_TYPE_INCONSISTENT)
     listed = set(session.mechanisms())
     offered = [m for m in fitting if m.mechanism in listed]
     if not offered:
         raise MenuError("The slot lists none of: " + ", ".join(m.label for m in fitting),
-                        "CKR_MECHANISM_INVALID")
+                        CKR.MECHANISM_INVALID)
     index = ctx.io.ask_choice("Mechanisms:", [m.label for m in offered], "Select a mechanism")
     return offered[index]
 
@@ -101,5 +102,5 @@ def unpad(data: bytes, block: int = 16) -> bytes:
     n = data[-1] if data else 0
     if not 1 <= n <= block or data[-n:] != bytes([n]) * n:
         raise MenuError("The decrypted data has no valid PKCS#7 padding (wrong key or file?).",
-                        "CKR_ENCRYPTED_DATA_INVALID")
+                        CKR.ENCRYPTED_DATA_INVALID)
     return data[:-n]

@@ -17,6 +17,7 @@ from hacli.cli.menu.actions.common import (
     read_data,
 )
 from hacli.cli.menu.prompts import BadAnswer, parse_hex
+from hacli.engine.ckr import CKR
 
 if TYPE_CHECKING:
     from hacli.engine import VirtualSession
@@ -77,10 +78,10 @@ def read_attributes(session: VirtualSession, handle: int,
         try:
             out[a] = session.get_attribute(handle, a)
         except CKRError as e:
-            if e.ckr == "CKR_ATTRIBUTE_SENSITIVE":
+            if e.ckr == CKR.ATTRIBUTE_SENSITIVE:
                 out[a] = None
-            elif e.ckr not in ("CKR_ATTRIBUTE_TYPE_INVALID", "CKR_ARGUMENTS_BAD",
-                               "CKR_FUNCTION_FAILED", "CKR_KEY_FUNCTION_NOT_PERMITTED"):
+            elif e.ckr not in (CKR.ATTRIBUTE_TYPE_INVALID, CKR.ARGUMENTS_BAD,
+                               CKR.FUNCTION_FAILED, CKR.KEY_FUNCTION_NOT_PERMITTED):
                 raise
         except (KeyError, NotImplementedError):
             continue

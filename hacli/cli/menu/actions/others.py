@@ -10,6 +10,7 @@ from pkcs11 import Mechanism
 
 from hacli.cli.menu.actions.common import Ctx, action, choose_slot, temporary_session
 from hacli.cli.menu.actions.keys import KNOWN_KEYS, KnownKey, create_known
+from hacli.engine.ckr import CKR
 
 _SHA256_ABC = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
@@ -70,7 +71,7 @@ def self_test(ctx: Ctx) -> str | None:
                 failed = failed or not ok
             ctx.say(f"  {name:<50} {result}")
     ctx.say(f"Self test of slot#{slot.slot_id}: {'FAILED' if failed else 'passed'}")
-    return "CKR_FIPS_SELF_TEST_FAILED" if failed else None
+    return CKR.FIPS_SELF_TEST_FAILED if failed else None
 
 
 @action(98)

@@ -15,6 +15,7 @@ from hacli.cli.menu.actions.common import (
     write_output,
 )
 from hacli.cli.menu.prompts import BadAnswer
+from hacli.engine.ckr import CKR
 
 ENCRYPTING = (ObjectClass.SECRET_KEY, ObjectClass.PUBLIC_KEY)
 DECRYPTING = (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY)
@@ -94,7 +95,7 @@ def verify(ctx: Ctx) -> str | None:
         ctx.say("Signature verified: it is valid.")
         return None
     ctx.say("The signature is NOT valid for this data and key.")
-    return "CKR_SIGNATURE_INVALID"
+    return CKR.SIGNATURE_INVALID
 
 
 @action(44)

@@ -16,6 +16,7 @@ from hacli.cli.menu.actions.common import (
     with_pin,
 )
 from hacli.cli.menu.prompts import BadAnswer
+from hacli.engine.ckr import CKR
 
 # CK_TOKEN_INFO flags worth showing (PKCS#11 v2.40).
 _TOKEN_FLAGS = (
@@ -206,7 +207,7 @@ def wait_for_slot_event(ctx: Ctx) -> str | None:
                 ctx.say(f"Slot event: {slot_line(slots[sid])}: {what}")
             return None
     ctx.say(f"No slot event within {timeout} s.")
-    return "CKR_NO_EVENT"
+    return CKR.NO_EVENT
 
 
 __all__ = ["flag_names", "mechanism_name", "parse_mechanism"]
