@@ -285,7 +285,7 @@ class Replicas:
             if s.conn is None:
                 continue  # went down since it was chosen: another source, or none
             if dst.conn is None:
-                raise CKRError("CKR_DEVICE_ERROR", operation, dst.serial,
+                raise CKRError(CKR.DEVICE_ERROR, operation, dst.serial,
                                detail="the member is not connected")
             if cls in replication.SECRET_CLASSES:
                 problem = replication.wrap_problem(s.conn)
