@@ -200,3 +200,115 @@ def test_a_sync_starting_during_a_destroy_does_not_copy_the_object_back(
             monkeypatch.undo()
             assert reports and not reports[0].copied, reports
     assert labels_everywhere(lab, tmp_path, "raced-1") == {m0.serial: 0, m1.serial: 0}
+
+
+def ciphertexts_everywhere(lab, tmp_path: Path, label: str) -> dict[str, list[bytes]]:
+    """Per member, the AES-ECB encryption of one zero block under each key called ``label``."""
+    from pkcs11 import Mechanism
+
+    with Engine(lab_config(lab, tmp_path / "enc")) as engine:
+        g = engine.group()
+        out = {}
+        for m in g.members:
+            with g.open_session(member=m.serial) as ms:
+                if not g.logged_in:
+                    ms.login(lab.pin())
+                out[m.serial] = [ms.encrypt(h, bytes(16), mechanism=Mechanism.AES_ECB)
+                                 for h in ms.find_objects({Attribute.LABEL: label,
+                                                           Attribute.TOKEN: True})]
+        return out
+
+
+def test_a_key_made_by_a_member_that_died_before_answering_is_replaced(  # answer lost
+        healthy_lab, tmp_path, monkeypatch) -> None:
+    """Soak reasoning: a member finishes C_GenerateKey and dies before its answer
+    arrives; the engine makes the key again on another member, with the same
+    label and ID.  The dead member's key is a different key under the group's
+    identity: when it returns, it must get the group's key instead (a destroy
+    journaled before the creation), never keep its own."""
+    import pkcs11
+
+    from hacli.engine import replicas
+
+    lab = healthy_lab
+    real_creating = replicas._creating
+    victims: list[str] = []
+
+    def answer_lost_on_first_member(m, fn, conn, *objs, cut=None):
+        if victims:
+            return real_creating(m, fn, conn, *objs, cut=cut)
+        victims.append(m.serial)
+
+        def made_then_died(m_, c_, *o):
+            fn(m_, c_, *o)  # the key exists on the member now
+            lab.fail(m_.serial)
+            raise pkcs11.exceptions.DeviceError()
+
+        return real_creating(m, made_then_died, conn, *objs, cut=cut)
+
+    monkeypatch.setattr(replicas, "_creating", answer_lost_on_first_member)
+    with Engine(lab_config(lab, tmp_path / "a")) as engine:
+        g = engine.group()
+        with g.open_session() as s:
+            s.login(lab.pin())
+            s.generate_key(KeyType.AES, 256, label="answer-lost-1", token=True)
+    monkeypatch.undo()
+    lab.restore(victims[0])
+    synchronize_cli(lab)
+    enc = ciphertexts_everywhere(lab, tmp_path, "answer-lost-1")
+    assert all(len(c) == 1 for c in enc.values()), enc  # one key each
+    assert len({c[0] for c in enc.values()}) == 1, enc  # the same key everywhere
+
+
+def aes_key_on_member_only(lab, token_label: str, extra: list[str]) -> None:
+    """An AES token key made on one member's token directly (pkcs11-tool through
+    SoftHSM2, not through hacli): no CKA_ID, and no label unless ``extra`` has one."""
+    import shutil
+
+    from hacli.lab import find_tools
+
+    env = {**os.environ, **lab.member(token_label).softhsm2_env, "HACLI_TEST_TOOL_PIN": lab.pin()}
+    proc = subprocess.run(
+        [shutil.which("pkcs11-tool") or "pkcs11-tool", "--module", find_tools().softhsm2,
+         "--token-label", token_label, "--login", "--pin", "env:HACLI_TEST_TOOL_PIN",
+         "--keygen", "--key-type", "AES:32", *extra],
+        capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_half_made_key_left_by_a_cut_creation_is_removed_by_sync(
+        healthy_lab, tmp_path) -> None:
+    """Soak finding: SoftHSM2 writes a new key before its label and ID, so a
+    member killed during C_GenerateKeyPair returns with a key that has
+    neither, on that member only; synchronisation reported it as a conflict
+    for ever.  A member whose failure cut a creation (``creation_cut``, set by
+    the engine at the failure) gets such keys removed, and only such keys."""
+    lab = healthy_lab
+    m0, m1 = lab.members()
+    for extra in ([], ["--label", "admin-made"]):  # the half-made key, and an admin's own
+        aes_key_on_member_only(lab, m1.label, extra)
+    with Engine(lab_config(lab, tmp_path / "a")) as engine:
+        g = engine.group()
+        with g.open_session() as s:
+            s.login(lab.pin())
+            before = g.synchronize(dry_run=True)
+            assert len(before.conflicts) == 2, before  # without the flag: conflicts
+            g.members_set.get(m1.serial).creation_cut = True
+            report = g.synchronize()
+            assert [d[1].label for d in report.destroys] in ([None], [""]), report
+            assert len(report.conflicts) == 1  # the labelled one is the admin's: kept
+            assert not g.members_set.get(m1.serial).creation_cut
+    assert labels_everywhere(lab, tmp_path, "admin-made") == {m0.serial: 0, m1.serial: 1}
+    destroy_on_each_member(lab, tmp_path, "admin-made")  # the lab is shared by the tests
+
+
+def destroy_on_each_member(lab, tmp_path: Path, label: str) -> None:
+    """Destroy the token objects called ``label`` member by member (pinned sessions)."""
+    with Engine(lab_config(lab, tmp_path / "clean")) as engine:
+        g = engine.group()
+        for m in g.members:
+            with g.open_session(member=m.serial) as ms:
+                if not g.logged_in:
+                    ms.login(lab.pin())
+                for h in ms.find_objects({Attribute.LABEL: label, Attribute.TOKEN: True}):
+                    ms.destroy_object(h)

@@ -8,10 +8,19 @@ operation, ``Member.ops``, for ``multitoken`` and status reports).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 
 from hacli.engine.member import Member
 from hacli.engine.objects import VObject
+
+
+def _absent_from(vobjs: Sequence[VObject], serial: str, conn_id: int) -> bool:
+    """True when one of ``vobjs`` is known to be absent from that connection."""
+    # a loop, not any(genexpr): no generator object on the call path
+    for v in vobjs:  # noqa: SIM110
+        if v.absent.get(serial) == conn_id:
+            return True
+    return False
 
 
 class Balancer:
@@ -28,25 +37,36 @@ class Balancer:
     def __repr__(self) -> str:
         return f"<Balancer next={self._next}>"
 
-    def pick(self, tried: set[Member], only: Member | None,
+    def pick(self, tried: Set[Member], only: Member | None,
              vobjs: Sequence[VObject] = ()) -> Member | None:
         """An alive member not in ``tried`` (``only``: that one) on which none
         of ``vobjs`` is known to be absent, counted in; None when there is none."""
+        members = self._members
+        n = len(members)
+        best: Member | None = None
+        best_load = best_at = 0
         with self._lock:
-            cands = [(i, m) for i, m in enumerate(self._members)
-                     if m.alive and m.conn is not None and m not in tried
-                     and (only is None or m is only)
-                     and not any(v.absent.get(m.serial) == m.conn.id for v in vobjs)]
-            if not cands:
+            # round-robin order from the member after the last pick; the first
+            # least busy one wins (so a tie goes round robin), an idle one at once
+            for k in range(n):
+                at = (self._next + k) % n
+                m = members[at]
+                conn = m.conn
+                if not m.alive or conn is None or (only is not None and m is not only):
+                    continue
+                if tried and m in tried:
+                    continue
+                if vobjs and _absent_from(vobjs, m.serial, conn.id):
+                    continue
+                if best is None or m.in_flight < best_load:
+                    best, best_load, best_at = m, m.in_flight, at
+                    if best_load == 0:
+                        break
+            if best is None:
                 return None
-            n = len(self._members)
-            # least busy; on a tie the next one after the last pick (round robin)
-            low = min(m.in_flight for _, m in cands)
-            best = min((c for c in cands if c[1].in_flight == low),
-                       key=lambda c: (c[0] - self._next) % n)
-            self._next = (best[0] + 1) % n
-            best[1].in_flight += 1
-            return best[1]
+            self._next = (best_at + 1) % n
+            best.in_flight += 1
+            return best
 
     def done(self, m: Member, ok: bool) -> None:
         """The call picked on ``m`` returned (``ok``: it was served)."""

@@ -33,6 +33,9 @@ from hacli.engine.replication import KEY_CLASSES
 LEAVES_OPERATION_ACTIVE = (CKR.BUFFER_TOO_SMALL, CKR.OPERATION_ACTIVE)
 
 
+_NONE_TRIED: frozenset[Member] = frozenset()
+
+
 def retry_budget(timeout: float, elapsed: float) -> float:
     """How long a failover attempt may take after ``elapsed`` seconds of a call.
 
@@ -54,15 +57,29 @@ class Executor:
         self._objects = objects
         self._tick = tick
 
+    def _attempt(self, conn: Connection, m: Member, fn: Callable[..., Any],
+                 vobjs: Sequence[VObject], args: tuple[Any, ...]) -> Any:
+        """One try of an :meth:`execute` call, inside the member's module."""
+        try:
+            if not vobjs:
+                return fn(m, conn, *args)
+            if len(vobjs) == 1:
+                return fn(m, conn, self._objects.resolve(m, conn, vobjs[0]), *args)
+            return fn(m, conn, *[self._objects.resolve(m, conn, v) for v in vobjs], *args)
+        except pkcs11.PKCS11Error as e:
+            if ckr_name(e) in LEAVES_OPERATION_ACTIVE:
+                conn.rotate_work_session()
+            raise
+
     def execute(self, operation: str, fn: Callable[..., Any], vobjs: Sequence[VObject] = (),
-                only: Member | None = None) -> Any:
-        """Run ``fn(member, conn, *real_objects)`` on one member, failing over.
+                only: Member | None = None, args: tuple[Any, ...] = ()) -> Any:
+        """Run ``fn(member, conn, *real_objects, *args)`` on one member, failing over.
 
         The recovery policy runs first.  Member failures mark the member down
         and the call moves on; request errors go straight to the caller.
         """
         self._tick()
-        tried: set[Member] = set()
+        tried: frozenset[Member] = _NONE_TRIED  # a set is made only on a failover
         missing = failed = False
         # (member, error) of a suspect error waiting for a second member's verdict
         suspect: tuple[Member, BaseException] | None = None
@@ -88,35 +105,27 @@ class Executor:
                 raise GroupDownError(operation, self.label)
             ok = False
             try:
-                def task(conn: Connection, m: Member = m) -> Any:
-                    objs = [self._objects.resolve(m, conn, v) for v in vobjs]
-                    try:
-                        return fn(m, conn, *objs)
-                    except pkcs11.PKCS11Error as e:
-                        if ckr_name(e) in LEAVES_OPERATION_ACTIVE:
-                            conn.rotate_work_session()
-                        raise
-
                 budget = (retry_budget(m.timeout, time.monotonic() - started)
                           if tried else None)
-                result = m.run(task, operation=operation, timeout=budget)
+                result = m.run(self._attempt, m, fn, vobjs, args, operation=operation,
+                               timeout=budget)
                 ok = True
                 if suspect is not None:
                     # the same call served here: the first member was sick
                     self._members.mark_failed(suspect[0], suspect[1])
                 return result
             except NotOnMember:
-                tried.add(m)
+                tried = tried | {m}
                 missing = True
             except Exception as e:
                 if is_member_failure(e):
                     self._members.mark_failed(m, e)
-                    tried.add(m)
+                    tried = tried | {m}
                     failed = True
                     continue
                 if suspect is None and is_suspect(e):
                     suspect = (m, e)
-                    tried.add(m)
+                    tried = tried | {m}
                     continue
                 if suspect is not None:
                     # failed on a second member too: the request's fault

@@ -176,9 +176,9 @@ class HAGroup:
 
     # -- calls (what sessions use) ---------------------------------------------
     def execute(self, operation: str, fn: Callable[..., Any], vobjs: Sequence[VObject] = (),
-                only: Member | None = None) -> Any:
-        """Run ``fn(member, conn, *real_objects)`` on one member, failing over."""
-        return self.executor.execute(operation, fn, vobjs, only)
+                only: Member | None = None, args: tuple[Any, ...] = ()) -> Any:
+        """Run ``fn(member, conn, *real_objects, *args)`` on one member, failing over."""
+        return self.executor.execute(operation, fn, vobjs, only, args)
 
     def on_each(self, operation: str, fn: Callable[..., Any], vobj: VObject | None = None,
                 only: Member | None = None) -> dict[str, Any]:

@@ -176,6 +176,9 @@ class Member:
         self.serial = serial
         self.location = location
         self.timeout = timeout
+        #: True while the member serves calls (in service or synchronising): a
+        #: plain attribute, kept by the ``state`` setter, read on every call
+        self.alive = False
         self.state = MemberState.DOWN
         self.instance: ModuleInstance | None = None
         self.conn: Connection | None = None
@@ -184,6 +187,10 @@ class Member:
         self.failure_reported = False
         self.last_error: str | None = None
         self.needs_sync = False
+        #: A call creating objects on this member was cut by its failure: it
+        #: may hold a half-made object (SoftHSM2 writes a new object before its
+        #: label and ID); the next synchronisation looks for one.
+        self.creation_cut = False
         self.in_flight = 0
         self.ops = 0
         self.failures = 0
@@ -193,9 +200,14 @@ class Member:
         return f"<Member {self.serial} {self.state.value}>"
 
     @property
-    def alive(self) -> bool:
-        """True while the member serves calls (in service or synchronising)."""
-        return self.state in SERVING_STATES
+    def state(self) -> MemberState:
+        """Where the member is in its state machine (see MemberSet)."""
+        return self._state
+
+    @state.setter
+    def state(self, state: MemberState) -> None:
+        self._state = state
+        self.alive = state in SERVING_STATES
 
     def run(self, fn: Callable[..., T], *args: Any, operation: str = "",
             timeout: float | None = None) -> T:

@@ -77,6 +77,11 @@ class RecoveryPolicy:
             self._down.pop(member, None)
 
     @property
+    def any_down(self) -> bool:
+        """True while some member is disconnected (a flag: no copy, no lock)."""
+        return bool(self._down)
+
+    @property
     def disconnected(self) -> Mapping[Hashable, float]:
         """Members currently disconnected, with the time each went down."""
         with self._lock:

@@ -138,7 +138,7 @@ class Recovery:
         Returns True when a member was recovered.
         """
         policy = self._members.policy
-        if not policy.disconnected and not self._periodic_due():
+        if not policy.any_down and not self._periodic_due():
             return False
         with self._lock:
             serial = policy.due(busy=self._attempting)

@@ -128,12 +128,15 @@ class Replicas:
         """Create objects on one member with ``fn(member, conn, *objs) -> [pkcs11 objects]``,
         register them, then replicate them to the other members: by running ``fn``
         there too (``replay``, for deterministic calls) or by copying (wrapped)."""
+        cut: list[Member] = []  # members whose failure cut this creation
+
         def task(m: Member, conn: Connection, *objs: Any) -> tuple[Member, list[VObject]]:
-            created = fn(m, conn, *objs)
+            created = _creating(m, fn, conn, *objs, cut=cut)
             return m, [self._objects.register(m, conn, o, ident_of(o), owner) for o in created]
 
         for _attempt in range(len(self._members)):
             primary, out = self._executor.execute(operation, task, vobjs, only)
+            self._orphans_of_cut_creations(out, cut, primary)
             if replay:
                 self.replicate_replayed(out, primary, fn, vobjs, only)
                 if only is None:
@@ -157,6 +160,19 @@ class Replicas:
                 self._objects.forget(v)
         raise CKRError(CKR.DEVICE_ERROR, operation,
                        detail="every member that made the object failed before it was copied")
+
+    def _orphans_of_cut_creations(self, vobjs: Sequence[VObject], cut: list[Member],
+                                  primary: Member) -> None:
+        """The call that made ``vobjs`` on ``primary`` was tried first on the
+        ``cut`` members, which failed during it.  One of them may have finished
+        it: a *different* key under the same label and ID.  Its destroy is
+        journaled before the new objects' creation, so when the member returns
+        the replay removes the orphan, then copies the group's key."""
+        for m in {id(m): m for m in cut if m is not primary}.values():
+            for v in vobjs:
+                if v.is_token_object:
+                    self.record_missed("destroy", dict(v.ident), None, [m])
+        cut.clear()
 
     def _discard_copies(self, vobj: VObject, primary: Member) -> None:
         """Destroy the copies of ``vobj`` already made on members other than
@@ -207,7 +223,7 @@ class Replicas:
         for m in self._replica_targets(primary, only):
             def task(conn: Connection, m: Member = m) -> None:
                 objs = [self._objects.resolve(m, conn, v) for v in sources]
-                made = fn(m, conn, *objs)
+                made = _creating(m, fn, conn, *objs)
                 if len(made) != len(vobjs):
                     raise CKRError(CKR.GENERAL_ERROR, "replicate", m.serial)
                 for v, o in zip(vobjs, made, strict=True):
@@ -331,7 +347,7 @@ class Replicas:
             data["attrs"].update(ident)
 
             def load(conn: Connection, data: dict[str, Any] = data) -> None:
-                obj = replication.import_(conn, data)
+                obj = _creating(dst, lambda _m, c: replication.import_(c, data), conn)
                 if vobj is not None:
                     self._objects.map(dst, conn, vobj, obj)
 
@@ -406,6 +422,20 @@ class Replicas:
             # the members that missed it still know the object by its old identity
             self.record_missed("set", before, dict(attrs),
                                [m for m in self._members if not m.alive])
+
+
+def _creating(m: Member, fn: Callable[..., Any], conn: Connection, *objs: Any,
+              cut: list[Member] | None = None) -> Any:
+    """``fn(m, conn, *objs)``, a call that creates objects on ``m``; a member
+    failure during it flags ``m`` (``creation_cut``) and is noted in ``cut``."""
+    try:
+        return fn(m, conn, *objs)
+    except BaseException as e:
+        if is_member_failure(e):
+            m.creation_cut = True
+            if cut is not None:
+                cut.append(m)
+        raise
 
 
 __all__ = ["Replicas"]

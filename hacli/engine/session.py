@@ -139,6 +139,12 @@ class VirtualSession:
         vobjs = [self.group.vobject(h, operation) for h in handles]
         return self.group.execute(operation, fn, vobjs, self.only)
 
+    def _run_on_key(self, operation: str, fn: Any, key: int, args: tuple[Any, ...]) -> Any:
+        """``fn(member, conn, key_object, *args)`` on one member (the hot path)."""
+        self._check(operation)
+        return self.group.execute(operation, fn, (self.group.vobject(key, operation),),
+                                  self.only, args)
+
     def _create(self, operation: str, fn: Any, handles: Sequence[int] = (),
                 replay: bool = False) -> list[int]:
         self._check(operation)
@@ -273,34 +279,36 @@ class VirtualSession:
         return pub_h, priv_h
 
     # -- single-part cryptography (load balanced) -----------------------------
+    # (module-level functions and an argument tuple, not a closure per call:
+    # the HA layer's own cost is what stands between an application and its HSM)
     def sign(self, key: int, data: bytes, mechanism: Any = None,
              mechanism_param: Any = None) -> bytes:
-        return self._run("C_Sign", lambda m, c, k: k.sign(
-            data, mechanism=mechanism, mechanism_param=mechanism_param), [key])
+        return self._run_on_key("C_Sign", _sign, key, (data, mechanism, mechanism_param))
 
     def verify(self, key: int, data: bytes, signature: bytes, mechanism: Any = None,
                mechanism_param: Any = None) -> bool:
         """True when the signature is valid (CKR_SIGNATURE_INVALID -> False)."""
-        return self._run("C_Verify", lambda m, c, k: k.verify(
-            data, signature, mechanism=mechanism, mechanism_param=mechanism_param), [key])
+        return self._run_on_key("C_Verify", _verify, key,
+                                (data, signature, mechanism, mechanism_param))
 
     def encrypt(self, key: int, data: bytes, mechanism: Any = None,
                 mechanism_param: Any = None) -> bytes:
-        return self._run("C_Encrypt", lambda m, c, k: k.encrypt(
-            data, mechanism=mechanism, mechanism_param=mechanism_param), [key])
+        return self._run_on_key("C_Encrypt", _encrypt, key, (data, mechanism, mechanism_param))
 
     def decrypt(self, key: int, data: bytes, mechanism: Any = None,
                 mechanism_param: Any = None) -> bytes:
-        return self._run("C_Decrypt", lambda m, c, k: k.decrypt(
-            data, mechanism=mechanism, mechanism_param=mechanism_param), [key])
+        return self._run_on_key("C_Decrypt", _decrypt, key, (data, mechanism, mechanism_param))
 
     def digest(self, data: bytes, mechanism: Any = pkcs11.Mechanism.SHA256,
                mechanism_param: Any = None) -> bytes:
-        return self._run("C_Digest", lambda m, c: c.work.digest(
-            data, mechanism=mechanism, mechanism_param=mechanism_param))
+        self._check("C_Digest")
+        return self.group.execute("C_Digest", _digest, (), self.only,
+                                  (data, mechanism, mechanism_param))
 
     def generate_random(self, nbytes: int) -> bytes:
-        return self._run("C_GenerateRandom", lambda m, c: c.work.generate_random(nbytes * 8))
+        self._check("C_GenerateRandom")
+        return self.group.execute("C_GenerateRandom", _generate_random, (), self.only,
+                                  (nbytes * 8,))
 
     def seed_random(self, seed: bytes) -> None:
         self._run("C_SeedRandom", lambda m, c: c.work.seed_random(seed))
@@ -467,6 +475,40 @@ class VirtualSession:
     def digest_final(self) -> bytes:
         """C_DigestFinal: the digest; the operation ends."""
         return self._final("digest")
+
+
+# -- the single-part calls, run on a member: fn(member, conn, [key,] *args) ----
+
+def _sign(m: Member, c: Connection, key: Any, data: bytes, mechanism: Any,
+          param: Any) -> bytes:
+    return key.sign(data, mechanism=mechanism, mechanism_param=param)
+
+
+def _verify(m: Member, c: Connection, key: Any, data: bytes, signature: bytes,
+            mechanism: Any, param: Any) -> bool:
+    return key.verify(data, signature, mechanism=mechanism,
+                      mechanism_param=param)
+
+
+def _encrypt(m: Member, c: Connection, key: Any, data: bytes, mechanism: Any,
+             param: Any) -> bytes:
+    return key.encrypt(data, mechanism=mechanism,
+                       mechanism_param=param)
+
+
+def _decrypt(m: Member, c: Connection, key: Any, data: bytes, mechanism: Any,
+             param: Any) -> bytes:
+    return key.decrypt(data, mechanism=mechanism,
+                       mechanism_param=param)
+
+
+def _digest(m: Member, c: Connection, data: bytes, mechanism: Any, param: Any) -> bytes:
+    return c.work.digest(data, mechanism=mechanism,
+                         mechanism_param=param)
+
+
+def _generate_random(m: Member, c: Connection, nbits: int) -> bytes:
+    return c.work.generate_random(nbits)
 
 
 __all__ = ["VirtualSession"]

@@ -34,6 +34,7 @@ from hacli.engine.objects import NotOnMember, ObjectRegistry
 from hacli.engine.parallel import in_parallel
 from hacli.engine.policy import Clock
 from hacli.engine.replicas import Replicas
+from hacli.engine.replication import KEY_CLASSES
 from hacli.engine.types import (
     InventoryDiff,
     MemberInventory,
@@ -74,6 +75,21 @@ def destroy_matching(conn: Connection, ident: dict[Any, Any]) -> int:
     return n
 
 
+def destroy_exactly(conn: Connection, ident: dict[Any, Any]) -> int:
+    """Destroy the token objects whose identity is exactly ``ident`` (worker
+    thread); unlike a search by template, an attribute ``ident`` lacks (a
+    label never written) does not widen the match."""
+    key = replication.ident_key(ident)
+    n = 0
+    for obj in list(conn.work.get_objects({Attribute.CLASS: ident.get(Attribute.CLASS),
+                                           Attribute.TOKEN: True})):
+        if replication.ident_key(replication.ident_of(obj)) == key:
+            obj.destroy()
+            conn.objects.pop(obj.handle, None)
+            n += 1
+    return n
+
+
 class Synchronisation:
     """Inventories, ``inventory_diff``, ``synchronize`` and the automatic runs."""
 
@@ -103,10 +119,20 @@ class Synchronisation:
         return bool(self.conf.synchronize)
 
     def due(self) -> bool:
-        """True when the periodic retry should run now."""
-        return (self.conf.synchronize and self._login.logged_in
-                and any(m.alive and m.needs_sync for m in self._members)
-                and self.clock() - self._last_sync > self._sync_period)
+        """True when the periodic retry should run now (asked before every call).
+
+        The members are looked at once per period at most: when none needs
+        anything, the next look is a period later (and the back-off ends).
+        """
+        if not self.conf.synchronize:
+            return False
+        now = self.clock()
+        if now - self._last_sync <= self._sync_period:
+            return False
+        if self._login.logged_in and any(m.alive and m.needs_sync for m in self._members):
+            return True
+        self._last_sync, self._sync_period = now, self._interval
+        return False
 
     def periodic(self) -> None:
         # periodic retry; backs off while nothing can be copied (e.g. a
@@ -256,6 +282,7 @@ class Synchronisation:
             # 4. token objects some members lack that nothing above explains
             inv = self._inventories()
             union, missing = union_of(inv)
+            self._remove_half_made(union, missing, inv, dry_run, destroys, failed)
             conflicts: list[SyncConflict] = []
             explained = self._replicas.change_journal.explained_keys()
             for serial, keys in missing.items():
@@ -286,6 +313,43 @@ class Synchronisation:
             if not dry_run:
                 self._after_run(report, inv, work)
             return report
+
+    def _remove_half_made(self, union: Union, missing: dict[str, list[Any]],
+                          inv: dict[str, Inventory], dry_run: bool,
+                          destroys: list[tuple[str, ObjectSummary]],
+                          failed: list[SyncFailure]) -> None:
+        """Destroy the half-made keys of members whose failure cut a creation.
+
+        SoftHSM2 writes a new key to its token before its label and ID; a
+        member killed in between comes back holding a key with neither, which
+        the group never makes (its keys always carry an ID).  Such a key, on
+        that member only, is removed and reported as destroyed; the other
+        members' ``missing`` lists stop counting it (not a conflict).
+        """
+        for m in self._members.serving():
+            if not m.creation_cut or m.serial not in inv:
+                continue
+            for key, (ident, _info, holders) in list(union.items()):
+                if (holders != [m.serial] or ident.get(Attribute.CLASS) not in KEY_CLASSES
+                        or ident.get(Attribute.LABEL) or ident.get(Attribute.ID)):
+                    continue
+                destroys.append((m.serial, replication.summarize(ident)))
+                for lacking in missing.values():
+                    if key in lacking:
+                        lacking.remove(key)
+                del union[key]
+                if dry_run:
+                    continue
+                try:
+                    m.run(destroy_exactly, ident, operation="C_DestroyObject")
+                except Exception as e:
+                    if is_member_failure(e) and not m.alive:
+                        break
+                    failed.append(SyncFailure(m.serial, replication.summarize(ident),
+                                              ckr_name(e), getattr(e, "detail", "")))
+            else:
+                if not dry_run:
+                    m.creation_cut = False
 
     def _after_run(self, report: SyncReport, inv: dict[str, Inventory], work: set[str]) -> None:
         """``needs_sync``, the registry and the HA log after a synchronisation."""
