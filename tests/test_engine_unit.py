@@ -339,3 +339,22 @@ def test_member_state_machine_and_failure_news() -> None:
     # a failure during the catch-up puts it back into the policy with a fresh record
     ms.mark_failed(a, px.DeviceRemoved())
     assert policy.state_of("a").attempts == 0 and told == ["a", "a"]
+
+
+def test_half_made_objects_are_recognised_by_their_missing_identity() -> None:
+    """What a creation cut by a SIGKILL leaves on a SoftHSM2 token (no label, no
+    ID; or not even a class, which reads as a data object) is half-made; any
+    object carrying an identity is not, whatever its class."""
+    from pkcs11 import Attribute, ObjectClass
+
+    from hacli.engine.sync import half_made
+
+    key = {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.TOKEN: True}
+    assert half_made(key)
+    assert half_made({**key, Attribute.LABEL: "", Attribute.ID: b""})
+    assert not half_made({**key, Attribute.ID: b"\x01"})
+    assert not half_made({**key, Attribute.LABEL: "k"})
+    data = {Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True}
+    assert half_made(data)
+    assert not half_made({**data, Attribute.APPLICATION: "app"})
+    assert not half_made({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.TOKEN: True})

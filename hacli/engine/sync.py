@@ -75,6 +75,19 @@ def destroy_matching(conn: Connection, ident: dict[Any, Any]) -> int:
     return n
 
 
+def half_made(ident: dict[Any, Any]) -> bool:
+    """True for the identity of an object whose creation was cut before its
+    attributes were written: a key with neither label nor ID (every key the
+    group makes has an ID), or a data object with neither label nor
+    application (an object whose CKA_CLASS was not written yet reads as one)."""
+    cls = ident.get(Attribute.CLASS)
+    if cls in KEY_CLASSES:
+        return not ident.get(Attribute.LABEL) and not ident.get(Attribute.ID)
+    if cls == ObjectClass.DATA:
+        return not ident.get(Attribute.LABEL) and not ident.get(Attribute.APPLICATION)
+    return False
+
+
 def destroy_exactly(conn: Connection, ident: dict[Any, Any]) -> int:
     """Destroy the token objects whose identity is exactly ``ident`` (worker
     thread); unlike a search by template, an attribute ``ident`` lacks (a
@@ -320,9 +333,9 @@ class Synchronisation:
                           failed: list[SyncFailure]) -> None:
         """Destroy the half-made keys of members whose failure cut a creation.
 
-        SoftHSM2 writes a new key to its token before its label and ID; a
-        member killed in between comes back holding a key with neither, which
-        the group never makes (its keys always carry an ID).  Such a key, on
+        SoftHSM2 writes a new object to its token before its attributes; a
+        member killed in between comes back holding an object without them
+        (:func:`half_made`), which the group never makes.  Such an object, on
         that member only, is removed and reported as destroyed; the other
         members' ``missing`` lists stop counting it (not a conflict).
         """
@@ -330,8 +343,7 @@ class Synchronisation:
             if not m.creation_cut or m.serial not in inv:
                 continue
             for key, (ident, _info, holders) in list(union.items()):
-                if (holders != [m.serial] or ident.get(Attribute.CLASS) not in KEY_CLASSES
-                        or ident.get(Attribute.LABEL) or ident.get(Attribute.ID)):
+                if holders != [m.serial] or not half_made(ident):
                     continue
                 destroys.append((m.serial, replication.summarize(ident)))
                 for lacking in missing.values():
