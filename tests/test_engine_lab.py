@@ -176,6 +176,51 @@ def test_frozen_member_is_bounded_by_timeout(healthy_lab, engine_factory) -> Non
     s.close()
 
 
+def test_frozen_member_during_login_is_bounded_by_timeout(healthy_lab, engine_factory) -> None:
+    """Calls run on the caller's thread: a member frozen when the application
+    logs in holds the login at most the timeout (the watchdog cuts it); the
+    login succeeds on the member that serves."""
+    lab = healthy_lab
+    m0, m1 = (m.serial for m in lab.members())
+    engine = engine_factory(lab, timeout_ms=1000)
+    g = engine.group()
+    s = g.open_session()
+    lab.hang(m1)
+    t = time.monotonic()
+    s.login(lab.pin())
+    assert time.monotonic() - t < 1.0 + 0.5
+    assert g.logged_in and {m.serial: m.alive for m in g.members} == {m0: True, m1: False}
+    s.close()
+
+
+def test_frozen_member_during_recovery_is_bounded_by_timeout(healthy_lab, tmp_path) -> None:
+    """The application call that runs a recovery attempt (activeBasic) on a
+    member that is back but frozen (its server accepts, never answers) is held
+    at most the timeout: the stuck C_Initialize is cut by the watchdog."""
+    lab = healthy_lab
+    _m0, m1 = (m.serial for m in lab.members())
+    now = [1000.0]
+    with Engine(lab_config(lab, tmp_path / "log", timeout_ms=1000),
+                clock=lambda: now[0]) as engine:
+        g = engine.group()
+        s = g.open_session()
+        s.login(lab.pin())
+        lab.fail(m1)
+        g.status()
+        assert not g.members[1].alive
+        lab.restore(m1)
+        lab.hang(m1)
+        now[0] += 5.0  # the next call is due to attempt m1
+        t = time.monotonic()
+        s.generate_random(8)
+        assert time.monotonic() - t < 1.0 + 0.5
+        assert g.members_set.policy.state_of(m1).attempts == 1  # the attempt ran, and failed
+        lab.restore(m1)
+        now[0] += 5.0
+        assert wait_for(lambda: (s.generate_random(8), g.members[1].alive)[1])
+        s.close()
+
+
 def test_no_recovery_when_count_is_zero(healthy_lab, engine_factory) -> None:
     lab = healthy_lab
     m0 = lab.members()[0].serial
