@@ -338,7 +338,7 @@ def environment(lab_members: int) -> dict[str, Any]:
 def markdown(meta: dict[str, Any], results: dict[Cell, CellResult],
              failover: list[tuple[float, float]]) -> str:
     """The whole report."""
-    out = ["# The HA layer: raw python-pkcs11 (A), the member directly (B), the HA slot (C)",
+    out = ["## The HA layer: raw python-pkcs11 (A), the member directly (B), the HA slot (C)",
            "",
            f"Python {meta['python']}, python-pkcs11 {meta['python_pkcs11']}, the lab's "
            f"p11-kit {meta['p11kit']}, {meta['cpus']} CPUs; load average "
@@ -363,7 +363,7 @@ def markdown(meta: dict[str, Any], results: dict[Cell, CellResult],
     for r in results.values():
         by_members.setdefault(r.cell.members, []).append(r)
     for members, rows in by_members.items():
-        out += [f"## {members} member{'s' if members > 1 else ''}: ops/s", ""]
+        out += [f"### {members} member{'s' if members > 1 else ''}: ops/s", ""]
         if members == 1:
             out.append(table(
                 ["mode", "threads", "A raw", "B direct", "C HA", "C/B", "C/A",
@@ -379,7 +379,7 @@ def markdown(meta: dict[str, Any], results: dict[Cell, CellResult],
                   num(r.ratio("C", "A"), 3), num(r.added_us("C", "A"), 1),
                   f"{r.spread():.0f} %"] for r in rows]))
         out.append("")
-    out += ["## Client CPU per operation, µs", "",
+    out += ["### Client CPU per operation, µs", "",
             "The benchmark process's CPU time (all its threads) over the timed window, "
             "divided by the calls made: the client's cost only (the members' servers "
             "are other processes).", ""]
@@ -391,13 +391,13 @@ def markdown(meta: dict[str, Any], results: dict[Cell, CellResult],
         "rlrrrrrr"))
     out.append("")
     if failover:
-        out += ["## The call that meets a crashed member (rsasign, 2 members, HA slot)", ""]
+        out += ["### The call that meets a crashed member (rsasign, 2 members, HA slot)", ""]
         out.append(table(
             ["round", "median call before, ms", "call that met the crash, ms", "extra, ms"],
             [[i, f"{base:.2f}", f"{hit:.2f}", f"{hit - base:.2f}"]
              for i, (base, hit) in enumerate(failover, 1)], "rrrr"))
         out.append("")
-    out += ["## Issue goals", ""]
+    out += ["### Issue goals", ""]
     for g in GOALS:
         figure, verdict = g.check(results)
         shown = "" if figure is None else f" ({figure:.3f})" if g.kind == "ratio" \
