@@ -9,8 +9,8 @@ On a fresh lab (SoftHSM2 tokens, each behind its own ``p11-kit server``), one
 run compares three ways of loading the same keys with the same work:
 
 A  a raw python-pkcs11 loop, no hacli code (``bench/rawloop.py``): a copy of the
-   lab's ``p11-kit-client.so`` per member, a session per thread and member,
-   calls spread round robin over the members -- the limit of this stack;
+   lab's ``p11-kit-client.so`` per member, the threads split over the members,
+   a session per thread and member -- the limit of this stack;
 B  ``multitoken --slot SERIAL``: hacli's load loop on the member directly
    (no HA layer; only with 1 member);
 C  ``multitoken --slot ha``: the same loop on the HA virtual slot.
@@ -69,6 +69,13 @@ MODE_TITLES = {
     "random": f"random ({RANDOM_BYTES} B)",
 }
 WORKLOAD = Workload(KEY_LABELS, DATA, BLOCK, IV, RANDOM_BYTES)
+#: A 1-minute load average from which the report says the machine was busy.
+BUSY_LOAD = 0.5
+
+
+def plural(n: int, word: str) -> str:
+    """``1 member``, ``2 members``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def log(message: str) -> None:
@@ -178,7 +185,7 @@ class Goal:
                 if self.kind == "ratio" else
                 f"{VARIANT_SHORT[self.a]} adds ≤ {self.limit:g} µs per call "
                 f"(vs {VARIANT_SHORT[self.b]})")
-        return f"{c.mode}, {c.members} member(s), {c.threads} thread(s): {what}"
+        return f"{c.mode}, {plural(c.members, 'member')}, {plural(c.threads, 'thread')}: {what}"
 
     def check(self, results: dict[Cell, CellResult]) -> tuple[float | None, str]:
         """The figure and ``met``, ``missed`` or ``not measured``."""
@@ -275,7 +282,7 @@ def measure_block(stack: Stack, cells: list[Cell], rounds: int, seconds: float,
         for cell in cells:
             for v in cell.variants():
                 yield cell, v, stack.measure(v, cell.mode, cell.threads, seconds)
-        log(f"  {cells[0].members} member(s): round {r}/{rounds} "
+        log(f"  {plural(cells[0].members, 'member')}: round {r}/{rounds} "
             f"({time.monotonic() - t0:.0f} s)")
 
 
@@ -344,13 +351,17 @@ def markdown(meta: dict[str, Any], results: dict[Cell, CellResult],
            f"p11-kit {meta['p11kit']}, {meta['cpus']} CPUs; load average "
            f"{' '.join(map(str, meta['loadavg_before']))} before, "
            f"{' '.join(map(str, meta['loadavg_after']))} after.  "
-           f"{meta['rounds']} rounds × {meta['seconds']} s per variant, "
+           f"{plural(meta['rounds'], 'round')} × {meta['seconds']} s per variant, "
            f"alternating A B C; medians over rounds; {meta['runtime_s']:.0f} s in all.",
            ""]
+    if meta["loadavg_before"][0] >= BUSY_LOAD:
+        out += [f"**The machine was not idle before the run** (1-minute load average "
+                f"{meta['loadavg_before'][0]}): other work shared its cores, so these "
+                "figures carry its noise.", ""]
     out += [f"- **{v}**: {text}" for v, text in (
-        ("A", "raw python-pkcs11, no hacli code: a p11-kit-client copy per member, a "
-              "session per thread and member, calls round robin over the members "
-              "(answers unchecked)"),
+        ("A", "raw python-pkcs11, no hacli code: a p11-kit-client copy per member, the "
+              "threads split over the members (1 thread: round robin), a session per "
+              "thread and member, no lock (answers unchecked)"),
         ("B", "`multitoken --slot SERIAL`: hacli's load loop on the member directly, "
               "no HA layer (1 member only; calls serialised on one session)"),
         ("C", "`multitoken --slot ha`: the same loop through the HA virtual slot"),
@@ -363,7 +374,7 @@ def markdown(meta: dict[str, Any], results: dict[Cell, CellResult],
     for r in results.values():
         by_members.setdefault(r.cell.members, []).append(r)
     for members, rows in by_members.items():
-        out += [f"### {members} member{'s' if members > 1 else ''}: ops/s", ""]
+        out += [f"### {plural(members, 'member')}: ops/s", ""]
         if members == 1:
             out.append(table(
                 ["mode", "threads", "A raw", "B direct", "C HA", "C/B", "C/A",

@@ -94,6 +94,7 @@ class RawMember:
                 else:
                     os.environ[k] = v
             copy.unlink()
+        self.serial = serial
         self.token = self.lib.get_token(token_serial=serial.encode())
         self._login = self.token.open(user_pin=pin)
         self.mechanisms = set(self.token.slot.get_mechanisms())
@@ -105,7 +106,7 @@ class RawMember:
         found = list(session.get_objects({Attribute.LABEL: work.labels[mode],
                                           Attribute.CLASS: KEY_CLASS[mode]}))
         if not found:
-            raise LookupError(f"no {work.labels[mode]!r} key on {self.token.serial}")
+            raise LookupError(f"no {work.labels[mode]!r} key on {self.serial}")
         key = found[0]
         if mode == "rsasign":
             return partial(key.sign, work.data, mechanism=Mechanism.SHA256_RSA_PKCS)
