@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pkcs11 import Attribute, Mechanism, ObjectClass
 from rawloop import RawMember, Workload
@@ -56,7 +56,7 @@ from hacli.conf.store import load
 from hacli.engine import Engine
 from hacli.lab import Lab, find_tools
 from hacli.lab.provision import provision_lab
-from hacli.multitoken import MODES, run
+from hacli.multitoken import MODES, Result, run
 from hacli.multitoken.modes import BLOCK, DATA, IV, KEY_LABELS, RANDOM_BYTES
 from hacli.multitoken.targets import DirectTarget, HATarget
 
@@ -174,7 +174,7 @@ class Goal:
 
     cell: Cell
     #: ``ratio`` (at least *limit*) or ``added_us`` (at most *limit*)
-    kind: str
+    kind: Literal["ratio", "added_us"]
     a: str
     b: str
     limit: float
@@ -214,7 +214,7 @@ def with_members(config: HAConfig, n: int) -> HAConfig:
     return dataclasses.replace(config, groups=(group,))
 
 
-def check(result: Any) -> Sample:
+def check(result: Result) -> Sample:
     """A multitoken run's sample; any error or wrong answer ends the benchmark."""
     if result.errors:
         raise SystemExit(f"{result.mode} on {result.slot}: {result.errors} errors "
@@ -241,7 +241,14 @@ class Stack:
         self.ha = HATarget(self.engine, None, pin)
         self.direct = DirectTarget(self.engine, serials[0], pin) if members == 1 else None
 
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def measure(self, variant: str, mode: str, threads: int, seconds: float) -> Sample:
+        """One timed run of *variant* (``A``, ``B`` or ``C``)."""
         if variant == "A":
             r = run_raw(self.raw, mode, WORKLOAD, threads, seconds)
             return Sample.of(r.ops, r.seconds, r.cpu_seconds)
@@ -250,6 +257,7 @@ class Stack:
         return check(run(target, mode, threads, seconds))
 
     def close(self) -> None:
+        """Every session closed, the engine closed, the raw members logged out."""
         if self.direct is not None:
             self.direct.close()
         self.ha.close()
@@ -476,14 +484,11 @@ def main(argv: list[str] | None = None) -> int:
             make_keys(config, lab_members, pin, state_dir, args.modes)
             for members in args.members:
                 cells = [Cell(members, mode, t) for mode in args.modes for t in args.threads]
-                stack = Stack(config, members, pin, work, state_dir)
-                try:
+                with Stack(config, members, pin, work, state_dir) as stack:
                     for cell, v, sample in measure_block(stack, cells, args.rounds,
                                                          args.seconds, args.warmup):
                         results.setdefault(cell, CellResult(cell)).samples.setdefault(
                             v, []).append(sample)
-                finally:
-                    stack.close()
             if args.failover_rounds:
                 log("failover")
                 failover = failover_latency(lab, config, pin, args.failover_rounds, state_dir)
