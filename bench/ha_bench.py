@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from machine import ForeignCpu
 from pkcs11 import Attribute, Mechanism, ObjectClass
 from rawloop import RawMember, Workload
 from rawloop import run as run_raw
@@ -69,8 +70,8 @@ MODE_TITLES = {
     "random": f"random ({RANDOM_BYTES} B)",
 }
 WORKLOAD = Workload(KEY_LABELS, DATA, BLOCK, IV, RANDOM_BYTES)
-#: A 1-minute load average from which the report says the machine was busy.
-BUSY_LOAD = 0.5
+#: Mean cores taken by other processes from which the report says the machine was shared.
+BUSY_CORES = 0.1
 
 
 def plural(n: int, word: str) -> str:
@@ -92,6 +93,8 @@ class Sample:
 
     ops_per_s: float
     cpu_us_per_op: float
+    #: cores other processes kept busy meanwhile (:mod:`machine`)
+    other_cores: float = 0.0
 
     @classmethod
     def of(cls, ops: int, seconds: float, cpu_seconds: float) -> Sample:
@@ -128,6 +131,10 @@ class CellResult:
         s = self.samples.get(v)
         return statistics.median(x.cpu_us_per_op for x in s) if s else None
 
+    def other_cores(self) -> float:
+        """Mean cores other processes kept busy during the cell's runs."""
+        return statistics.mean(x.other_cores for s in self.samples.values() for x in s)
+
     def spread(self) -> float:
         """The widest (max - min) / median of ops/s among the variants, in %."""
         out = 0.0
@@ -157,6 +164,7 @@ class CellResult:
             **dataclasses.asdict(self.cell),
             "variants": {v: {"ops_per_s": [round(x.ops_per_s, 1) for x in s],
                              "cpu_us_per_op": [round(x.cpu_us_per_op, 2) for x in s],
+                             "other_cores": [round(x.other_cores, 3) for x in s],
                              "median_ops_per_s": round(self.ops(v) or 0, 1),
                              "median_cpu_us_per_op": round(self.cpu(v) or 0, 2)}
                          for v, s in self.samples.items()},
@@ -280,8 +288,9 @@ def make_keys(config: HAConfig, members: int, pin: str, state_dir: Path,
 
 
 def measure_block(stack: Stack, cells: list[Cell], rounds: int, seconds: float,
-                  warmup: float) -> Iterator[tuple[Cell, str, Sample]]:
-    """Every cell's variants in turn, once to warm up, then ``rounds`` times."""
+                  warmup: float, other: ForeignCpu) -> Iterator[tuple[Cell, str, Sample]]:
+    """Every cell's variants in turn, once to warm up, then ``rounds`` times;
+    each sample says how many cores other processes kept busy meanwhile."""
     for cell in cells:
         for v in cell.variants():
             stack.measure(v, cell.mode, cell.threads, warmup)
@@ -289,7 +298,10 @@ def measure_block(stack: Stack, cells: list[Cell], rounds: int, seconds: float,
         t0 = time.monotonic()
         for cell in cells:
             for v in cell.variants():
-                yield cell, v, stack.measure(v, cell.mode, cell.threads, seconds)
+                before, start = other.read(), time.perf_counter()
+                sample = stack.measure(v, cell.mode, cell.threads, seconds)
+                cores = (other.read() - before) / (time.perf_counter() - start)
+                yield cell, v, dataclasses.replace(sample, other_cores=max(0.0, cores))
         log(f"  {plural(cells[0].members, 'member')}: round {r}/{rounds} "
             f"({time.monotonic() - t0:.0f} s)")
 
@@ -362,10 +374,11 @@ def markdown(meta: dict[str, Any], results: dict[Cell, CellResult],
            f"{plural(meta['rounds'], 'round')} × {meta['seconds']} s per variant, "
            f"alternating A B C; medians over rounds; {meta['runtime_s']:.0f} s in all.",
            ""]
-    if meta["loadavg_before"][0] >= BUSY_LOAD:
-        out += [f"**The machine was not idle before the run** (1-minute load average "
-                f"{meta['loadavg_before'][0]}): other work shared its cores, so these "
-                "figures carry its noise.", ""]
+    if meta["other_cores_mean"] >= BUSY_CORES:
+        out += [f"**Other processes shared the machine**: they kept "
+                f"{meta['other_cores_mean']:.2f} cores busy on average during the timed "
+                f"runs (at most {meta['other_cores_max']:.2f} in one), so these figures "
+                "carry their noise; the *other* column says where.", ""]
     out += [f"- **{v}**: {text}" for v, text in (
         ("A", "raw python-pkcs11, no hacli code: a p11-kit-client copy per member, the "
               "threads split over the members (1 thread: round robin), a session per "
@@ -377,27 +390,13 @@ def markdown(meta: dict[str, Any], results: dict[Cell, CellResult],
     out += ["", "Ratios and added time are medians of each round's own figures; "
             "added time is `threads × (1/ops_C − 1/ops_X)`, what C adds to each call "
             "of one thread.  Spread: the widest (max − min) / median of ops/s among "
-            "the row's variants.", ""]
+            "the row's variants.  Other: the cores other processes (not this benchmark, "
+            "not the lab's servers) kept busy during the row's runs, on average.", ""]
     by_members: dict[int, list[CellResult]] = {}
     for r in results.values():
         by_members.setdefault(r.cell.members, []).append(r)
     for members, rows in by_members.items():
-        out += [f"### {plural(members, 'member')}: ops/s", ""]
-        if members == 1:
-            out.append(table(
-                ["mode", "threads", "A raw", "B direct", "C HA", "C/B", "C/A",
-                 "C adds vs B, µs", "C adds vs A, µs", "spread"],
-                [[MODE_TITLES[r.cell.mode], r.cell.threads, num(r.ops("A")), num(r.ops("B")),
-                  num(r.ops("C")), num(r.ratio("C", "B"), 3), num(r.ratio("C", "A"), 3),
-                  num(r.added_us("C", "B"), 1), num(r.added_us("C", "A"), 1),
-                  f"{r.spread():.0f} %"] for r in rows]))
-        else:
-            out.append(table(
-                ["mode", "threads", "A raw", "C HA", "C/A", "C adds vs A, µs", "spread"],
-                [[MODE_TITLES[r.cell.mode], r.cell.threads, num(r.ops("A")), num(r.ops("C")),
-                  num(r.ratio("C", "A"), 3), num(r.added_us("C", "A"), 1),
-                  f"{r.spread():.0f} %"] for r in rows]))
-        out.append("")
+        out += [f"### {plural(members, 'member')}: ops/s", "", ops_table(rows), ""]
     out += ["### Client CPU per operation, µs", "",
             "The benchmark process's CPU time (all its threads) over the timed window, "
             "divided by the calls made: the client's cost only (the members' servers "
@@ -423,6 +422,20 @@ def markdown(meta: dict[str, Any], results: dict[Cell, CellResult],
             else f" ({figure:.1f} µs)"
         out.append(f"- {g.describe()}: **{verdict}**{shown}")
     return "\n".join(out) + "\n"
+
+
+def ops_table(rows: list[CellResult]) -> str:
+    """ops/s of each variant, C against each other variant, spread and other load."""
+    variants = rows[0].cell.variants()
+    others = [v for v in ("B", "A") if v in variants]  # C against these
+    headers = ["mode", "threads", *(f"{v} {VARIANT_SHORT[v]}" for v in variants),
+               *(f"C/{v}" for v in others), *(f"C adds vs {v}, µs" for v in others),
+               "spread", "other, cores"]
+    return table(headers, [
+        [MODE_TITLES[r.cell.mode], r.cell.threads, *(num(r.ops(v)) for v in variants),
+         *(num(r.ratio("C", v), 3) for v in others),
+         *(num(r.added_us("C", v), 1) for v in others),
+         f"{r.spread():.0f} %", f"{r.other_cores():.2f}"] for r in rows])
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -482,11 +495,12 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(load(lab.conf_path), str(lab.conf_path))
             pin = lab.pin()
             make_keys(config, lab_members, pin, state_dir, args.modes)
+            other = ForeignCpu(m.pid for m in lab.status().members if m.pid is not None)
             for members in args.members:
                 cells = [Cell(members, mode, t) for mode in args.modes for t in args.threads]
                 with Stack(config, members, pin, work, state_dir) as stack:
                     for cell, v, sample in measure_block(stack, cells, args.rounds,
-                                                         args.seconds, args.warmup):
+                                                         args.seconds, args.warmup, other):
                         results.setdefault(cell, CellResult(cell)).samples.setdefault(
                             v, []).append(sample)
             if args.failover_rounds:
@@ -495,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             lab.down(purge=True)
     meta["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    other_cores = [x.other_cores for r in results.values() for s in r.samples.values()
+                   for x in s] or [0.0]
+    meta["other_cores_mean"] = round(statistics.mean(other_cores), 3)
+    meta["other_cores_max"] = round(max(other_cores), 3)
     meta["runtime_s"] = round(time.monotonic() - started, 1)
     data = as_json(meta, results, failover)
     if args.json == "-":
