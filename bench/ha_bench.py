@@ -22,6 +22,8 @@ in each of ``--rounds`` rounds.  Figures are medians over the rounds; ratios and
 the time added per call are medians of each round's own figures (variants of a
 round ran side by side, so slow drift cancels).  Client CPU per operation is the
 process CPU time (every thread) over the timed window, divided by the calls.
+Each run also records the cores other processes kept busy meanwhile
+(``bench/machine.py``), and the report says where the machine was shared.
 
 Ends with the extra latency of the call that meets a crashed member (failover)
 and the issue's goals, met or missed.  Prints Markdown; ``--json PATH`` also
@@ -195,14 +197,28 @@ class Goal:
                 f"(vs {VARIANT_SHORT[self.b]})")
         return f"{c.mode}, {plural(c.members, 'member')}, {plural(c.threads, 'thread')}: {what}"
 
-    def check(self, results: dict[Cell, CellResult]) -> tuple[float | None, str]:
-        """The figure and ``met``, ``missed`` or ``not measured``."""
+    def check(self, results: dict[Cell, CellResult]) -> dict[str, Any]:
+        """The goal, its figure, ``met``, ``missed`` or ``not measured``, and the
+        cores other processes took during the cell's runs."""
         r = results.get(self.cell)
         figure = None if r is None else getattr(r, self.kind)(self.a, self.b)
-        if figure is None:
-            return None, "not measured"
-        ok = figure >= self.limit if self.kind == "ratio" else figure <= self.limit
-        return figure, "met" if ok else "missed"
+        verdict = "not measured"
+        if figure is not None:
+            ok = figure >= self.limit if self.kind == "ratio" else figure <= self.limit
+            verdict = "met" if ok else "missed"
+        return {"goal": self.describe(), "figure": figure, "verdict": verdict,
+                "other_cores": None if r is None else round(r.other_cores(), 3)}
+
+    def line(self, results: dict[Cell, CellResult]) -> str:
+        """The goal as a Markdown list item."""
+        c = self.check(results)
+        out = f"- {c['goal']}: **{c['verdict']}**"
+        if c["figure"] is not None:
+            out += (f" ({c['figure']:.3f})" if self.kind == "ratio"
+                    else f" ({c['figure']:.1f} µs)")
+        if c["other_cores"] is not None and c["other_cores"] >= BUSY_CORES:
+            out += f"; other processes took {c['other_cores']:.2f} cores meanwhile"
+        return out
 
 
 GOALS = (
@@ -415,12 +431,7 @@ def markdown(meta: dict[str, Any], results: dict[Cell, CellResult],
             [[i, f"{base:.2f}", f"{hit:.2f}", f"{hit - base:.2f}"]
              for i, (base, hit) in enumerate(failover, 1)], "rrrr"))
         out.append("")
-    out += ["### Issue goals", ""]
-    for g in GOALS:
-        figure, verdict = g.check(results)
-        shown = "" if figure is None else f" ({figure:.3f})" if g.kind == "ratio" \
-            else f" ({figure:.1f} µs)"
-        out.append(f"- {g.describe()}: **{verdict}**{shown}")
+    out += ["### Issue goals", "", *(g.line(results) for g in GOALS)]
     return "\n".join(out) + "\n"
 
 
@@ -444,15 +455,12 @@ def _minus(a: float | None, b: float | None) -> float | None:
 
 def as_json(meta: dict[str, Any], results: dict[Cell, CellResult],
             failover: list[tuple[float, float]]) -> dict[str, Any]:
-    goals = []
-    for g in GOALS:
-        figure, verdict = g.check(results)
-        goals.append({"goal": g.describe(), "figure": figure, "verdict": verdict})
+    """Every figure (each round's too) for ``--json``."""
     return {
         "meta": meta,
         "cells": [r.as_dict() for r in results.values()],
         "failover_ms": [{"before": round(b, 3), "hit": round(h, 3)} for b, h in failover],
-        "goals": goals,
+        "goals": [g.check(results) for g in GOALS],
     }
 
 
