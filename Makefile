@@ -44,9 +44,10 @@ lint: install
 	$(VENV)/bin/ruff check hacli tests bench scripts
 	$(VENV)/bin/mypy hacli
 
+# BENCH_ARGS go to ha_bench.py, e.g. BENCH_ARGS="--seconds 0.3 --rounds 2 --json bench.json"
 bench: install
 	$(PY) bench/startup.py
-	$(PY) bench/ha_bench.py
+	$(PY) bench/ha_bench.py $(BENCH_ARGS)
 
 soak: install
 	$(PY) -m pytest -q -m soak tests/test_soak.py

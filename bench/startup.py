@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/startup.py [--runs 30]
 
-Prints medians and the ratio to `python -c pass` measured in the same run, so
+Prints (Markdown) medians and the ratio to `python -c pass` measured in the same run, so
 the figures compare across machines.  The goal is `hacli --help` < 150 ms.
 """
 
@@ -18,7 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import table
+
 HACLI = str(Path(sys.executable).parent / "hacli")
+#: The issue's goal for `hacli --help`.
+GOAL_HELP_MS = 150.0
 
 
 def median_ms(cmd: list[str], runs: int) -> float:
@@ -47,11 +51,14 @@ def main() -> int:
                                              "--count", "3"],
             "hacli hagroup listgroups": [HACLI, "--conf", str(conf), "hagroup", "listgroups"],
         }
-        print(f"{'command':34} {'median ms':>10} {'x python':>9}")
-        print(f"{'python -c pass':34} {base:10.1f} {1.0:9.2f}")
-        for name, cmd in cases.items():
-            ms = median_ms(cmd, args.runs)
-            print(f"{name:34} {ms:10.1f} {ms / base:9.2f}")
+        ms = {name: median_ms(cmd, args.runs) for name, cmd in cases.items()}
+        rows = [["`python -c pass`", f"{base:.1f}", "1.00"]]
+        rows += [[f"`{name}`", f"{v:.1f}", f"{v / base:.2f}"] for name, v in ms.items()]
+        print("## Start-up\n")
+        print(table(["command", "median ms", "× `python -c pass`"], rows))
+        help_ms = ms["hacli --help"]
+        verdict = "met" if help_ms < GOAL_HELP_MS else "missed"
+        print(f"\n- `hacli --help` under {GOAL_HELP_MS:.0f} ms: **{verdict}** ({help_ms:.1f} ms)\n")
     finally:
         shutil.rmtree(work)
     return 0

@@ -20,6 +20,12 @@ from hacli.errors import HacliError
 
 #: Label prefix of the test keys (created once per slot, then reused).
 KEY_LABEL = "hacli-multitoken"
+#: The label of each mode's key (``random`` needs none).
+KEY_LABELS = {
+    "rsasign": f"{KEY_LABEL}-rsa2048",
+    "ecsign": f"{KEY_LABEL}-p256",
+    "aesenc": f"{KEY_LABEL}-aes256",
+}
 DATA = b"hacli multitoken: the quick brown fox jumps over the lazy dog"
 BLOCK = bytes(range(256)) * 16  # 4 KiB
 IV = bytes(16)
@@ -45,8 +51,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
 
 
-def _keypair(target: Any, ops: Any, key_type: KeyType, suffix: str, **kw: Any) -> tuple[Any, Any]:
-    label = f"{KEY_LABEL}-{suffix}"
+def _keypair(target: Any, ops: Any, key_type: KeyType, label: str, **kw: Any) -> tuple[Any, Any]:
     priv = target.find_key(label, ObjectClass.PRIVATE_KEY)
     pub = target.find_key(label, ObjectClass.PUBLIC_KEY)
     if priv is None or pub is None:
@@ -55,7 +60,7 @@ def _keypair(target: Any, ops: Any, key_type: KeyType, suffix: str, **kw: Any) -
 
 
 def rsasign(target: Any, ops: Any) -> Prepared:
-    pub, priv = _keypair(target, ops, KeyType.RSA, "rsa2048", bits=2048)
+    pub, priv = _keypair(target, ops, KeyType.RSA, KEY_LABELS["rsasign"], bits=2048)
     mech = Mechanism.SHA256_RSA_PKCS
     expected = ops.sign(priv, DATA, mech)
     if not ops.verify(pub, DATA, expected, mech):
@@ -69,7 +74,7 @@ def rsasign(target: Any, ops: Any) -> Prepared:
 
 
 def ecsign(target: Any, ops: Any) -> Prepared:
-    pub, priv = _keypair(target, ops, KeyType.EC, "p256", curve="secp256r1")
+    pub, priv = _keypair(target, ops, KeyType.EC, KEY_LABELS["ecsign"], curve="secp256r1")
     notes = [f"verified a sample of up to {EC_SAMPLE} ECDSA signatures"]
     if Mechanism.ECDSA_SHA256 in target.mechanisms():
         mech, data = Mechanism.ECDSA_SHA256, DATA
@@ -92,7 +97,7 @@ def ecsign(target: Any, ops: Any) -> Prepared:
 
 
 def aesenc(target: Any, ops: Any) -> Prepared:
-    label = f"{KEY_LABEL}-aes256"
+    label = KEY_LABELS["aesenc"]
     key = target.find_key(label, ObjectClass.SECRET_KEY)
     if key is None:
         key = target.generate_key(KeyType.AES, 256, label)
@@ -132,4 +137,4 @@ MODES: dict[str, Callable[[Any, Any], Prepared]] = {
     "random": random,
 }
 
-__all__ = ["MODES", "ModeUnavailable", "Prepared", "WrongAnswer"]
+__all__ = ["KEY_LABEL", "KEY_LABELS", "MODES", "ModeUnavailable", "Prepared", "WrongAnswer"]
