@@ -88,18 +88,42 @@ def half_made(ident: dict[Any, Any]) -> bool:
     return False
 
 
-def destroy_exactly(conn: Connection, ident: dict[Any, Any]) -> int:
-    """Destroy the token objects whose identity is exactly ``ident`` (worker
-    thread); unlike a search by template, an attribute ``ident`` lacks (a
-    label never written) does not widen the match."""
+def _objects_of_class(conn: Connection, cls: Any) -> list[Any]:
+    # by class alone: a half-made object may lack CKA_TOKEN
+    return list(conn.work.get_objects({Attribute.CLASS: cls}))
+
+
+def _exact(conn: Connection, ident: dict[Any, Any]) -> list[Any]:
     key = replication.ident_key(ident)
+    return [o for o in _objects_of_class(conn, ident.get(Attribute.CLASS))
+            if replication.ident_key(replication.ident_of(o)) == key]
+
+
+def list_half_made(conn: Connection) -> list[dict[Any, Any]]:
+    """The identities of the :func:`half_made` objects on a member (worker)."""
+    out = []
+    for cls in (*KEY_CLASSES, ObjectClass.DATA):
+        for obj in _objects_of_class(conn, cls):
+            ident = replication.ident_of(obj)
+            if half_made(ident) and ident not in out:
+                out.append(ident)
+    return out
+
+
+def count_exactly(conn: Connection, ident: dict[Any, Any]) -> int:
+    """How many objects have exactly the identity ``ident`` (worker)."""
+    return len(_exact(conn, ident))
+
+
+def destroy_exactly(conn: Connection, ident: dict[Any, Any]) -> int:
+    """Destroy the objects whose identity is exactly ``ident`` (worker); unlike
+    a search by template, an attribute ``ident`` lacks (a label never
+    written) does not widen the match."""
     n = 0
-    for obj in list(conn.work.get_objects({Attribute.CLASS: ident.get(Attribute.CLASS),
-                                           Attribute.TOKEN: True})):
-        if replication.ident_key(replication.ident_of(obj)) == key:
-            obj.destroy()
-            conn.objects.pop(obj.handle, None)
-            n += 1
+    for obj in _exact(conn, ident):
+        obj.destroy()
+        conn.objects.pop(obj.handle, None)
+        n += 1
     return n
 
 
@@ -292,10 +316,11 @@ class Synchronisation:
             for m in self._members.serving():
                 self._replay_journal(m, started, dry_run, copied, destroys, failed, work,
                                      kinds=("create",))
-            # 4. token objects some members lack that nothing above explains
+            # 4. half-made objects a member's failure left (not conflicts), then
+            #    the token objects some members lack that nothing above explains
+            self._remove_half_made(dry_run, destroys, failed)
             inv = self._inventories()
             union, missing = union_of(inv)
-            self._remove_half_made(union, missing, inv, dry_run, destroys, failed)
             conflicts: list[SyncConflict] = []
             explained = self._replicas.change_journal.explained_keys()
             for serial, keys in missing.items():
@@ -327,29 +352,29 @@ class Synchronisation:
                 self._after_run(report, inv, work)
             return report
 
-    def _remove_half_made(self, union: Union, missing: dict[str, list[Any]],
-                          inv: dict[str, Inventory], dry_run: bool,
-                          destroys: list[tuple[str, ObjectSummary]],
+    def _remove_half_made(self, dry_run: bool, destroys: list[tuple[str, ObjectSummary]],
                           failed: list[SyncFailure]) -> None:
-        """Destroy the half-made keys of members whose failure cut a creation.
+        """Destroy the half-made objects of members whose failure cut a creation.
 
         SoftHSM2 writes a new object to its token before its attributes; a
         member killed in between comes back holding an object without them
-        (:func:`half_made`), which the group never makes.  Such an object, on
-        that member only, is removed and reported as destroyed; the other
-        members' ``missing`` lists stop counting it (not a conflict).
+        (:func:`half_made`; often without ``CKA_TOKEN`` either, so no search
+        for token objects finds it), which the group never makes.  Such an
+        object, held by no other member, is removed and reported as destroyed.
         """
         for m in self._members.serving():
-            if not m.creation_cut or m.serial not in inv:
+            if not m.creation_cut:
                 continue
-            for key, (ident, _info, holders) in list(union.items()):
-                if holders != [m.serial] or not half_made(ident):
-                    continue
+            found = self._members.best_effort(m, list_half_made, operation="C_FindObjects")
+            if found is None:
+                continue
+            others = [o for o in self._members.serving() if o is not m]
+            for ident in found:
+                held = [self._members.best_effort(o, count_exactly, ident,
+                                                  operation="C_FindObjects") for o in others]
+                if any(n is None or n > 0 for n in held):
+                    continue  # on another member too (or unknown): not this cut's
                 destroys.append((m.serial, replication.summarize(ident)))
-                for lacking in missing.values():
-                    if key in lacking:
-                        lacking.remove(key)
-                del union[key]
                 if dry_run:
                     continue
                 try:
