@@ -48,6 +48,7 @@ lint: install
 bench: install
 	$(PY) bench/startup.py
 	$(PY) bench/ha_bench.py $(BENCH_ARGS)
+	$(PY) bench/ha_logic.py
 
 soak: install
 	$(PY) -m pytest -q -m soak tests/test_soak.py
