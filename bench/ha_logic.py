@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pkcs11 import KeyType, Mechanism
+from report import num, table
 
 from hacli.conf.model import load_config
 from hacli.conf.store import load
@@ -74,10 +75,10 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print("| call (1 thread, module stubbed) | HA path µs/call | stub alone µs/call | HA logic µs/call |")
-    print("|---|---:|---:|---:|")
-    for name, r in results.items():
-        print(f"| {name} | {r['ha_us']:.2f} | {r['stub_us']:.2f} | {r['logic_us']:.2f} |")
+    print("## The HA logic alone (module stubbed, 1 thread)\n")
+    print(table(["call", "HA path µs/call", "stub alone µs/call", "HA logic µs/call"],
+                [[name, num(r["ha_us"], 2), num(r["stub_us"], 2), num(r["logic_us"], 2)]
+                 for name, r in results.items()]))
     return 0
 
 

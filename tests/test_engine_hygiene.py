@@ -151,6 +151,42 @@ def test_initialize_stuck_on_frozen_member_is_cut(healthy_lab, tmp_path: Path) -
     assert not fresh.threads() and not os.path.exists(workdir)
 
 
+def test_a_busy_member_is_not_a_dead_one(healthy_lab, tmp_path: Path) -> None:
+    """Soak finding (caller-thread calls): a failover retry has a short budget
+    (a quarter of the timeout); it met a healthy member busy with a long call
+    (a key pair generation, an inventory), gave up waiting for its lock and
+    abandoned it: a member with no fault was marked down, and with the others
+    down the group lost its session keys.  A waiter behind a long call waits
+    while that call is within its own deadline."""
+    import threading
+
+    lab = healthy_lab
+    m = lab.members()[0]
+    workdir = tempfile.mkdtemp(prefix="hacli-engine-", dir=tmp_path)
+    registry = InstanceRegistry(workdir)
+    try:
+        inst = registry.current(lab.client_library, m.env, m.serial)
+        assert inst.direct
+        lib = inst.load(5.0)
+        serial = lambda: [s.get_token().serial.decode().strip()  # noqa: E731
+                          for s in lib.get_slots(token_present=True)]
+        holding, release = threading.Event(), threading.Event()
+
+        def long_call() -> None:  # a legitimate call that takes its time
+            holding.set()
+            release.wait(5.0)
+
+        holder = threading.Thread(target=inst.call, args=(long_call,), kwargs={"timeout": 3.0})
+        holder.start()
+        assert holding.wait(5.0)
+        threading.Timer(0.8, release.set).start()  # ends well within its 3 s
+        assert inst.call(serial, timeout=0.25) == [m.serial]  # a short-budget retry waits
+        assert not inst.abandoned
+        holder.join(5.0)
+    finally:
+        registry.close()
+
+
 def test_workdir_removed_on_close(healthy_lab, engine_factory) -> None:
     engine = engine_factory(healthy_lab)
     workdir = Path(engine._workdir)

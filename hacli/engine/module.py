@@ -79,7 +79,7 @@ import pkcs11
 from pkcs11 import _pkcs11
 
 from hacli.engine.exceptions import CallTimeout, ModuleUnavailable
-from hacli.engine.watchdog import Watchdog
+from hacli.engine.watchdog import PERIOD, Watchdog
 
 if TYPE_CHECKING:
     from hacli.engine.multipart import StepDriver
@@ -730,10 +730,7 @@ class ModuleInstance:
         if self.abandoned or self.closed:
             raise ModuleUnavailable(self.name)
         lock = self._call_lock
-        if not lock.acquire(True, timeout):
-            # whoever holds it overstays and the watchdog has not freed it (a
-            # clean-up task stuck on the worker): this instance is done for
-            self._expire()
+        if not lock.acquire(True, timeout) and not self._acquire_behind(lock, timeout):
             raise CallTimeout(operation, self.name, timeout)
         try:
             if self.abandoned or self._finalized:
@@ -751,6 +748,26 @@ class ModuleInstance:
                 self._deadline = None
         finally:
             lock.release()
+
+    def _acquire_behind(self, lock: threading.Lock, timeout: float) -> bool:
+        """The call lock was not free within the caller's ``timeout``: a long
+        call holds it (a key pair generation, an inventory).  That is a busy
+        member, not a dead one: the holder is bounded by its own deadline (the
+        watchdog abandons the instance past it), so wait on while it is within
+        it.  False only after twice the longest timeout asked for (a waiter
+        the lock never came to)."""
+        give_up = time.monotonic() + 2 * max(timeout, self._timeout_hint) + 1.0
+        while True:
+            if self.abandoned or self.closed:
+                raise ModuleUnavailable(self.name)
+            now = time.monotonic()
+            if now >= give_up:
+                return False
+            deadline = self._deadline
+            holder_left = (deadline - now if deadline is not None else self._timeout_hint)
+            wait = min(give_up - now, max(0.005, holder_left + 3 * PERIOD))
+            if lock.acquire(True, wait):
+                return True
 
     def check_deadline(self, now: float) -> None:
         """Watchdog: abandon the instance if its running call is past its deadline."""
