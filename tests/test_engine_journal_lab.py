@@ -27,18 +27,23 @@ pytestmark = pytest.mark.lab
 TESTS = Path(__file__).resolve().parent
 
 
-def labels_everywhere(lab, tmp_path: Path, label: str) -> dict[str, int]:
-    """How many token objects called ``label`` each member holds (pinned sessions)."""
-    with Engine(lab_config(lab, tmp_path / "count")) as engine:
+def on_each_member(lab, tmp_path: Path, fn) -> dict[str, object]:
+    """``fn(session)`` on a logged-in session pinned to each member, by serial."""
+    with Engine(lab_config(lab, tmp_path / "each")) as engine:
         g = engine.group()
         out = {}
         for m in g.members:
             with g.open_session(member=m.serial) as ms:
                 if not g.logged_in:
                     ms.login(lab.pin())
-                out[m.serial] = len(ms.find_objects({Attribute.LABEL: label,
-                                                     Attribute.TOKEN: True}))
+                out[m.serial] = fn(ms)
         return out
+
+
+def labels_everywhere(lab, tmp_path: Path, label: str) -> dict[str, int]:
+    """How many token objects called ``label`` each member holds (pinned sessions)."""
+    return on_each_member(lab, tmp_path, lambda ms: len(ms.find_objects(
+        {Attribute.LABEL: label, Attribute.TOKEN: True})))
 
 
 def synchronize_cli(lab) -> str:
@@ -206,17 +211,9 @@ def ciphertexts_everywhere(lab, tmp_path: Path, label: str) -> dict[str, list[by
     """Per member, the AES-ECB encryption of one zero block under each key called ``label``."""
     from pkcs11 import Mechanism
 
-    with Engine(lab_config(lab, tmp_path / "enc")) as engine:
-        g = engine.group()
-        out = {}
-        for m in g.members:
-            with g.open_session(member=m.serial) as ms:
-                if not g.logged_in:
-                    ms.login(lab.pin())
-                out[m.serial] = [ms.encrypt(h, bytes(16), mechanism=Mechanism.AES_ECB)
-                                 for h in ms.find_objects({Attribute.LABEL: label,
-                                                           Attribute.TOKEN: True})]
-        return out
+    return on_each_member(lab, tmp_path, lambda ms: [
+        ms.encrypt(h, bytes(16), mechanism=Mechanism.AES_ECB)
+        for h in ms.find_objects({Attribute.LABEL: label, Attribute.TOKEN: True})])
 
 
 def test_a_key_made_by_a_member_that_died_before_answering_is_replaced(  # answer lost
@@ -304,11 +301,6 @@ def test_a_half_made_key_left_by_a_cut_creation_is_removed_by_sync(
 
 def destroy_on_each_member(lab, tmp_path: Path, label: str) -> None:
     """Destroy the token objects called ``label`` member by member (pinned sessions)."""
-    with Engine(lab_config(lab, tmp_path / "clean")) as engine:
-        g = engine.group()
-        for m in g.members:
-            with g.open_session(member=m.serial) as ms:
-                if not g.logged_in:
-                    ms.login(lab.pin())
-                for h in ms.find_objects({Attribute.LABEL: label, Attribute.TOKEN: True}):
-                    ms.destroy_object(h)
+    on_each_member(lab, tmp_path, lambda ms: [
+        ms.destroy_object(h)
+        for h in ms.find_objects({Attribute.LABEL: label, Attribute.TOKEN: True})])
