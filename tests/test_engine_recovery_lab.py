@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,6 +117,51 @@ def test_two_frozen_members_cost_one_call_less_than_two_timeouts(healthy_lab3,
         finally:
             lab.restore(m0)
             lab.restore(m1)
+
+
+def test_a_retry_does_not_wait_behind_another_call_stuck_on_a_frozen_member(
+        healthy_lab3, engine_factory) -> None:
+    """Soak finding (caller-thread calls): a call met frozen member m0 (a full
+    timeout), then retried on m1, frozen too, whose lock another call (a
+    replication, a sync: they call members directly) had held since halfway
+    through: the retry waited behind it until that call's deadline, 5.8 s
+    against a 3 s timeout.  A retry that finds a member busy moves on, and
+    the busy member is not marked down for it."""
+    import threading
+
+    lab = healthy_lab3
+    m0, m1, _m2 = (m.serial for m in lab.members())
+    engine = engine_factory(lab, interval=60, timeout_ms=2000)
+    g = engine.group()
+    member1 = g.members[1]
+    lab.hang(m0)
+    lab.hang(m1)
+    took: list[float] = []
+
+    def application_call() -> None:
+        with g.open_session() as s:
+            g.members_set.balancer._next = 0  # asks m0 first, then m1
+            t = time.monotonic()
+            assert len(s.generate_random(8)) == 8
+            took.append(time.monotonic() - t)
+
+    def internal_call() -> None:  # stuck in m1 from 1 s on, until its own deadline
+        with contextlib.suppress(CKRError):
+            member1.run(lambda conn: conn.work.generate_random(64), operation="sync")
+
+    try:
+        app = threading.Thread(target=application_call)
+        holder = threading.Timer(1.0, internal_call)
+        app.start()
+        holder.start()
+        app.join(30)
+        holder.join(30)
+        # a full timeout on m0, at most a quarter of one on m1 (waiting behind
+        # the stuck call: until 1 s + 2 s), then m2 answers
+        assert took and took[0] < 2.0 + 0.5 + 0.3, took
+    finally:
+        lab.restore(m0)
+        lab.restore(m1)
 
 
 def test_the_recovering_call_does_not_wait_for_the_catch_up(healthy_lab, engine_factory,

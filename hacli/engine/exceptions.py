@@ -75,6 +75,12 @@ class CallTimeout(CKRError, TimeoutError):
                          detail=f"no answer within {timeout:g} s")
 
 
+class MemberBusy(Exception):
+    """A failover retry found the member busy with another call for all of its
+    budget: not a failure (the member is not marked down), try another member.
+    Internal: never reaches the application."""
+
+
 class ModuleUnavailable(CKRError):
     """A member's module instance is abandoned (stuck) or closed; internal use."""
 
@@ -110,5 +116,5 @@ def request_error(e: BaseException, operation: str, member: str | None) -> BaseE
     return e
 
 
-__all__ = ["CKRError", "CallTimeout", "GroupDownError", "ModuleUnavailable", "request_error",
-           "safe_detail"]
+__all__ = ["CKRError", "CallTimeout", "GroupDownError", "MemberBusy", "ModuleUnavailable",
+           "request_error", "safe_detail"]

@@ -23,7 +23,7 @@ from typing import Any
 import pkcs11
 
 from hacli.engine.ckr import CKR, ckr_name, is_member_failure, is_suspect
-from hacli.engine.exceptions import CKRError, GroupDownError, request_error
+from hacli.engine.exceptions import CKRError, GroupDownError, MemberBusy, request_error
 from hacli.engine.member import Connection, Member
 from hacli.engine.members import MemberSet
 from hacli.engine.objects import NotOnMember, ObjectRegistry, VObject
@@ -83,9 +83,16 @@ class Executor:
         missing = failed = False
         # (member, error) of a suspect error waiting for a second member's verdict
         suspect: tuple[Member, BaseException] | None = None
+        # members a retry found busy with another call: tried again, waiting
+        # behind that call, only when no other member is left
+        busy: frozenset[Member] = _NONE_TRIED
+        patient = False
         started = time.monotonic()
         while True:
             m = self._members.balancer.pick(tried, only, vobjs)
+            if m is None and busy:
+                tried, busy, patient = tried - busy, _NONE_TRIED, True
+                continue
             if m is None:
                 if suspect is not None:
                     raise request_error(suspect[1], operation, suspect[0].serial)
@@ -108,7 +115,7 @@ class Executor:
                 budget = (retry_budget(m.timeout, time.monotonic() - started)
                           if tried else None)
                 result = m.run(self._attempt, m, fn, vobjs, args, operation=operation,
-                               timeout=budget)
+                               timeout=budget, wait_behind=patient or budget is None)
                 ok = True
                 if suspect is not None:
                     # the same call served here: the first member was sick
@@ -117,6 +124,8 @@ class Executor:
             except NotOnMember:
                 tried = tried | {m}
                 missing = True
+            except MemberBusy:
+                tried, busy = tried | {m}, busy | {m}
             except Exception as e:
                 if is_member_failure(e):
                     self._members.mark_failed(m, e)

@@ -210,13 +210,13 @@ class Member:
         self.alive = state in SERVING_STATES
 
     def run(self, fn: Callable[..., T], *args: Any, operation: str = "",
-            timeout: float | None = None) -> T:
+            timeout: float | None = None, wait_behind: bool = True) -> T:
         """Run ``fn(conn, *args)`` on this member's worker, bounded by the command timeout."""
         conn = self.conn
         if conn is None or not conn.instance.usable:
             raise ModuleUnavailable(self.serial)
         return conn.instance.call(fn, conn, *args, timeout=timeout or self.timeout,
-                                  operation=operation)
+                                  operation=operation, wait_behind=wait_behind)
 
 
 __all__ = ["MAPPER", "SERVING_STATES", "TRANSPORT_ID", "TRANSPORT_LABEL", "Connection",

@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pkcs11
 from pkcs11 import _pkcs11
 
-from hacli.engine.exceptions import CallTimeout, ModuleUnavailable
+from hacli.engine.exceptions import CallTimeout, MemberBusy, ModuleUnavailable
 from hacli.engine.watchdog import PERIOD, Watchdog
 
 if TYPE_CHECKING:
@@ -715,13 +715,17 @@ class ModuleInstance:
                 task.future.set_exception(exc)
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float,
-             operation: str = "") -> T:
+             operation: str = "", wait_behind: bool = True) -> T:
         """Run ``fn(*args)`` in the module, bounded by ``timeout`` s of its run.
 
         Direct instances run it on the calling thread under the call lock
         (waiting for the lock is bounded by ``timeout`` too); the others on
-        the worker.  Raises :class:`CallTimeout` (and abandons the instance,
-        cutting its transport) when the running call exceeds the timeout,
+        the worker.  A caller that finds the lock held for all of ``timeout``
+        waits on behind the holder while it is within its own deadline, or,
+        without ``wait_behind`` (a failover retry: another member may be
+        free), raises :class:`MemberBusy`.  Raises :class:`CallTimeout` (and
+        abandons the instance, cutting its transport) when the running call
+        exceeds the timeout,
         :class:`ModuleUnavailable` when the instance is already abandoned or
         closed, else whatever ``fn`` raised.
         """
@@ -730,8 +734,11 @@ class ModuleInstance:
         if self.abandoned or self.closed:
             raise ModuleUnavailable(self.name)
         lock = self._call_lock
-        if not lock.acquire(True, timeout) and not self._acquire_behind(lock, timeout):
-            raise CallTimeout(operation, self.name, timeout)
+        if not lock.acquire(True, timeout):
+            if not wait_behind:
+                raise MemberBusy(self.name)
+            if not self._acquire_behind(lock, timeout):
+                raise CallTimeout(operation, self.name, timeout)
         try:
             if self.abandoned or self._finalized:
                 raise ModuleUnavailable(self.name)
