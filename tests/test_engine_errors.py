@@ -58,10 +58,10 @@ def test_general_error_that_another_member_serves_marks_the_first_down(
     real_run = sick.run
 
     def sick_run(fn: Callable[..., Any], *args: Any, operation: str = "",
-                 timeout: float | None = None) -> Any:
+                 **kw: Any) -> Any:
         if operation == "C_Sign":
             raise pkcs11.GeneralError()
-        return real_run(fn, *args, operation=operation, timeout=timeout)
+        return real_run(fn, *args, operation=operation, **kw)
 
     with g.open_session() as s:
         s.login(healthy_lab.pin())
@@ -122,12 +122,11 @@ def test_member_failing_before_its_new_key_is_copied(healthy_lab, engine_factory
     originals = {m.serial: m.run for m in g.members}
 
     def killing_run(m: Any) -> Callable[..., Any]:
-        def run(fn: Callable[..., Any], *args: Any, operation: str = "",
-                timeout: float | None = None) -> Any:
+        def run(fn: Callable[..., Any], *args: Any, operation: str = "", **kw: Any) -> Any:
             if operation == "C_WrapKey" and not killed:
                 killed.append(m.serial)
                 lab.fail(m.serial)
-            return originals[m.serial](fn, *args, operation=operation, timeout=timeout)
+            return originals[m.serial](fn, *args, operation=operation, **kw)
         return run
 
     with g.open_session() as s:

@@ -178,11 +178,11 @@ def test_a_sync_starting_during_a_destroy_does_not_copy_the_object_back(
             reports: list = []
             syncing: list[threading.Thread] = []
 
-            def write_after_the_destroy(self, fn, *args, operation="", timeout=None):
+            def write_after_the_destroy(self, fn, *args, operation="", **kw):
                 if threading.current_thread() in syncing and operation == "C_UnwrapKey":
                     writing.set()
                     destroyed.wait(10)
-                return real_run(self, fn, *args, operation=operation, timeout=timeout)
+                return real_run(self, fn, *args, operation=operation, **kw)
 
             def sync_during_destroy(self, operation, fn, vobj=None, only=None):
                 if operation != "C_DestroyObject":
