@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import pkcs11
 
@@ -34,6 +34,8 @@ LEAVES_OPERATION_ACTIVE = (CKR.BUFFER_TOO_SMALL, CKR.OPERATION_ACTIVE)
 
 
 _NONE_TRIED: frozenset[Member] = frozenset()
+
+T = TypeVar("T")
 
 
 def retry_budget(timeout: float, elapsed: float) -> float:
@@ -57,8 +59,8 @@ class Executor:
         self._objects = objects
         self._tick = tick
 
-    def _attempt(self, conn: Connection, m: Member, fn: Callable[..., Any],
-                 vobjs: Sequence[VObject], args: tuple[Any, ...]) -> Any:
+    def _attempt(self, conn: Connection, m: Member, fn: Callable[..., T],
+                 vobjs: Sequence[VObject], args: tuple[Any, ...]) -> T:
         """One try of an :meth:`execute` call, inside the member's module."""
         try:
             if not vobjs:
@@ -71,8 +73,8 @@ class Executor:
                 conn.rotate_work_session()
             raise
 
-    def execute(self, operation: str, fn: Callable[..., Any], vobjs: Sequence[VObject] = (),
-                only: Member | None = None, args: tuple[Any, ...] = ()) -> Any:
+    def execute(self, operation: str, fn: Callable[..., T], vobjs: Sequence[VObject] = (),
+                only: Member | None = None, args: tuple[Any, ...] = ()) -> T:
         """Run ``fn(member, conn, *real_objects, *args)`` on one member, failing over.
 
         The recovery policy runs first.  Member failures mark the member down
@@ -114,8 +116,10 @@ class Executor:
             try:
                 budget = (retry_budget(m.timeout, time.monotonic() - started)
                           if tried else None)
-                result = m.run(self._attempt, m, fn, vobjs, args, operation=operation,
-                               timeout=budget, wait_behind=patient or budget is None)
+                # what _attempt returns: fn's result (run's T is not inferred
+                # through the generic _attempt passed with untyped *args)
+                result: T = m.run(self._attempt, m, fn, vobjs, args, operation=operation,
+                                  timeout=budget, wait_behind=patient or budget is None)
                 ok = True
                 if suspect is not None:
                     # the same call served here: the first member was sick

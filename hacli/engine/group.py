@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hacli.conf.model_types import GroupConf, HASettings
 from hacli.engine import halog
@@ -54,6 +54,8 @@ from hacli.engine.replication import ident_of
 from hacli.engine.session import VirtualSession
 from hacli.engine.sync import Synchronisation
 from hacli.engine.types import GroupStatus, InventoryDiff, MemberStatus, SyncReport, TokenInfo
+
+T = TypeVar("T")
 
 
 class HAGroup:
@@ -175,8 +177,8 @@ class HAGroup:
         self.login_state.logout()
 
     # -- calls (what sessions use) ---------------------------------------------
-    def execute(self, operation: str, fn: Callable[..., Any], vobjs: Sequence[VObject] = (),
-                only: Member | None = None, args: tuple[Any, ...] = ()) -> Any:
+    def execute(self, operation: str, fn: Callable[..., T], vobjs: Sequence[VObject] = (),
+                only: Member | None = None, args: tuple[Any, ...] = ()) -> T:
         """Run ``fn(member, conn, *real_objects, *args)`` on one member, failing over."""
         return self.executor.execute(operation, fn, vobjs, only, args)
 

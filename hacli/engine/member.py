@@ -14,7 +14,7 @@ import enum
 import itertools
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pkcs11
 from pkcs11 import Attribute, ObjectClass
@@ -23,6 +23,9 @@ from pkcs11.attributes import AttributeMapper
 from hacli.conf.model_types import MemberLocation
 from hacli.engine.exceptions import ModuleUnavailable
 from hacli.engine.module import ModuleInstance
+
+if TYPE_CHECKING:
+    from hacli.engine.p11types import P11Session
 
 T = TypeVar("T")
 
@@ -106,7 +109,7 @@ class Connection:
         self.instance = instance
         self.generation = instance.generation
         self.token = token
-        self.work = work
+        self.work: P11Session = work
         self.login: Any = None
         #: real handle -> python-pkcs11 Object bound to ``work``
         self.objects: dict[int, Any] = {}

@@ -798,7 +798,7 @@ class ModuleInstance:
             raise ModuleUnavailable(self.name)
         task = _Task(fn, args)
         self._queue.put(task)
-        fut = task.future
+        fut: Future[T] = task.future  # the future of ``fn``'s result
         while True:
             with self._state_lock:
                 running = self._running

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from hacli.engine import multipart
 from hacli.engine.ckr import CKR, is_member_failure
@@ -27,6 +27,8 @@ from hacli.engine.member import Connection, Member
 from hacli.engine.members import MemberSet
 from hacli.engine.multipart import MultiPart
 from hacli.engine.objects import VObject
+
+T = TypeVar("T")
 
 _MEMBER_FAILED = "the member serving this multi-part operation failed"
 
@@ -73,7 +75,7 @@ class Operations:
                                       only)
 
     def step(self, op: MultiPart, operation: str,
-                       action: Callable[[MultiPart], Any]) -> Any:
+                       action: Callable[[MultiPart], T]) -> T:
         """Run one step of ``op`` (``action(op)`` on its member's worker).
 
         A member that failed since the operation began (or fails now) gives
@@ -92,7 +94,7 @@ class Operations:
             raise CKRError(dead, operation, m.serial, detail=_MEMBER_FAILED)
         ok = False
 
-        def task(conn: Connection) -> Any:
+        def task(conn: Connection) -> T:
             if conn is not op.conn:
                 raise ModuleUnavailable(m.serial, "connection replaced")
             return action(op)
@@ -180,7 +182,7 @@ class SessionOperations:
             self._operations.abort(op)
             raise CKRError(CKR.SESSION_CLOSED, fn)
 
-    def step(self, kind: str, fn: str, final: bool, action: Callable[[MultiPart], Any]) -> Any:
+    def step(self, kind: str, fn: str, final: bool, action: Callable[[MultiPart], T]) -> T:
         """One ``C_xUpdate``/``C_xFinal`` of the active operation of ``kind``;
         final or any error ends it."""
         with self._lock:

@@ -12,8 +12,8 @@ Errors are :class:`~hacli.engine.exceptions.CKRError` with the ``CKR_*`` name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pkcs11
 from pkcs11 import Attribute, KeyType, ObjectClass
@@ -37,6 +37,9 @@ from hacli.engine.types import SessionInfo, TokenInfo
 if TYPE_CHECKING:
     from hacli.engine.group import HAGroup
     from hacli.engine.member import Connection, Member
+    from hacli.engine.p11types import P11Key
+
+T = TypeVar("T")
 
 
 class VirtualSession:
@@ -134,12 +137,13 @@ class VirtualSession:
                          lambda m, c: c.token.slot.get_mechanism_info(mechanism))
 
     # -- plumbing --------------------------------------------------------
-    def _run(self, operation: str, fn: Any, handles: Sequence[int] = ()) -> Any:
+    def _run(self, operation: str, fn: Callable[..., T], handles: Sequence[int] = ()) -> T:
         self._check(operation)
         vobjs = [self.group.vobject(h, operation) for h in handles]
         return self.group.execute(operation, fn, vobjs, self.only)
 
-    def _run_on_key(self, operation: str, fn: Any, key: int, args: tuple[Any, ...]) -> Any:
+    def _run_on_key(self, operation: str, fn: Callable[..., T], key: int,
+                    args: tuple[Any, ...]) -> T:
         """``fn(member, conn, key_object, *args)`` on one member (the hot path)."""
         self._check(operation)
         return self.group.execute(operation, fn, (self.group.vobject(key, operation),),
@@ -214,7 +218,9 @@ class VirtualSession:
     def get_attributes(self, handle: int, attributes: Iterable[Any]) -> dict[Any, Any]:
         """C_GetAttributeValue (one member answers)."""
         keys = list(attributes)
-        return self._run("C_GetAttributeValue", lambda m, c, o: o.get_attributes(keys), [handle])
+        return self._run("C_GetAttributeValue",
+                         lambda m, c, o: cast("dict[Any, Any]", o.get_attributes(keys)),
+                         [handle])
 
     def get_attribute(self, handle: int, attribute: Any) -> Any:
         return self._run("C_GetAttributeValue", lambda m, c, o: o[attribute], [handle])
@@ -315,8 +321,8 @@ class VirtualSession:
 
     def wrap_key(self, wrapping_key: int, key: int, mechanism: Any = None,
                  mechanism_param: Any = None) -> bytes:
-        return self._run("C_WrapKey", lambda m, c, w, k: w.wrap_key(
-            k, mechanism=mechanism, mechanism_param=mechanism_param), [wrapping_key, key])
+        return self._run("C_WrapKey", lambda m, c, w, k: cast(bytes, w.wrap_key(
+            k, mechanism=mechanism, mechanism_param=mechanism_param)), [wrapping_key, key])
 
     def unwrap_key(self, unwrapping_key: int, wrapped: bytes, object_class: ObjectClass,
                    key_type: KeyType, *, label: str | None = None, id: bytes | None = None,
@@ -359,7 +365,7 @@ class VirtualSession:
         vobj = self.group.vobject(key, fn) if key is not None else None
         self._ops.init(kind, fn, vobj, mechanism, param, self.only, lambda: self.closed)
 
-    def _op_step(self, kind: str, final: bool, action: Any) -> Any:
+    def _op_step(self, kind: str, final: bool, action: Callable[[MultiPart], T]) -> T:
         fn = FUNCTIONS[kind][2 if final else 1]
         self._check(fn)
         return self._ops.step(kind, fn, final, action)
@@ -382,10 +388,12 @@ class VirtualSession:
 
         return self._op_step(kind, False, action)
 
-    def _final(self, kind: str) -> Any:
-        def action(op: MultiPart) -> Any:
+    def _final(self, kind: str) -> bytes:
+        def action(op: MultiPart) -> bytes:
             result, out = multipart.finish(op)
-            return result if kind in ("sign", "digest") else out
+            # the body's result: the signature or digest (python-pkcs11's
+            # sign/digest), None for encrypt/decrypt (their output is ``out``)
+            return cast(bytes, result) if kind in ("sign", "digest") else out
 
         return self._op_step(kind, True, action)
 
@@ -432,7 +440,7 @@ class VirtualSession:
                 kw["mechanism_param"] = param
             vobj = self.group.vobject(op.key_handle or 0, "C_VerifyFinal")
             return self.group.execute(
-                "C_VerifyFinal", lambda m, c, k: k.verify(iter(chunks), sig, **kw),
+                "C_VerifyFinal", lambda m, c, k: cast(bool, k.verify(iter(chunks), sig, **kw)),
                 [vobj], self.only)
 
         return self._op_step("verify", True, action)
@@ -479,24 +487,24 @@ class VirtualSession:
 
 # -- the single-part calls, run on a member: fn(member, conn, [key,] *args) ----
 
-def _sign(m: Member, c: Connection, key: Any, data: bytes, mechanism: Any,
+def _sign(m: Member, c: Connection, key: P11Key, data: bytes, mechanism: Any,
           param: Any) -> bytes:
     return key.sign(data, mechanism=mechanism, mechanism_param=param)
 
 
-def _verify(m: Member, c: Connection, key: Any, data: bytes, signature: bytes,
+def _verify(m: Member, c: Connection, key: P11Key, data: bytes, signature: bytes,
             mechanism: Any, param: Any) -> bool:
     return key.verify(data, signature, mechanism=mechanism,
                       mechanism_param=param)
 
 
-def _encrypt(m: Member, c: Connection, key: Any, data: bytes, mechanism: Any,
+def _encrypt(m: Member, c: Connection, key: P11Key, data: bytes, mechanism: Any,
              param: Any) -> bytes:
     return key.encrypt(data, mechanism=mechanism,
                        mechanism_param=param)
 
 
-def _decrypt(m: Member, c: Connection, key: Any, data: bytes, mechanism: Any,
+def _decrypt(m: Member, c: Connection, key: P11Key, data: bytes, mechanism: Any,
              param: Any) -> bytes:
     return key.decrypt(data, mechanism=mechanism,
                        mechanism_param=param)

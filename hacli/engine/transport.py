@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
@@ -44,6 +44,9 @@ from hacli.engine.exceptions import CKRError
 from hacli.engine.member import MAPPER, TRANSPORT_ID, TRANSPORT_LABEL
 from hacli.engine.module import InstanceRegistry, make_workdir
 from hacli.errors import EngineError, UsageError
+
+if TYPE_CHECKING:
+    from hacli.engine.p11types import P11Key
 
 WRAP = Mechanism.AES_KEY_WRAP_PAD
 
@@ -67,7 +70,7 @@ def _find(session: Any) -> Any:
     return found[0] if found else None
 
 
-def _fingerprint(session: Any, key: Any) -> bytes:
+def _fingerprint(session: Any, key: P11Key) -> bytes:
     """Wrap a fixed all-zero test key under ``key``: equal values give equal blobs."""
     probe = session.create_object({
         Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES,
