@@ -122,6 +122,11 @@ class Connection:
         #: cannot be replicated to or from this member.
         self.can_wrap = True
 
+    def destroy(self, obj: Any) -> None:
+        """``C_DestroyObject`` on ``obj`` and forget its handle (worker)."""
+        obj.destroy()
+        self.objects.pop(obj.handle, None)
+
     def remember(self, obj: Any) -> Any:
         self.objects[obj.handle] = obj
         return obj

@@ -782,10 +782,10 @@ class ModuleInstance:
         if deadline is not None and now >= deadline:
             self._expire(deadline)
 
-    def _expire(self, deadline: float | None = None) -> None:
-        """Abandon (the call with ``deadline`` still running, if given) and cut."""
+    def _expire(self, deadline: float) -> None:
+        """Abandon (if the call with ``deadline`` is still running) and cut."""
         with self._state_lock:
-            if self.abandoned or (deadline is not None and self._deadline != deadline):
+            if self.abandoned or self._deadline != deadline:
                 return
             self._abandon_locked()
         self._queue.put(_WAKE)

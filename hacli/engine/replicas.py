@@ -185,8 +185,7 @@ class Replicas:
 
             def drop(conn: Connection, m: Member = m) -> None:
                 obj = self._objects.resolve(m, conn, vobj)
-                obj.destroy()
-                conn.objects.pop(obj.handle, None)
+                conn.destroy(obj)
 
             try:
                 m.run(drop, operation="C_DestroyObject")
@@ -384,8 +383,7 @@ class Replicas:
     def destroy(self, vobj: VObject, only: Member | None = None) -> None:
         """Destroy an object on every member (journaled for members that are down)."""
         def task(m: Member, conn: Connection, obj: Any) -> None:
-            obj.destroy()
-            conn.objects.pop(obj.handle, None)
+            conn.destroy(obj)
 
         if only is None:
             # before the first member destroys it: a synchronisation running

@@ -69,8 +69,7 @@ def destroy_matching(conn: Connection, ident: dict[Any, Any]) -> int:
     """Destroy every object of identity ``ident`` on a member (worker thread)."""
     n = 0
     for obj in list(conn.work.get_objects(ident)):
-        obj.destroy()
-        conn.objects.pop(obj.handle, None)
+        conn.destroy(obj)
         n += 1
     return n
 
@@ -121,8 +120,7 @@ def destroy_exactly(conn: Connection, ident: dict[Any, Any]) -> int:
     written) does not widen the match."""
     n = 0
     for obj in _exact(conn, ident):
-        obj.destroy()
-        conn.objects.pop(obj.handle, None)
+        conn.destroy(obj)
         n += 1
     return n
 
