@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from clihelpers import run_process
 from enginehelpers import lab_config, wait_for
-from pkcs11 import Attribute, KeyType
+from pkcs11 import Attribute, KeyType, Mechanism
 
 from hacli.engine import Engine
 
@@ -144,6 +144,41 @@ def test_a_copy_made_before_its_source_failed_goes_with_the_remade_key_pair(
         lab.restore(serial)
     synchronize_cli(lab)
     assert set(labels_everywhere(lab, tmp_path, "remade-1").values()) == {0}
+
+
+def test_a_key_whose_every_holder_failed_during_its_copying_is_made_again(
+        healthy_lab3, tmp_path, monkeypatch) -> None:
+    """Soak finding (seed 505): a key made on member A reached member B; A froze
+    while it was being copied to C, and B was killed meanwhile.  The engine
+    returned the key because B held a copy, but B had failed too: C never got
+    the key and the application's next call failed with C serving.  The copy
+    to C must fall back to B as a source, and a key that no serving member
+    holds must be made again on one that serves."""
+    from hacli.engine.replicas import Replicas
+
+    lab = healthy_lab3
+    real_replicate_one = Replicas.replicate_one
+    copied_to: list[str] = []
+
+    def second_copy_after_both_holders_died(self, vobj, dst, src=None):
+        if len(copied_to) == 1 and src is not None:
+            lab.fail(copied_to[0])  # the member with the first copy
+            lab.fail(src.serial)  # the member that made the key
+        copied_to.append(dst.serial)
+        return real_replicate_one(self, vobj, dst, src)
+
+    monkeypatch.setattr(Replicas, "replicate_one", second_copy_after_both_holders_died)
+    with Engine(lab_config(lab, tmp_path / "a")) as engine:
+        g = engine.group()
+        with g.open_session() as s:
+            s.login(lab.pin())
+            key = s.generate_key(KeyType.AES, 128, label="holders-died-1")
+            monkeypatch.setattr(Replicas, "replicate_one", real_replicate_one)
+            assert len(copied_to) == 2, copied_to
+            survivor = copied_to[1]
+            # served by the one member left, which holds the key
+            assert len(s.encrypt(key, b"\0" * 16, mechanism=Mechanism.AES_ECB)) == 16
+            assert [m.serial for m in g.members if m.alive] == [survivor]
 
 
 def test_a_sync_starting_during_a_destroy_does_not_copy_the_object_back(

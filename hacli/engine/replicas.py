@@ -145,14 +145,15 @@ class Replicas:
             self.replicate_created(out, primary, only)
             if only is not None or len(self._members) == 1:
                 return out
-            if primary.alive or all(any(s != primary.serial for s in v.real) for v in out):
+            if primary.alive or all(self._held_by_another_serving(v, primary) for v in out):
                 self._missed_creation(out)
                 return out
-            # The member that made the objects failed before any other member
-            # got a copy of all of them: as far as the application can tell,
-            # the call failed on a member that went down.  Make them again on
-            # one that serves; the orphans on the failed member are destroyed
-            # when it returns.
+            # The member that made the objects failed before a member that
+            # still serves got a copy of all of them (copies on members that
+            # failed too are no use): as far as the application can tell, the
+            # call failed on a member that went down.  Make them again on one
+            # that serves; the orphans on the failed members are destroyed
+            # when they return.
             for v in out:
                 self._discard_copies(v, primary)
                 if v.is_token_object:
@@ -160,6 +161,13 @@ class Replicas:
                 self._objects.forget(v)
         raise CKRError(CKR.DEVICE_ERROR, operation,
                        detail="every member that made the object failed before it was copied")
+
+    def _held_by_another_serving(self, vobj: VObject, primary: Member) -> bool:
+        """True when a member other than ``primary`` that is still alive holds ``vobj``."""
+        for serial in list(vobj.real):  # a copy: another thread may map one meanwhile
+            if serial != primary.serial and self._members.get(serial).alive:
+                return True
+        return False
 
     def _orphans_of_cut_creations(self, vobjs: Sequence[VObject], cut: list[Member],
                                   primary: Member) -> None:
@@ -374,9 +382,12 @@ class Replicas:
             if is_member_failure(e):
                 self._members.mark_failed(dst, e)
             raise
-        sources = [src] if src is not None else [m for m in self._members
-                                                 if m.alive and m is not dst
-                                                 and m.serial in vobj.real]
+        # ``src`` first (it made the object), then any other alive holder: a
+        # source that fails during the copy must not leave ``dst`` without
+        # the object while another member could still give it
+        holders = [m for m in self._members
+                   if m.alive and m is not dst and m is not src and m.serial in vobj.real]
+        sources = [src, *holders] if src is not None else holders
         self.transfer(vobj.ident, dst, sources, vobj)
         return True
 
