@@ -48,7 +48,12 @@ class ConfParseError(ConfError):
 
 
 class ConfValueError(ConfError, UsageError):
-    """A value outside what the configspec allows."""
+    """A value outside what the configspec allows, refused before it is written."""
+
+
+class ConfFileError(ConfError):
+    """A configuration file that breaks a rule of :mod:`hacli.conf.check`, found
+    while reading it (exit 1, like a file that cannot be parsed)."""
 
 
 class ConfNotFoundError(ConfError):

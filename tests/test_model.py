@@ -8,7 +8,7 @@ from clihelpers import EXAMPLE, run
 from hacli.conf.document import Document
 from hacli.conf.model import load_config
 from hacli.conf.model_types import HASettings, MemberLocation
-from hacli.errors import ConfValueError
+from hacli.errors import ConfFileError
 
 
 def config_of(text: str, path: str = "/x/Chrystoki.conf"):  # type: ignore[no-untyped-def]
@@ -47,7 +47,7 @@ def test_members_modules_and_luna_fallback() -> None:
     ],
 )
 def test_bad_values_name_where(text: str, needle: str) -> None:
-    with pytest.raises(ConfValueError) as err:
+    with pytest.raises(ConfFileError) as err:
         config_of(text)
     assert needle in str(err.value)
 

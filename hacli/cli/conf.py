@@ -19,16 +19,20 @@ def conf() -> None:
 @json_option
 def show(as_json: bool) -> None:
     """Show every HA setting: its value in the file or its default, and its meaning."""
+    from hacli.conf.check import require_valid
+
     ctx = app()
     doc = ctx.load()
+    require_valid(doc)
     rows = []
     for s in spec.settings():
         raw = doc.get(s.section, s.key)
-        value = spec.convert(s.section, s.key, raw, where=str(ctx.path)) if raw is not None \
-            else s.default
+        # "text" is the value as the file writes it (a flag is 0 or 1, never True);
+        # "value" is typed, for scripts.
+        text = raw.strip() if raw is not None else s.default_text
         rows.append({
-            "section": s.section, "key": s.key, "value": value,
-            "source": "file" if raw is not None else "default", "help": s.help,
+            "section": s.section, "key": s.key, "value": spec.convert(s.section, s.key, text),
+            "text": text, "source": "file" if raw is not None else "default", "help": s.help,
         })
     if as_json:
         render.emit_json({"file": str(ctx.path), "syntax": doc.syntax, "settings": rows})
@@ -36,7 +40,7 @@ def show(as_json: bool) -> None:
     render.echo(f"{ctx.path} ({'Unix brace' if doc.syntax == 'brace' else 'Windows INI'} syntax)")
     render.table(
         ["Section", "Key", "Value", "Source"],
-        [[r["section"], r["key"], r["value"], r["source"]] for r in rows],
+        [[r["section"], r["key"], r["text"], r["source"]] for r in rows],
     )
 
 
@@ -60,14 +64,20 @@ def get(section: str, key: str) -> int:
 @click.argument("section")
 @click.argument("key")
 @click.argument("value")
-def set_cmd(section: str, key: str, value: str) -> None:
+@click.option("--force", is_flag=True,
+              help="Write an unknown HA key, or a value Luna clients refuse, anyway.")
+def set_cmd(section: str, key: str, value: str, force: bool) -> None:
     """Set KEY in SECTION to VALUE (Luna configurator's setValue).
 
-    Values of HA settings are checked against the spec first; the section is
-    created when it is missing.
+    The file as it would be written is checked as `conf check` and every
+    reader check it: a value that would make it unreadable is refused (exit
+    2, nothing written); an unknown or misspelt HA key (with the spelling it
+    may mean) or an interval outside Luna's range needs --force.  A file that
+    already has problems can be mended with it: only new problems are
+    refused.  The section is created when it is missing.
     """
     ctx = app()
-    with ctx.edit() as doc:
+    with ctx.edit(force=force, repair=True) as doc:
         haedit.set_setting(doc, section, key, value)
     render.echo(f"[{section}] {key} = {value}")
     render.echo(f"Wrote {ctx.path}")

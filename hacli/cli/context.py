@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from hacli.cli import render
+
 if TYPE_CHECKING:
+    from hacli.conf.check import WriteCheck
     from hacli.conf.document import Document
     from hacli.conf.model_types import HAConfig
 
@@ -21,6 +24,7 @@ class AppContext:
 
     conf_option: str | None = None
     _path: Path | None = field(default=None, repr=False)
+    _write_check: WriteCheck | None = field(default=None, repr=False)
 
     @property
     def path(self) -> Path:
@@ -38,18 +42,38 @@ class AppContext:
         return load(self.path)
 
     def config(self) -> HAConfig:
-        """The typed HA model of the configuration file."""
+        """The typed HA model of the configuration file, validated (exit 1 when
+        the file breaks a rule)."""
         from hacli.conf.model import load_config
 
         return load_config(self.load(), str(self.path))
 
     @contextmanager
-    def edit(self) -> Iterator[Document]:
-        """Lock, load, yield, write back only if changed (atomically)."""
+    def edit(self, *, force: bool | None = None, repair: bool = False) -> Iterator[Document]:
+        """Lock, load, yield, write back only if changed (atomically) and allowed.
+
+        What may be written is judged by :class:`~hacli.conf.check.WriteCheck`
+        (the rules every reader applies): a file with an error is refused
+        unless ``repair``; a change that adds an error, or a warning unless
+        ``force``, is refused (exit 2, nothing written).  What ``--force`` let
+        through is printed as warnings once the file is written.
+        """
+        from hacli.conf.check import WriteCheck
         from hacli.conf.store import edit
 
         with edit(self.path) as doc:
+            self._write_check = WriteCheck(doc, force=force, repair=repair)
             yield doc
+            warnings = self.verify_edit(doc)
+        self._write_check = None
+        for warning in warnings:
+            render.warn(warning)
+
+    def verify_edit(self, doc: Document) -> list[str]:
+        """Judge the document of the running :meth:`edit` now, before a command
+        acts on it beyond the file (members): raises when it may not be written."""
+        assert self._write_check is not None, "verify_edit outside edit()"
+        return self._write_check.verify(doc)
 
 
 def app(ctx: click.Context | None = None) -> AppContext:

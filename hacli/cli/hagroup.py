@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hacli.cli import render
 from hacli.cli.context import app, json_option
 from hacli.cli.pin import find_pin, pin_file_option, so_pin_file_option
-from hacli.conf import haedit, spec
-from hacli.conf.model import HACONF, VT, load_config, load_settings
-from hacli.conf.model_types import HACLI_SECTION, RECOVERY_MODES, GroupConf, HASettings
-from hacli.errors import ExitStatus, UsageError
+from hacli.conf import haedit
+from hacli.conf.model import HACONF, VT, load_config
+from hacli.conf.model_types import RECOVERY_MODES, GroupConf, HASettings, number_slots
+from hacli.errors import ExitStatus
+
+if TYPE_CHECKING:
+    from hacli.conf.document import Document
 
 
 def settings_dict(s: HASettings) -> dict[str, Any]:
@@ -46,30 +49,19 @@ def _report(path: object, as_json: bool, changed: dict[str, Any], lines: list[st
         render.echo(f"Wrote {path}")
 
 
-def _check_interval(interval: int, force: bool) -> str | None:
-    """Refuse an interval outside Luna's range unless forced; the warning to
-    print once the value is written, if any."""
-    lo, hi = spec.luna_interval_range()
-    if lo <= interval <= hi:
-        return None
-    spec.convert(HACONF, "AutoReconnectInterval", str(interval))  # the hard range first
-    if not force:
-        raise UsageError(
-            f"--interval {interval} is outside Luna's {lo}..{hi} s; "
-            f"add --force to write it anyway (Luna clients need at least {lo})"
-        )
-    return f"interval {interval} s written with --force; Luna clients need {lo}..{hi} s"
-
-
 def _write_retry(interval: int | None, count: str | None, force: bool, as_json: bool) -> None:
-    warning = _check_interval(interval, force) if interval is not None else None
+    # The interval's Luna range and its --force rule are the write check's (conf set's too).
     ctx = app()
-    with ctx.edit() as doc:
+    with ctx.edit(force=force) as doc:
         haedit.set_retry(doc, interval, count)
-        s = load_settings(doc)
-    if warning:
-        render.warn(warning)
+    s = _settings(doc)
     _report(ctx.path, as_json, {"settings": settings_dict(s)}, [recovery_line(s)])
+
+
+def _settings(doc: Document | None = None) -> HASettings:
+    """The validated settings of the edited document, or of the file."""
+    ctx = app()
+    return (ctx.config() if doc is None else load_config(doc, str(ctx.path))).settings
 
 
 @click.group()
@@ -123,11 +115,11 @@ def haonly(enable: bool, disable: bool, show: bool, as_json: bool) -> None:
     action = _one_of(enable=enable, disable=disable, show=show)
     ctx = app()
     if action == "show":
-        s = load_settings(ctx.load())
+        s = _settings()
     else:
         with ctx.edit() as doc:
             haedit.set_setting(doc, HACONF, "HAOnly", "1" if action == "enable" else "0")
-            s = load_settings(doc)
+        s = _settings(doc)
     line = f"HA only mode: {'enabled' if s.ha_only else 'disabled'}"
     if action == "show":
         _show(as_json, {"ha_only": s.ha_only}, [line])
@@ -154,7 +146,7 @@ def recoverymode(mode: str | None, show: bool, as_json: bool) -> None:
         raise click.UsageError("give exactly one of --mode | --show")
     ctx = app()
     if show:
-        s = load_settings(ctx.load())
+        s = _settings()
         _show(as_json, {"recovery_mode": s.recovery_mode}, [f"HA recovery mode: {s.recovery_mode}"])
         return
     canonical = next(m for m in RECOVERY_MODES if m.lower() == str(mode).lower())
@@ -180,7 +172,7 @@ def halog(enable: bool, disable: bool, log_path: str | None, maxlength: int | No
         raise click.UsageError("give --show, or any of --enable | --disable, --path, --maxlength")
     ctx = app()
     if show:
-        s = load_settings(ctx.load())
+        s = _settings()
     else:
         updates = []
         if maxlength is not None:
@@ -189,12 +181,10 @@ def halog(enable: bool, disable: bool, log_path: str | None, maxlength: int | No
             updates.append(("haLogPath", log_path))
         if enable or disable:
             updates.append(("haLogStatus", "enabled" if enable else "disabled"))
-        for key, value in updates:  # validate all before writing any
-            spec.convert(HACONF, key, value)
-        with ctx.edit() as doc:
+        with ctx.edit() as doc:  # all or nothing: the write check sees every update
             for key, value in updates:
                 haedit.set_setting(doc, HACONF, key, value)
-            s = load_settings(doc)
+        s = _settings(doc)
     data = {"ha_log": s.ha_log_enabled, "ha_log_path": s.ha_log_path, "log_len": s.log_len}
     lines = [
         f"HA logging: {'enabled' if s.ha_log_enabled else 'disabled'}",
@@ -227,16 +217,19 @@ def transport_options(f):
                         help="Do not set up the group's transport key on the members.")(f)
 
 
-def _with_members(doc: Any, g: GroupConf, so_pin_file: str | None, skip: bool) -> dict[str, str]:
+def _with_members(doc: Document, g: GroupConf, so_pin_file: str | None,
+                  skip: bool) -> dict[str, str]:
     """Set up the transport key for the edited document, before it is written:
-    a failure leaves the file untouched."""
+    a failure leaves the file untouched.  The document is judged first, so a
+    group the file could not hold touches no member."""
+    ctx = app()
+    ctx.verify_edit(doc)
     if skip:
         return {}
     from hacli.cli.members import setup_transport_key
 
-    config = load_config(doc, str(app().path))
-    return setup_transport_key(config, config.group(g.label), so_pin_file,
-                               doc.get(HACLI_SECTION, "LabDir"))
+    config = load_config(doc, str(ctx.path))
+    return setup_transport_key(config, config.group(g.label), so_pin_file, config.lab_dir)
 
 
 @hagroup.command()
@@ -277,10 +270,9 @@ def addmember(label: str, serial: str, so_pin_file: str | None, no_transport_key
     with ctx.edit() as doc:
         g = haedit.add_member(doc, label, serial)
         keys = _with_members(doc, g, so_pin_file, no_transport_key)
-        config = load_config(doc, str(ctx.path))
     from hacli.cli.members import log_event
 
-    log_event(config, g.label, serial.strip(), "added")
+    log_event(load_config(doc, str(ctx.path)), g.label, serial.strip(), "added")
     _report(ctx.path, as_json, {"group": _group_dict(g), "transport_key": keys},
             [f"Added {serial.strip()} to {g.label}; members: {', '.join(g.members)}",
              *_key_lines(keys)])
@@ -295,10 +287,9 @@ def removemember(label: str, serial: str, as_json: bool) -> None:
     ctx = app()
     with ctx.edit() as doc:
         g = haedit.remove_member(doc, label, serial)
-        config = load_config(doc, str(ctx.path))
     from hacli.cli.members import log_event
 
-    log_event(config, g.label, serial, "removed")
+    log_event(load_config(doc, str(ctx.path)), g.label, serial, "removed")
     _report(ctx.path, as_json, {"group": _group_dict(g)},
             [f"Removed {serial} from {g.label}; members: {', '.join(g.members)}"])
 
@@ -323,17 +314,21 @@ def listgroups(no_probe: bool, pin_file: str | None, as_json: bool) -> None:
 
     Members that hacli can reach (their modules are listed in [hacli]) are
     probed: alive or down, with their token label.  With a PIN (--pin-file,
-    $HACLI_PIN, or a lab's), their token objects are compared: Needs sync.
+    $HACLI_PIN, or a lab's), their token objects are compared: Needs sync
+    (shown only then, as Luna does).  HA Group Slot ID is the group's virtual
+    slot as the menu numbers it.
     """
     ctx = app()
-    doc = ctx.load()
-    config = load_config(doc, str(ctx.path))
+    config = ctx.config()
     s, groups = config.settings, config.groups
     live: dict[str, dict[str, Any]] = {}
+    pin = None
     if not no_probe:
         from hacli.cli.members import live_members
 
-        live = live_members(config, find_pin(pin_file, doc.get(HACLI_SECTION, "LabDir")))
+        pin = find_pin(pin_file, config.lab_dir)
+        live = live_members(config, pin)
+    slot_ids = {n.group: n.slot_id for n in number_slots(groups, s.ha_only) if n.member is None}
 
     def member(serial: str) -> dict[str, Any]:
         info = live.get(serial, {"status": "unknown", "label": "", "needs_sync": None})
@@ -343,8 +338,8 @@ def listgroups(no_probe: bool, pin_file: str | None, as_json: bool) -> None:
         render.emit_json({
             "file": str(ctx.path),
             "settings": settings_dict(s),
-            "groups": [{**_group_dict(g), "members": [member(m) for m in g.members]}
-                       for g in groups],
+            "groups": [{**_group_dict(g), "slot_id": slot_ids[g.label],
+                        "members": [member(m) for m in g.members]} for g in groups],
         })
         return
     retries = "unlimited" if s.reconn_att < 0 else str(s.reconn_att)
@@ -366,9 +361,11 @@ def listgroups(no_probe: bool, pin_file: str | None, as_json: bool) -> None:
         render.fields([
             ("HA Group Label", g.label),
             ("HA Group Number", g.serial),
+            ("HA Group Slot ID", slot_ids[g.label]),
             ("Synchronization", "enabled" if g.synchronize else "disabled"),
             ("Group Members", ", ".join(g.members)),
-            ("Needs sync", "yes" if True in sync else "no" if sync == {False} else "unknown"),
+            *([("Needs sync", "yes" if True in sync else "no" if sync == {False} else "unknown")]
+              if pin is not None else []),
         ])
         render.echo("")
         render.table(["#", "Member S/N", "Member Label", "Status"],
@@ -380,33 +377,43 @@ def listgroups(no_probe: bool, pin_file: str | None, as_json: bool) -> None:
 
 @hagroup.command()
 @click.option("--group", "label", help="Group label (default: the only one).")
+@click.option("--enable", is_flag=True,
+              help="Turn on automatic synchronisation of --group (HASynchronize); "
+                   "nothing is copied now.")
+@click.option("--disable", is_flag=True,
+              help="Turn off automatic synchronisation of --group (HASynchronize).")
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--adopt", is_flag=True,
               help="Also copy conflicts: objects some members hold that no change "
                    "recorded by hacli explains (lunacm's union).")
 @pin_file_option
 @json_option
-def synchronize(label: str | None, dry_run: bool, adopt: bool, pin_file: str | None,
-                as_json: bool) -> int:
-    """Bring every member up to date (lunacm's synchronize).
+def synchronize(label: str | None, enable: bool, disable: bool, dry_run: bool, adopt: bool,
+                pin_file: str | None, as_json: bool) -> int:
+    """Bring every member up to date now, or turn automatic synchronisation
+    on or off (lunacm's synchronize).
 
-    Replays the changes members missed while they were down (from the group's
-    journal: destroys first, so a destroyed key never comes back; then
-    attribute changes and objects created meanwhile), copies session objects,
-    and reports conflicts: objects some members hold that nothing recorded
-    explains.  Those are copied only with --adopt.  Secret and private keys
-    travel only wrapped under the group's transport key.  Exit 1 when an object
-    could not be copied or a conflict is left.
+    With --enable or --disable (and --group), sets the group's HASynchronize
+    flag, as lunacm does, and copies nothing.  Otherwise replays the changes
+    members missed while they were down (from the group's journal: destroys
+    first, so a destroyed key never comes back; then attribute changes and
+    objects created meanwhile), copies session objects, and reports
+    conflicts: objects some members hold that nothing recorded explains.
+    Those are copied only with --adopt.  Secret and private keys travel only
+    wrapped under the group's transport key.  Exit 1 when an object could not
+    be copied or a conflict is left.
     \b
-    Example: hacli hagroup synchronize --dry-run
+    Examples: hacli hagroup synchronize --dry-run
+              hacli hagroup synchronize --group myHAgroup --disable
     """
+    if enable or disable:
+        return _set_synchronize(label, enable, disable, dry_run or adopt or bool(pin_file),
+                                as_json)
     from hacli.cli.pin import resolve_pin
     from hacli.engine import Engine
 
-    ctx = app()
-    doc = ctx.load()
-    config = load_config(doc, str(ctx.path))
-    pin = resolve_pin(pin_file, doc.get(HACLI_SECTION, "LabDir"))
+    config = app().config()
+    pin = resolve_pin(pin_file, config.lab_dir)
     with Engine(config, groups=[label] if label else None) as engine:
         report = engine.group(label).synchronize(pin, adopt=adopt, dry_run=dry_run)
     if as_json:
@@ -435,3 +442,21 @@ def synchronize(label: str | None, dry_run: bool, adopt: bool, pin_file: str | N
             render.echo(f"HA group {report.group}: {len(report.copied)} object(s) copied, "
                         f"{len(report.destroys)} destroyed; {state}")
     return 0 if report.complete else int(ExitStatus.FAILED)
+
+
+def _set_synchronize(label: str | None, enable: bool, disable: bool, copy_options: bool,
+                     as_json: bool) -> int:
+    """``hagroup synchronize --group L --enable | --disable``: HASynchronize only."""
+    if enable and disable:
+        raise click.UsageError("give only one of --enable | --disable")
+    if label is None:
+        raise click.UsageError("--enable and --disable need --group LABEL")
+    if copy_options:
+        raise click.UsageError("--enable and --disable copy nothing: "
+                               "--dry-run, --adopt and --pin-file do not go with them")
+    ctx = app()
+    with ctx.edit() as doc:
+        g = haedit.set_synchronize(doc, label, enable)
+    _report(ctx.path, as_json, {"group": _group_dict(g)},
+            [f"HA group {g.label}: synchronization {'enabled' if enable else 'disabled'}"])
+    return 0

@@ -1,8 +1,11 @@
 """Edits of the HA sections, as lunacm's ``hagroup`` commands make them.
 
-Pure functions over a :class:`~hacli.conf.document.Document`: they validate
-first and change the document only when every value is valid, so a refused
-command leaves the file untouched.  The CLI wraps them in ``store.edit``.
+Pure functions over a :class:`~hacli.conf.document.Document`.  They refuse
+what they cannot even express (an unknown group, a label the file syntax
+cannot hold); whether the edited document is one hacli may write is judged
+afterwards, by the same rules every reader applies
+(:class:`hacli.conf.check.WriteCheck`, which the CLI's edits run before the
+file is written), so a refused command leaves the file untouched.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hacli.conf import spec
+from hacli.conf.check import LABEL_FORBIDDEN, SERIAL_FORBIDDEN, valid_name
 from hacli.conf.model import (
     HACONF,
     HASYNC,
@@ -25,35 +29,28 @@ if TYPE_CHECKING:
     from hacli.conf.document import Document
 
 
-def set_setting(doc: Document, section: str, key: str, value: str) -> spec.SettingValue:
-    """Validate against the spec, then set; returns the typed value.
+def set_setting(doc: Document, section: str, key: str, value: str) -> None:
+    """Set a value (Luna configurator's ``setValue``).
 
     The key keeps the file's spelling when it exists and the spec's otherwise.
     """
     setting = spec.lookup(section, key)
-    typed = spec.convert(section, key, value)
     if setting is not None and not doc.has_section(section):
         section = setting.section
     if setting is not None and doc.get(section, key) is None:
         key = setting.key
     doc.set(section, key, value)
-    return typed
 
 
 def set_retry(doc: Document, interval: int | None, count: str | None) -> None:
     """``hagroup retry``: creates ``HAConfiguration`` only when a value is set."""
     if interval is None and count is None:
         raise UsageError("give --interval and/or --count")
-    # Validate both before writing either: a refused command changes nothing.
-    if interval is not None:
-        spec.convert(HACONF, "AutoReconnectInterval", str(interval))
-    if count is not None:
-        spec.convert(HACONF, "reconnAtt", count)
     if interval is not None:
         set_setting(doc, HACONF, "AutoReconnectInterval", str(interval))
     if count is not None:
-        n = spec.convert(HACONF, "reconnAtt", count)
-        set_setting(doc, HACONF, "reconnAtt", str(n))
+        # Luna's words (unlimited) are written as the number a Luna client reads.
+        set_setting(doc, HACONF, "reconnAtt", str(spec.convert(HACONF, "reconnAtt", count)))
 
 
 def find_group(doc: Document, label: str) -> GroupConf:
@@ -68,14 +65,14 @@ def find_group(doc: Document, label: str) -> GroupConf:
 
 def _check_serial(serial: str) -> str:
     serial = serial.strip()
-    if not serial or any(c in serial for c in " ,;{}[]=\t") or not serial.isprintable():
+    if not valid_name(serial, SERIAL_FORBIDDEN):
         raise UsageError(f"{serial!r} is not a valid serial number")
     return serial
 
 
 def _check_label(label: str) -> str:
     label = label.strip()
-    if not label or any(c in label for c in ";{}[]=,\t") or not label.isprintable():
+    if not valid_name(label, LABEL_FORBIDDEN):
         raise UsageError(f"{label!r} is not a valid group label")
     return label
 
@@ -83,20 +80,15 @@ def _check_label(label: str) -> str:
 def create_group(
     doc: Document, label: str, members: list[str], serial: str | None = None
 ) -> GroupConf:
-    """``hagroup creategroup``: the next ``VirtualTokenNN`` plus ``HASynchronize``."""
+    """``hagroup creategroup``: the next ``VirtualTokenNN`` plus ``HASynchronize``.
+
+    A label, serial or member another group has is left to the write check.
+    """
     label = _check_label(label)
     members = [_check_serial(m) for m in members]
     if not members:
         raise UsageError("a group needs at least one member")
-    dupes = sorted({m for m in members if members.count(m) > 1})
-    if dupes:
-        raise UsageError(f"member {', '.join(dupes)} given more than once")
-    groups = load_groups(doc)
-    if any(g.label.lower() == label.lower() for g in groups):
-        raise UsageError(f"an HA group labelled {label!r} already exists")
     serial = _check_serial(serial) if serial else "1" + members[0]
-    if any(g.serial == serial for g in groups):
-        raise UsageError(f"an HA group with serial {serial} already exists")
     n = (max(group_indexes(doc)) + 1) if group_indexes(doc) else 0
     doc.set(VT, f"VirtualToken{n:02d}Label", label)
     doc.set(VT, f"VirtualToken{n:02d}SN", serial)
@@ -109,8 +101,6 @@ def add_member(doc: Document, label: str, serial: str) -> GroupConf:
     """``hagroup addmember``: append a serial to the group's member list."""
     group = find_group(doc, label)
     serial = _check_serial(serial)
-    if serial in group.members:
-        raise UsageError(f"{serial} is already a member of {group.label}")
     members = (*group.members, serial)
     doc.set(VT, f"VirtualToken{group.index:02d}Members", ",".join(members))
     return GroupConf(group.index, group.label, group.serial, members, group.synchronize)
@@ -128,6 +118,13 @@ def remove_member(doc: Document, label: str, serial: str) -> GroupConf:
         raise UsageError(f"{serial} is the last member of {group.label}; use deletegroup")
     doc.set(VT, f"VirtualToken{group.index:02d}Members", ",".join(members))
     return GroupConf(group.index, group.label, group.serial, members, group.synchronize)
+
+
+def set_synchronize(doc: Document, label: str, enabled: bool) -> GroupConf:
+    """``hagroup synchronize --enable | --disable``: the group's ``HASynchronize`` flag."""
+    group = find_group(doc, label)
+    set_setting(doc, HASYNC, group.label, "1" if enabled else "0")
+    return GroupConf(group.index, group.label, group.serial, group.members, enabled)
 
 
 def delete_group(doc: Document, label: str) -> GroupConf:
@@ -155,5 +152,6 @@ __all__ = [
     "remove_member",
     "set_retry",
     "set_setting",
+    "set_synchronize",
     "split_members",
 ]

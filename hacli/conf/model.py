@@ -4,6 +4,11 @@ Luna's HA settings live in four sections: ``VirtualToken`` (the groups),
 ``HASynchronize`` (per-group synchronisation), ``HAConfiguration`` (recovery,
 logging, HAOnly) and ``LunaSA Client`` (``ReceiveTimeout``).  hacli's own
 section ``hacli`` says where each member's PKCS#11 module is.
+
+:func:`load_config` is what every reader calls: it validates the document with
+:func:`hacli.conf.check.require_valid` (the rules live there, once) and then
+builds the model.  The ``load_*`` parts build without judging: they assume a
+document that passed that check.
 """
 
 from __future__ import annotations
@@ -74,8 +79,7 @@ def group_indexes(doc: Document) -> list[int]:
 
 def sync_enabled(doc: Document, label: str) -> bool:
     """``HASynchronize``: ``<label> = 1`` enables automatic synchronisation."""
-    raw = doc.get(HASYNC, label) if doc.has_section(HASYNC) else None
-    return raw is not None and raw.strip().lower() in ("1", "yes", "true", "enabled")
+    return bool(typed(doc, HASYNC, label))
 
 
 def load_groups(doc: Document) -> tuple[GroupConf, ...]:
@@ -85,11 +89,6 @@ def load_groups(doc: Document) -> tuple[GroupConf, ...]:
         label = (doc.get(VT, f"VirtualToken{n:02d}Label") or "").strip()
         members = split_members(doc.get(VT, f"VirtualToken{n:02d}Members") or "")
         serial = (doc.get(VT, f"VirtualToken{n:02d}SN") or "").strip()
-        if not label:
-            raise ConfValueError(
-                f"{_where(doc, VT, f'VirtualToken{n:02d}Members')}: [{VT}] group "
-                f"VirtualToken{n:02d} has no VirtualToken{n:02d}Label"
-            )
         if not serial and members:
             serial = "1" + members[0]
         groups.append(GroupConf(n, label, serial, members, sync_enabled(doc, label)))
@@ -127,30 +126,23 @@ def parse_environment(raw: str) -> dict[str, str]:
 
 def load_members(doc: Document) -> dict[str, MemberLocation]:
     """Member module locations from the ``hacli`` section, by serial."""
-    if not doc.has_section(HACLI_SECTION):
-        return {}
-    by_index: dict[int, dict[str, str]] = {}
-    for key, value in doc.items(HACLI_SECTION):
-        m = MEMBER_KEY.match(key)
-        if m:
-            by_index.setdefault(int(m.group(1)), {})[m.group(2).lower()] = value.strip()
     members = {}
-    for n, fields in sorted(by_index.items()):
-        serial = fields.get("serial")
-        library = fields.get("library")
-        if not serial or not library:
-            raise ConfValueError(
-                f"{_where(doc, HACLI_SECTION, f'Member{n:02d}Serial')}: [{HACLI_SECTION}] "
-                f"Member{n:02d} needs both Member{n:02d}Serial and Member{n:02d}Library"
-            )
-        try:
-            env = parse_environment(fields.get("environment", ""))
-        except ConfValueError as e:
-            key = f"Member{n:02d}Environment"
-            raise ConfValueError(
-                f"{_where(doc, HACLI_SECTION, key)}: [{HACLI_SECTION}] {key}: {e}") from None
+    for _n, fields in sorted(member_entries(doc).items()):
+        serial, library = fields.get("serial", ""), fields.get("library", "")
+        env = parse_environment(fields.get("environment", ""))
         members[serial] = MemberLocation(serial=serial, library=library, env=env)
     return members
+
+
+def member_entries(doc: Document) -> dict[int, dict[str, str]]:
+    """The ``MemberNN*`` keys of the ``hacli`` section: NN -> {field: value}."""
+    by_index: dict[int, dict[str, str]] = {}
+    if doc.has_section(HACLI_SECTION):
+        for key, value in doc.items(HACLI_SECTION):
+            m = MEMBER_KEY.match(key)
+            if m:
+                by_index.setdefault(int(m.group(1)), {})[m.group(2).lower()] = value.strip()
+    return by_index
 
 
 #: Luna's own library keys, in the order a 64-bit Unix, 32-bit Unix, Windows client uses.
@@ -169,17 +161,24 @@ def luna_library(doc: Document) -> str | None:
 
 
 def load_config(doc: Document, path: str | None = None) -> HAConfig:
-    """The typed :class:`HAConfig` of a document (raises ConfValueError).
+    """The typed :class:`HAConfig` of a valid document.
 
+    Raises :class:`~hacli.errors.ConfFileError` naming the file, line and
+    problem when the document breaks a rule of :mod:`hacli.conf.check`.
     Members not listed in ``[hacli]`` are looked for in ``DefaultLibrary``,
     else in the Luna client's own library (``Chrystoki2``), so that on a Luna
     client hacli reaches the partitions with no extra configuration.
     """
+    # Imported here: the check reads this module's names and builders.
+    from hacli.conf.check import require_valid
+
+    require_valid(doc)
     default_library = str(typed(doc, HACLI_SECTION, "DefaultLibrary")) or luna_library(doc)
     return HAConfig(
         settings=load_settings(doc),
         groups=load_groups(doc),
         members=load_members(doc),
         default_library=default_library,
+        lab_dir=str(typed(doc, HACLI_SECTION, "LabDir")).strip() or None,
         path=path or doc.path,
     )

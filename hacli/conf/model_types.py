@@ -7,6 +7,7 @@ lossless :class:`~hacli.conf.document.Document`; applications using
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 #: Name of hacli's own section (member module locations, lab settings).
@@ -49,6 +50,30 @@ class GroupConf:
 
 
 @dataclass(frozen=True)
+class SlotNumber:
+    """One slot of the slot list: its number, its group, and the member it is
+    (None for the group's HA virtual slot)."""
+
+    slot_id: int
+    group: str
+    member: str | None = None
+
+
+def number_slots(groups: Sequence[GroupConf], ha_only: bool = False) -> list[SlotNumber]:
+    """The slot list's numbering, the one the engine, the menu and ``listgroups`` show.
+
+    Member slots first, from 1, in group and member order (none with
+    ``HAOnly``), then one HA virtual slot per group, as a Luna client lists
+    its slots.
+    """
+    out: list[SlotNumber] = []
+    if not ha_only:
+        out += [SlotNumber(0, g.label, m) for g in groups for m in g.members]
+    out += [SlotNumber(0, g.label) for g in groups]
+    return [SlotNumber(i, n.group, n.member) for i, n in enumerate(out, start=1)]
+
+
+@dataclass(frozen=True)
 class MemberLocation:
     """Where a member token's PKCS#11 module is, from hacli's own section.
 
@@ -71,6 +96,8 @@ class HAConfig:
     members: dict[str, MemberLocation] = field(default_factory=dict)
     #: Library for members not listed in ``members`` (``hacli.DefaultLibrary``).
     default_library: str | None = None
+    #: The lab that wrote this file (``hacli.LabDir``): its PIN files serve as PIN sources.
+    lab_dir: str | None = None
     path: str | None = None
 
     def group(self, label: str) -> GroupConf:

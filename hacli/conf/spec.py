@@ -7,6 +7,7 @@ range).  Everything that knows a setting's type or default asks this module.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from importlib import resources
@@ -53,6 +54,12 @@ class Setting:
         return _validator().get_default_value(self.check)
 
     @property
+    def default_text(self) -> str:
+        """The default as a file writes it (``0`` for a flag, not ``False``)."""
+        default = _validator()._parse_with_caching(self.check)[3]
+        return "" if default is None else default
+
+    @property
     def allowed(self) -> str:
         """The allowed values in words, for error messages."""
         name, args, kwargs, _default = _validator()._parse_with_caching(self.check)
@@ -96,11 +103,11 @@ def _interval(value: object, min: str, max: str, luna_min: str, luna_max: str) -
 
 
 def _flag(value: object) -> bool:
-    text = str(value).strip().lower()
-    if text in ("1", "yes", "true", "on", "enabled"):
-        return True
-    if text in ("0", "no", "false", "off", "disabled", ""):
-        return False
+    # Only 0 and 1: a Luna client reads these flags as numbers, so "yes" would
+    # mean 0 to it and 1 to hacli.
+    text = str(value).strip()
+    if text in ("0", "1"):
+        return text == "1"
     raise _fail("not a flag")
 
 
@@ -123,9 +130,13 @@ def _validator() -> _Validator:
     return validator
 
 
+#: configobj's name for "any other key of this section" in a configspec.
+MANY = "__many__"
+
+
 @functools.cache
-def settings() -> tuple[Setting, ...]:
-    """Every setting of the spec, in spec order."""
+def _entries() -> tuple[Setting, ...]:
+    """Every entry of the spec, in spec order, ``__many__`` patterns included."""
     from configobj import ConfigObj
 
     text = resources.files("hacli.conf").joinpath("ha.spec").read_text(encoding="utf-8")
@@ -142,17 +153,31 @@ def settings() -> tuple[Setting, ...]:
     return tuple(out)
 
 
+def settings() -> tuple[Setting, ...]:
+    """Every named setting of the spec, in spec order (no ``__many__`` pattern)."""
+    return tuple(s for s in _entries() if s.key != MANY)
+
+
 def lookup(section: str, key: str) -> Setting | None:
-    """The spec entry for ``section``/``key`` (case-insensitive), or None."""
-    for s in settings():
-        if s.section.lower() == section.lower() and s.key.lower() == key.lower():
+    """The spec entry for ``section``/``key`` (case-insensitive), or None.
+
+    A key of a section whose spec has a ``__many__`` pattern (``HASynchronize``:
+    one flag per group label) gets that pattern's check under its own name.
+    """
+    pattern = None
+    for s in _entries():
+        if s.section.lower() != section.lower():
+            continue
+        if s.key == MANY:
+            pattern = s
+        elif s.key.lower() == key.lower():
             return s
-    return None
+    return dataclasses.replace(pattern, key=key) if pattern is not None else None
 
 
 def spec_sections() -> list[str]:
     """Section names the spec knows, canonical spelling."""
-    return list(dict.fromkeys(s.section for s in settings()))
+    return list(dict.fromkeys(s.section for s in _entries()))
 
 
 def convert(section: str, key: str, value: str, *, where: str = "") -> SettingValue:
@@ -176,9 +201,21 @@ def convert(section: str, key: str, value: str, *, where: str = "") -> SettingVa
         ) from None
 
 
-def luna_interval_range() -> tuple[int, int]:
-    """Luna's documented (floor, ceiling) for AutoReconnectInterval."""
-    setting = lookup("HAConfiguration", "AutoReconnectInterval")
-    assert setting is not None
+def outside_luna(section: str, key: str, value: SettingValue) -> str | None:
+    """Why a valid value is outside what Luna clients accept, or None.
+
+    Only checks with ``luna_min``/``luna_max`` (the interval) have such a
+    range: hacli honours the value, a Luna client does not.  Write commands
+    refuse it unless ``--force`` is given; ``conf check`` warns.
+    """
+    setting = lookup(section, key)
+    if setting is None or isinstance(value, bool) or not isinstance(value, int):
+        return None
     _n, _a, kwargs, _d = _validator()._parse_with_caching(setting.check)
-    return int(kwargs["luna_min"]), int(kwargs["luna_max"])
+    if "luna_min" not in kwargs:
+        return None
+    lo, hi = int(kwargs["luna_min"]), int(kwargs["luna_max"])
+    if lo <= value <= hi:
+        return None
+    return (f"[{setting.section}] {setting.key} = {value} is outside Luna's {lo}..{hi} s; "
+            f"Luna clients need at least {lo}")

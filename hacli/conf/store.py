@@ -8,9 +8,17 @@ only ever looks at exact file names, so it is never taken for the
 configuration, and the next ``save`` to that directory deletes strays whose
 process is gone.
 
-``edit`` adds a lock (a sibling ``.<name>.lock`` held with :mod:`filelock`) so
-concurrent read-modify-write cycles from several hacli processes do not lose
-each other's changes.
+``edit`` adds a lock so concurrent read-modify-write cycles from several hacli
+processes do not lose each other's changes.  The lock is ``flock(2)`` on the
+configuration file itself (:func:`locked`), not on a lock file beside it: a lock
+file would stay behind after every write (even a refused one), and removing it
+after use is not safe, because a process already waiting on the removed file's
+lock would then hold a lock that nobody else takes, while a third process locks
+a new file of the same name.  Locking the file has the same trap, since
+``save`` replaces the file by a rename: so the holder checks, once it has the
+lock, that the file it locked is still the one at the path, and starts again
+when it is not.  The kernel drops the lock when the process dies, so a killed
+writer never leaves the file locked.
 
 A file or directory whose permission bits grant write access to nobody is
 treated as read-only even for root: an administrator who ran ``chmod a-w`` on a
@@ -20,9 +28,11 @@ configuration meant it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -35,6 +45,8 @@ SYSTEM_CONF = Path("/etc/Chrystoki.conf")
 ENV_CONF_DIR = "ChrystokiConfigurationPath"
 #: How long ``edit`` waits for another process's lock before giving up (seconds).
 LOCK_TIMEOUT = 30.0
+#: How often a waiting writer tries the lock again (seconds, growing to the second).
+_LOCK_POLL = (0.002, 0.05)
 
 _TMP_SUFFIX = ".tmp"
 
@@ -116,33 +128,87 @@ def save(doc: Document, path: str | os.PathLike[str]) -> None:
 def edit(path: str | os.PathLike[str]) -> Iterator[Document]:
     """Lock, load, yield the document, save it if it changed, unlock.
 
-    The lock is ``.<name>.lock`` next to the (symlink-resolved) file, so every
-    hacli process editing the file takes turns.  If the block raises, nothing
-    is written.
+    Every hacli process editing the (symlink-resolved) file takes turns
+    (:func:`locked`).  If the block raises, nothing is written.  No file is
+    left beside the configuration, whatever happens.
     """
-    import filelock  # imported here: only commands that write pay for it
-
     target = Path(os.path.realpath(path))
     _check_dir_writable(target.parent, path)
-    lock = filelock.FileLock(
-        os.fspath(target.parent / f".{target.name}.lock"), timeout=LOCK_TIMEOUT
-    )
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise ConfIOError(
-            f"{os.fspath(path)} is locked by another process (waited {LOCK_TIMEOUT:g} s)"
-        ) from None
-    except OSError as e:
-        raise ConfIOError(f"cannot lock {os.fspath(path)}: {_reason(e)}") from None
-    try:
+    with locked(path):
         doc = load(path)
         before = doc.dumps()
         yield doc
         if doc.dumps() != before:
             save(doc, path)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike[str], timeout: float | None = None) -> Iterator[None]:
+    """Hold the write lock of a configuration file (``flock`` on the file itself).
+
+    Waits up to ``timeout`` (default :data:`LOCK_TIMEOUT`) seconds for another
+    writer, then raises :class:`~hacli.errors.ConfIOError`.  Readers need no
+    lock: ``save`` replaces the file in one rename.  Also removes the
+    ``.<name>.lock`` file that hacli versions before this lock left beside it.
+    """
+    target = Path(os.path.realpath(path))
+    wait = LOCK_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ConfIOError(f"cannot read {os.fspath(path)}: {_reason(e)}") from None
+        try:
+            _flock(fd, deadline, f"{os.fspath(path)} is locked by another process "
+                                 f"(waited {wait:g} s)")
+            if _same_file(fd, target):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # another writer replaced the file while we waited: lock the new one
+    try:
+        # An older hacli still running may hold it; it then excludes only its peers,
+        # as before, and nothing of this version relies on the file.
+        with contextlib.suppress(OSError):
+            os.unlink(legacy_lock_file(target))
+        yield
     finally:
-        lock.release()
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def legacy_lock_file(path: str | os.PathLike[str]) -> Path:
+    """``.<name>.lock`` beside the file, which earlier hacli versions locked and left."""
+    target = Path(os.path.realpath(path))
+    return target.parent / f".{target.name}.lock"
+
+
+def _flock(fd: int, deadline: float, busy: str) -> None:
+    """Take the exclusive lock, trying again until ``deadline`` (time.monotonic);
+    ConfIOError(``busy``) then."""
+    pause = _LOCK_POLL[0]
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            raise ConfIOError(f"cannot lock the file: {_reason(e)}") from None
+        if time.monotonic() >= deadline:
+            raise ConfIOError(busy)
+        time.sleep(pause)  # flock has no timeout of its own
+        pause = min(pause * 2, _LOCK_POLL[1])
+
+
+def _same_file(fd: int, target: Path) -> bool:
+    try:
+        now = os.stat(target)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 def default_lab_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hacli.conf.model_types import HAConfig
+from hacli.conf.model_types import HAConfig, SlotNumber, number_slots
 from hacli.engine import halog
 from hacli.engine.ckr import CKR
 from hacli.engine.exceptions import CKRError
@@ -109,26 +109,31 @@ class Engine:
         m = self.member(serial)
         return next(g for g in self.groups if m in g.members)
 
+    def _numbering(self) -> list[SlotNumber]:
+        return number_slots([g.conf for g in self.groups], self.settings.ha_only)
+
     def _number_slots(self) -> None:
-        n = len(self._members) if not self.settings.ha_only else 0
-        for i, g in enumerate(self.groups):
-            g.slot_id = n + i + 1
+        by_label = {g.label: g for g in self.groups}
+        for n in self._numbering():
+            if n.member is None:
+                by_label[n.group].slot_id = n.slot_id
 
     def slots(self) -> list[SlotInfo]:
-        """Member slots first (hidden with ``HAOnly``), then one HA virtual slot per group."""
+        """Member slots first (hidden with ``HAOnly``), then one HA virtual slot per group
+        (numbered by :func:`hacli.conf.model_types.number_slots`)."""
+        by_label = {g.label: g for g in self.groups}
         out: list[SlotInfo] = []
-        if not self.settings.ha_only:
-            sid = 1
-            for g in self.groups:
-                for m in g.members:
-                    out.append(SlotInfo(slot_id=sid, description="Member Slot", kind="member",
-                                        token_label="", token_serial=m.serial, group=g.label,
-                                        present=m.alive))
-                    sid += 1
-        for g in self.groups:
-            out.append(SlotInfo(slot_id=g.slot_id or 0, description=HA_SLOT_DESCRIPTION,
-                                kind="ha", token_label=g.label, token_serial=g.serial,
-                                group=g.label, present=any(m.alive for m in g.members)))
+        for n in self._numbering():
+            g = by_label[n.group]
+            if n.member is not None:
+                m = self._members[n.member]
+                out.append(SlotInfo(slot_id=n.slot_id, description="Member Slot", kind="member",
+                                    token_label="", token_serial=m.serial, group=g.label,
+                                    present=m.alive))
+            else:
+                out.append(SlotInfo(slot_id=n.slot_id, description=HA_SLOT_DESCRIPTION,
+                                    kind="ha", token_label=g.label, token_serial=g.serial,
+                                    group=g.label, present=any(m.alive for m in g.members)))
         return out
 
     def slot(self, slot_id: int) -> SlotInfo:

@@ -23,6 +23,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from hacli.conf.store import legacy_lock_file
 from hacli.errors import LabError
 from hacli.lab import migrate, servers
 from hacli.lab.create import create_lab
@@ -43,7 +44,6 @@ from hacli.lab.model import (
 from hacli.lab.paths import LabPaths
 from hacli.lab.state import find_record, load_state, save_state
 from hacli.lab.templates import (
-    conf_lock_file,
     update_chrystoki_conf,
     write_chrystoki_conf,
     write_softhsm2_conf,
@@ -370,5 +370,6 @@ class Lab(LabPaths):
         if state is not None and state.get("created_dir"):
             shutil.rmtree(self.directory)
             return
-        for path in [*self.own_entries(), conf_lock_file(self), self.lock_file]:
+        # legacy_lock_file: what hacli versions before store.locked left beside the file
+        for path in [*self.own_entries(), legacy_lock_file(self.conf_path), self.lock_file]:
             remove(path)

@@ -14,8 +14,6 @@ import os
 import re
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from hacli.conf import store
 from hacli.conf.document import Document
 from hacli.errors import ConfError, LabError
@@ -171,17 +169,10 @@ def update_chrystoki_conf(paths: LabPaths, members: list[LabMember], client: str
     try:
         if not _updated(_text(path), members, client, str(path))[1]:
             return []
-        lock = FileLock(str(conf_lock_file(paths)), timeout=store.LOCK_TIMEOUT)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise LabError(f"{path} is locked by another process") from None
-        try:
+        with store.locked(path):  # the lock `hacli hagroup` edits take
             doc, notes = _updated(_text(path), members, client, str(path))  # again, locked
             if notes:
                 store.save(doc, path)
-        finally:
-            lock.release()
     except ConfError as exc:
         raise LabError(f"cannot update {path}: {exc}") from None
     return [f"{path.name}: {note}" for note in notes]
@@ -190,9 +181,3 @@ def update_chrystoki_conf(paths: LabPaths, members: list[LabMember], client: str
 def _text(path: Path) -> str:
     # store.load: the same decoding and errors as every other reader of the file
     return store.load(path).dumps().decode("utf-8")
-
-
-def conf_lock_file(paths: LabPaths) -> Path:
-    """The lock ``hacli.conf.store.edit`` takes for the lab's ``Chrystoki.conf``."""
-    target = Path(os.path.realpath(paths.conf_path))
-    return target.parent / f".{target.name}.lock"
