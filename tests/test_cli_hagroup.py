@@ -186,3 +186,180 @@ def test_installed_hacli_hagroup(tmp_path: Path) -> None:
     assert "reconnAtt = 0;" in conf.read_text()
     res = run_process("--conf", str(conf), "hagroup", "retry", "--count", "x")
     assert_one_error_line(res, 2)
+
+
+# -- one validation: what readers refuse, writers never write ---------------------
+
+#: The example file with a second group that lists a member of the first one,
+#: as `creategroup --members 599447001` wrote it before the write check.
+SHARED_MEMBER = NO_HACONF + (
+    b"VirtualToken = {\n   VirtualToken01Label = second;\n   VirtualToken01SN = 77;\n"
+    b"   VirtualToken01Members = 599447001;\n}\n")
+
+
+@pytest.mark.parametrize(
+    ("setup", "args"),
+    [
+        ([], ["creategroup", "--label", "second", "--serial", "77", "--members", "599447001"]),
+        ([], ["creategroup", "--label", "second", "--serial", "77", "--members",
+              "5,599447001", "--no-transport-key"]),
+        (["creategroup", "--label", "second", "--members", "5", "--no-transport-key"],
+         ["addmember", "--group", "second", "--serial", "599447001"]),
+    ],
+)
+def test_a_member_of_another_group_is_refused_at_write_time(
+    tmp_path: Path, setup: list[str], args: list[str]
+) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    if setup:
+        assert run("--conf", str(conf), "hagroup", *setup).code == 0
+    before = conf.read_bytes()
+    res = run("--conf", str(conf), "hagroup", *args)
+    assert_one_error_line(res, 2)
+    assert ("member 599447001 of group second is already a member of group myHAgroup"
+            in res.err)
+    assert "transport key" not in res.err  # refused before any member was touched
+    assert conf.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Chrystoki.conf"]  # no lock file
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["hagroup", "listgroups"],
+        ["hagroup", "listgroups", "--no-probe", "--json"],
+        ["ha", "status"],
+        ["hagroup", "synchronize", "--dry-run"],
+        ["hagroup", "haonly", "--show"],
+        ["hagroup", "retry", "--count", "3"],
+        ["conf", "show"],
+    ],
+)
+def test_every_reader_refuses_a_member_in_two_groups_the_same_way(tmp_path: Path,
+                                                                  args: list[str]) -> None:
+    conf = write(tmp_path, SHARED_MEMBER)
+    res = run("--conf", str(conf), *args, env={"HACLI_PIN": "unused"})
+    assert_one_error_line(res, 1)
+    line = SHARED_MEMBER.count(b"\n", 0, SHARED_MEMBER.index(b"VirtualToken01Members")) + 1
+    assert res.err == (f"Error: {conf}:{line}: member 599447001 of group second is already a "
+                       "member of group myHAgroup (a member belongs to one HA group)\n")
+    assert conf.read_bytes() == SHARED_MEMBER
+
+
+def test_conf_check_reports_a_member_in_two_groups_as_an_error(tmp_path: Path) -> None:
+    conf = write(tmp_path, SHARED_MEMBER)
+    res = run("--conf", str(conf), "conf", "check", "--json")
+    assert res.code == 1
+    found = json.loads(res.out)["findings"]
+    assert [(f["severity"], f["key"]) for f in found] == [("error", "VirtualToken01Members")]
+
+
+@pytest.mark.parametrize(
+    ("group", "needle"),
+    [
+        (b"   VirtualToken00Label = lonely;\n", "group lonely has no members"),
+        (b"   VirtualToken00Members = 1,2;\n", "has no VirtualToken00Label"),
+        (b"   VirtualToken00Label = g;\n   VirtualToken00Members = ,,;\n",
+         "group g has no members"),
+        (b"   VirtualToken00Label = g;\n   VirtualToken00Members = 1,a b,{x;\n",
+         "member 'a b' of group g is not a serial number"),
+    ],
+)
+def test_a_malformed_group_entry_makes_readers_exit_1(tmp_path: Path, group: bytes,
+                                                      needle: str) -> None:
+    data = b"VirtualToken = {\n" + group + b"}\n"
+    conf = write(tmp_path, data)
+    for args in (["hagroup", "listgroups"], ["ha", "status"]):
+        res = run("--conf", str(conf), *args)
+        assert_one_error_line(res, 1)
+        assert f"{conf}:2: " in res.err or f"{conf}:3: " in res.err
+        assert needle in res.err
+    assert run("--conf", str(conf), "conf", "check").code == 1
+    assert conf.read_bytes() == data
+
+
+def test_the_interval_rule_is_the_same_for_hagroup_and_conf_set(tmp_path: Path) -> None:
+    conf = write(tmp_path, WITH_HACONF)
+    c = ["--conf", str(conf)]
+    by_hagroup = run(*c, "hagroup", "retry", "--interval", "59")
+    by_conf_set = run(*c, "conf", "set", "HAConfiguration", "AutoReconnectInterval", "59")
+    assert_one_error_line(by_hagroup, 2)
+    assert by_conf_set.err == by_hagroup.err
+    assert "outside Luna's 60..1200 s" in by_hagroup.err and "--force" in by_hagroup.err
+    assert conf.read_bytes() == WITH_HACONF
+    forced = run(*c, "hagroup", "interval", "--interval", "59", "--force")
+    assert forced.code == 0 and "Warning:" in forced.err and "written with --force" in forced.err
+    # once written with --force, other changes leave it alone (no new problem)
+    assert run(*c, "hagroup", "retry", "--count", "4").code == 0
+    assert b"AutoReconnectInterval  =  59;" in conf.read_bytes()
+
+
+def test_synchronize_enable_disable_sets_hasynchronize(tmp_path: Path) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    c = ["--conf", str(conf), "hagroup", "synchronize"]
+    res = run(*c, "--group", "MYHAGROUP", "--disable")
+    assert res.code == 0, res.err
+    assert res.out.splitlines() == ["HA group myHAgroup: synchronization disabled",
+                                    f"Wrote {conf}"]
+    assert conf.read_bytes() == NO_HACONF.replace(b"myHAgroup = 1;", b"myHAgroup = 0;")
+    listing = json.loads(run("--conf", str(conf), "hagroup", "listgroups", "--no-probe",
+                             "--json").out)
+    assert listing["groups"][0]["synchronization"] is False
+    res = run(*c, "--group", "myHAgroup", "--enable", "--json")
+    assert json.loads(res.out)["group"]["synchronization"] is True
+    assert conf.read_bytes() == NO_HACONF
+    # a group without an HASynchronize entry gets one
+    assert run("--conf", str(conf), "conf", "set", "VirtualToken", "VirtualToken01Label",
+               "other").code == 2  # no members: never written
+    assert run("--conf", str(conf), "hagroup", "creategroup", "--label", "other",
+               "--members", "42", "--no-transport-key").code == 0
+    assert run("--conf", str(conf), "hagroup", "deletegroup", "--label", "myHAgroup").code == 0
+    assert run(*c, "--group", "other", "--disable").code == 0
+    assert "other = 0;" in conf.read_text()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--enable"],
+        ["--group", "myHAgroup", "--enable", "--disable"],
+        ["--group", "myHAgroup", "--enable", "--dry-run"],
+        ["--group", "nosuch", "--disable"],
+    ],
+)
+def test_synchronize_enable_disable_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    assert_one_error_line(run("--conf", str(conf), "hagroup", "synchronize", *args), 2)
+    assert conf.read_bytes() == NO_HACONF
+
+
+def test_listgroups_numbers_group_slots_as_the_menu_does(tmp_path: Path) -> None:
+    from hacli.conf.model import load_config
+    from hacli.conf.store import load
+    from hacli.engine import Engine
+
+    conf = write(tmp_path, NO_HACONF)
+    c = ["--conf", str(conf)]
+    assert run(*c, "hagroup", "creategroup", "--label", "second", "--members", "111",
+               "--no-transport-key").code == 0
+
+    def slot_ids() -> list[tuple[str, int]]:
+        res = run(*c, "hagroup", "listgroups", "--no-probe", "--json")
+        return [(g["label"], g["slot_id"]) for g in json.loads(res.out)["groups"]]
+
+    assert slot_ids() == [("myHAgroup", 4), ("second", 5)]  # after the 3 member slots
+    menu = run(*c, "ckdemo", input="52\n")
+    assert "slot#4 - HA Virtual Card Slot\nslot#5 - HA Virtual Card Slot\n" in menu.out
+    with Engine(load_config(load(conf))) as engine:
+        assert [(s.group, s.slot_id) for s in engine.slots() if s.kind == "ha"] == slot_ids()
+    assert "HA Group Slot ID : 5" in run(*c, "hagroup", "listgroups", "--no-probe").out
+    assert run(*c, "hagroup", "haonly", "--enable").code == 0  # no member slots listed
+    assert slot_ids() == [("myHAgroup", 1), ("second", 2)]
+
+
+def test_listgroups_shows_needs_sync_only_with_a_pin(tmp_path: Path) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    for args in (["hagroup", "listgroups"], ["hagroup", "listgroups", "--no-probe"]):
+        res = run("--conf", str(conf), *args, env={"HACLI_PIN": None})  # type: ignore[dict-item]
+        assert res.code == 0, res.err
+        assert "Needs sync" not in res.out
