@@ -145,3 +145,96 @@ def test_installed_hacli_conf(tmp_path: Path) -> None:
     conf.write_bytes(CHECK_ME)
     res = run_process("--conf", str(conf), "conf", "check", "--json")
     assert res.code == 1 and json.loads(res.out)["errors"] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["HAConfiguration", "AutoReconnectInterval", "59"], "add --force to write it anyway"),
+        (["HAConfiguration", "AutoReconnectInterval", "0", "--force"], "1..86400"),
+        (["HAConfiguration", "HAOnly", "yes"], "allowed: 0 or 1"),
+        (["HAConfiguration", "HAOnly", "yes", "--force"], "allowed: 0 or 1"),
+        (["HAConfiguration", "AutoReconectInterval", "60"],
+         "did you mean AutoReconnectInterval? (add --force"),
+        (["HAConfigration", "reconnAtt", "3"], "did you mean HAConfiguration?"),
+        (["VirtualToken", "VirtualToken00Members", ",,"], "group myHAgroup has no members"),
+        (["VirtualToken", "VirtualToken00Members", "1,a b"], "is not a serial number"),
+        (["VirtualToken", "VirtualToken01Label", "g2"], "group g2 has no members"),
+        (["VirtualToken", "VirtualToken00Label", "bad=label"], "not a valid group label"),
+        (["HASynchronize", "myHAgroup", "on"], "allowed: 0 or 1"),
+        (["HASynchronize", "nosuchgroup", "1"], "unknown group 'nosuchgroup'"),
+        (["hacli", "Member00Serial", "599447001"], "needs both Member00Serial and"),
+        (["LunaSA Client", "ReceiveTimeout", "5"], "an integer 100..3600000"),
+    ],
+)
+def test_conf_set_applies_the_checks_readers_apply(tmp_path: Path, args: list[str],
+                                                   needle: str) -> None:
+    conf = tmp_path / "Chrystoki.conf"
+    conf.write_bytes(EXAMPLE.read_bytes())
+    res = run("--conf", str(conf), "conf", "set", *args)
+    assert_one_error_line(res, 2)
+    assert needle in res.err
+    assert conf.read_bytes() == EXAMPLE.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Chrystoki.conf"]  # no lock file
+
+
+def test_conf_set_force_writes_what_luna_would_refuse_with_a_warning(tmp_path: Path) -> None:
+    conf = tmp_path / "Chrystoki.conf"
+    conf.write_bytes(EXAMPLE.read_bytes())
+    c = ["--conf", str(conf), "conf"]
+    res = run(*c, "set", "HAConfiguration", "AutoReconectInterval", "60", "--force")
+    assert res.code == 0 and "Warning: unknown HA key 'AutoReconectInterval'" in res.err
+    res = run(*c, "set", "HAConfiguration", "AutoReconnectInterval", "5", "--force")
+    assert res.code == 0 and "written with --force" in res.err
+    assert run(*c, "check").code == 0  # warnings only: the file stays readable
+    assert json.loads(run("--conf", str(conf), "hagroup", "listgroups", "--no-probe",
+                          "--json").out)["settings"]["interval"] == 5
+
+
+def test_conf_set_mends_a_broken_file_but_adds_nothing_new(tmp_path: Path) -> None:
+    conf = tmp_path / "Chrystoki.conf"
+    conf.write_bytes(CHECK_ME)
+    c = ["--conf", str(conf), "conf"]
+    assert_one_error_line(run("--conf", str(conf), "hagroup", "retry", "--count", "3"), 1)
+    assert run(*c, "set", "HAConfiguration", "reconnAtt", "5").code == 0  # one error fewer
+    before = conf.read_bytes()
+    assert_one_error_line(run(*c, "set", "HAConfiguration", "logLen", "1"), 2)
+    assert conf.read_bytes() == before
+    assert run(*c, "set", "HAConfiguration", "haLogStatus", "enabled").code == 0
+    assert run(*c, "set", "VirtualToken", "VirtualToken00Members", "1,2").code == 0
+    assert json.loads(run(*c, "check", "--json").out)["errors"] == 0
+
+
+def test_conf_show_prints_flags_as_the_file_does(tmp_path: Path) -> None:
+    conf = tmp_path / "Chrystoki.conf"
+    conf.write_bytes(EXAMPLE.read_bytes())
+
+    def shown(key: str) -> list[str]:
+        out = run("--conf", str(conf), "conf", "show").out
+        return next(line.split() for line in out.splitlines() if f" {key} " in line)
+
+    assert shown("HAOnly") == ["HAConfiguration", "HAOnly", "0", "default"]
+    assert run("--conf", str(conf), "hagroup", "haonly", "--enable").code == 0
+    assert shown("HAOnly") == ["HAConfiguration", "HAOnly", "1", "file"]
+    data = json.loads(run("--conf", str(conf), "conf", "show", "--json").out)
+    ha_only = next(s for s in data["settings"] if s["key"] == "HAOnly")
+    assert (ha_only["value"], ha_only["text"]) == (True, "1")
+
+
+def test_no_lock_file_is_left_beside_the_configuration(tmp_path: Path) -> None:
+    conf = tmp_path / "Chrystoki.conf"
+    conf.write_bytes(EXAMPLE.read_bytes())
+    legacy = tmp_path / ".Chrystoki.conf.lock"  # what earlier versions left behind
+    legacy.write_bytes(b"")
+    c = ["--conf", str(conf)]
+    assert run(*c, "hagroup", "retry", "--count", "3").code == 0
+    assert run(*c, "hagroup", "retry", "--count", "3").code == 0  # nothing to change
+    assert_one_error_line(run(*c, "hagroup", "retry", "--count", "900"), 2)
+    assert_one_error_line(run(*c, "conf", "set", "HAConfiguration", "HAOnly", "2"), 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Chrystoki.conf"]
+
+
+def test_the_example_configuration_claims_no_use_it_does_not_have() -> None:
+    header = EXAMPLE.read_text().splitlines()[0]
+    demo = (EXAMPLE.parents[2] / "scripts" / "demo.py").read_text()
+    assert "make demo" not in header or "docs/examples" in demo, header
