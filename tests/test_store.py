@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -293,7 +294,51 @@ def test_concurrent_edits_lose_nothing(conf: Path) -> None:
         f"Worker{n:02}": str(n) for n in range(20)
     }
     assert doc.get("HAConfiguration", "reconnAtt") == "-1"
-    assert temps(conf.parent) == []
+    assert sorted(p.name for p in conf.parent.iterdir()) == [conf.name]  # no temp, no lock
+
+
+def test_a_writer_that_waited_on_a_replaced_file_locks_the_new_one(
+    conf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``save`` replaces the file, so a writer that was waiting for the old file's
+    lock must not take that lock for the file's: a third writer may hold the
+    new file's lock by then."""
+    waiter_tries = threading.Semaphore(0)  # one release per file the waiter tries to lock
+    entered, leave = threading.Event(), threading.Event()
+    real_flock = store._flock
+
+    def counted_flock(fd: int, deadline: float, busy: str) -> None:
+        if threading.current_thread().name == "waiter":
+            waiter_tries.release()
+        real_flock(fd, deadline, busy)
+
+    def waiter() -> None:
+        with store.locked(conf):
+            entered.set()
+            leave.wait(30)
+
+    monkeypatch.setattr(store, "_flock", counted_flock)
+    thread = threading.Thread(target=waiter, name="waiter")
+    with store.locked(conf):
+        thread.start()
+        assert waiter_tries.acquire(timeout=10)  # waiting on the file as it is now
+        store.save(Document.parse(conf.read_bytes() + b"# replaced\n"), conf)
+        third = store.locked(conf)  # another writer takes the new file's lock ...
+        third.__enter__()
+    try:  # ... and the old file's lock is free now: the waiter must see the file changed
+        assert waiter_tries.acquire(timeout=10), "the waiter never looked at the new file"
+        assert not entered.is_set()
+    finally:
+        third.__exit__(None, None, None)
+    assert entered.wait(10)
+    leave.set()
+    thread.join(10)
+
+
+def test_lock_timeout_names_the_file(conf: Path) -> None:
+    with (store.locked(conf), pytest.raises(ConfIOError, match=r"locked by another process "
+                                            r"\(waited 0.05 s\)"), store.locked(conf, 0.05)):
+        pass
 
 
 # -- discovery ----------------------------------------------------------------------
