@@ -27,6 +27,8 @@ def test_listgroups_shows_live_member_status(healthy_lab: Lab) -> None:
     assert [m["status"] for m in members] == ["alive", "down"]
     human = run_process("--conf", str(healthy_lab.conf_path), "hagroup", "listgroups")
     assert "member0" in human.out and "down" in human.out
+    assert "HA Group Slot ID : 3" in human.out  # as the menu numbers it: slot#3
+    assert "Needs sync : " in human.out  # the lab's PIN is a PIN source
     offline = run_process("--conf", str(healthy_lab.conf_path), "hagroup", "listgroups",
                           "--no-probe", "--json")
     assert {m["status"] for m in json.loads(offline.out)["groups"][0]["members"]} == {"unknown"}

@@ -7,7 +7,7 @@ from clihelpers import EXAMPLE, run
 
 from hacli.conf.document import Document
 from hacli.conf.model import load_config
-from hacli.conf.model_types import HASettings, MemberLocation
+from hacli.conf.model_types import GroupConf, HASettings, MemberLocation, number_slots
 from hacli.errors import ConfFileError
 
 
@@ -56,3 +56,23 @@ def test_ha_status_explains_unreachable_members() -> None:
     res = run("--conf", str(EXAMPLE), "ha", "status", env={"XDG_STATE_HOME": "/nonexistent"})
     assert res.code == 4
     assert "libCryptoki2_64.so not found" in res.out
+
+
+def test_slots_are_numbered_members_first_then_one_per_group() -> None:
+    groups = (GroupConf(0, "a", "1x", ("x", "y")), GroupConf(1, "b", "1z", ("z",)))
+    assert [(n.slot_id, n.group, n.member) for n in number_slots(groups)] == [
+        (1, "a", "x"), (2, "a", "y"), (3, "b", "z"), (4, "a", None), (5, "b", None)]
+    assert [(n.slot_id, n.group, n.member) for n in number_slots(groups, ha_only=True)] == [
+        (1, "a", None), (2, "b", None)]
+
+
+def test_lab_dir_and_synchronize_flags_come_from_the_validated_model() -> None:
+    config = config_of(
+        "VirtualToken = {\n   VirtualToken00Label = g;\n   VirtualToken00Members = a;\n"
+        "   VirtualToken01Label = h;\n   VirtualToken01Members = b;\n}\n"
+        "HASynchronize = {\n   G = 1;\n   h = 0;\n}\nhacli = {\n   LabDir = /lab;\n}\n")
+    assert config.lab_dir == "/lab"
+    assert [(g.label, g.synchronize) for g in config.groups] == [("g", True), ("h", False)]
+    assert config_of("Misc = {\n}\n").lab_dir is None
+    with pytest.raises(ConfFileError, match=r":2: \[HASynchronize\] g = 'yes' is invalid"):
+        config_of("HASynchronize = {\n   g = yes;\n}\n")
