@@ -83,8 +83,10 @@ def man_page() -> str:
             out += [".TP", f"\\fB{_roff(record[0])}\\fR", _roff(record[1] or "")]
     out += [
         ".SH EXIT STATUS",
-        "0 success; 1 the operation failed; 2 usage error or invalid value (nothing was",
-        "changed); ha status only: 3 degraded (a member is down), 4 group down.",
+        "0 success; 1 the operation failed (also: a configuration file that cannot be",
+        "parsed or breaks a rule, found when reading it); 2 usage error or a value",
+        "refused before it was written (nothing was changed); ha status only: 3 degraded",
+        "(a member is down), 4 group down.",
         ".SH FILES",
         "Configuration discovery, first that exists: \\-\\-conf PATH;",
         "$ChrystokiConfigurationPath/Chrystoki.conf (or crystoki.ini there);",

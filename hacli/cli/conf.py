@@ -69,12 +69,12 @@ def get(section: str, key: str) -> int:
 def set_cmd(section: str, key: str, value: str, force: bool) -> None:
     """Set KEY in SECTION to VALUE (Luna configurator's setValue).
 
-    The file as it would be written is checked as `conf check` and every
-    reader check it: a value that would make it unreadable is refused (exit
-    2, nothing written); an unknown or misspelt HA key (with the spelling it
-    may mean) or an interval outside Luna's range needs --force.  A file that
-    already has problems can be mended with it: only new problems are
-    refused.  The section is created when it is missing.
+    The file as it would be written is checked the way `conf check` and
+    every reader check a file: a value that would make it unreadable is
+    refused (exit 2, nothing written); an unknown or misspelt HA key (with
+    the spelling it may mean) or an interval outside Luna's range needs
+    --force.  A file that already has problems can be mended with it: only
+    new problems are refused.  The section is created when it is missing.
     """
     ctx = app()
     with ctx.edit(force=force, repair=True) as doc:
