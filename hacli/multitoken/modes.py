@@ -53,8 +53,11 @@ class Prepared:
 
 def _keypair(target: Any, ops: Any, key_type: KeyType, label: str, **kw: Any) -> tuple[Any, Any]:
     priv = target.find_key(label, ObjectClass.PRIVATE_KEY)
-    pub = target.find_key(label, ObjectClass.PUBLIC_KEY)
+    pub = target.find_key(label, ObjectClass.PUBLIC_KEY) if priv is not None else None
     if priv is None or pub is None:
+        # half a pair, or copies on some members only: made again, whole
+        for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            target.discard(label, cls)
         pub, priv = target.generate_keypair(key_type, label, **kw)
     return pub, priv
 
@@ -100,6 +103,7 @@ def aesenc(target: Any, ops: Any) -> Prepared:
     label = KEY_LABELS["aesenc"]
     key = target.find_key(label, ObjectClass.SECRET_KEY)
     if key is None:
+        target.discard(label, ObjectClass.SECRET_KEY)  # copies on some members only
         key = target.generate_key(KeyType.AES, 256, label)
     mech, iv = Mechanism.AES_CBC, IV
     if mech not in target.mechanisms():
