@@ -53,7 +53,8 @@ class Spelling:
 SPELLINGS: tuple[Spelling, ...] = (
     Spelling(("-serialnumber", "-se", "-serial"), "--serial"),
     Spelling(("-serialnumber", "-se"), "--members", ("hagroup creategroup",),
-             "lunacm's creategroup names the group's first member"),
+             "lunacm's creategroup names the group's first member (there `-serial` is "
+             "not an alias: `--serial` is the group's own serial)"),
     Spelling(("-group", "-g"), "--group"),
     Spelling(("-label", "-l"), "--label"),
     Spelling(("-slot", "-sl"), "--slot"),
@@ -66,8 +67,8 @@ SPELLINGS: tuple[Spelling, ...] = (
     Spelling(("-mode",), "--mode"),
     Spelling(("-path",), "--path"),
     Spelling(("-maxlength",), "--maxlength"),
-    Spelling(("-password", "-p"), REFUSED, note="refused: hacli never takes a PIN on the "
-             "command line; use --pin-file FILE, $HACLI_PIN or the hidden prompt"),
+    Spelling(("-password", "-p"), REFUSED, note="refused (exit 2): hacli never takes a PIN "
+             "on the command line; use `--pin-file FILE`, `$HACLI_PIN` or the hidden prompt"),
 )
 
 PASSWORD_REFUSED = ("hacli never takes a PIN on the command line (any user can read it in "
@@ -129,7 +130,9 @@ def markdown_table(rows: Iterable[Spelling] = SPELLINGS) -> str:
     for s in rows:
         names = ", ".join(f"`{n}`" for n in s.luna)
         option = f"`{s.option}`" if s.option != REFUSED else "—"
-        where = ", ".join(f"`{c}`" for c in s.commands) or "every command with that option"
+        everywhere = ("every command that takes a PIN" if s.option == REFUSED
+                      else "every command with that option")
+        where = ", ".join(f"`{c}`" for c in s.commands) or everywhere
         if s.note:
             where = f"{where}; {s.note}"
         out.append(f"| {names} | {option} | {where} |")

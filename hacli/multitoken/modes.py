@@ -46,8 +46,8 @@ class Prepared:
     """A mode ready to run: ``op(ops)`` does one operation and checks it."""
 
     op: Callable[[Any], None]
-    #: Checks run after the timed part; returns the number of wrong answers.
-    after: Callable[[Any], int] = lambda ops: 0
+    #: Checks run after the timed part (None: none); returns the number of wrong answers.
+    after: Callable[[Any], int] | None = None
     notes: list[str] = field(default_factory=list)
 
 

@@ -107,7 +107,7 @@ def run(target: Any, mode: str, threads: int, seconds: float,
     start = threading.Barrier(threads + 1, action=go)
 
     def count(errors: dict[str, int], e: BaseException) -> None:
-        name = getattr(e, "ckr", None) or type(e).__name__
+        name = _error_name(e)
         errors[name] = errors.get(name, 0) + 1
 
     def work() -> None:
@@ -132,9 +132,7 @@ def run(target: Any, mode: str, threads: int, seconds: float,
         with lock:
             result.latencies_ms += lat
             result.ops += len(lat)
-            for k, v in errors.items():
-                result.error_kinds[k] = result.error_kinds.get(k, 0) + v
-                result.errors += v
+            record(result, errors)
 
     pool = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
     with _ctrl_c_stops(stop):
@@ -151,9 +149,27 @@ def run(target: Any, mode: str, threads: int, seconds: float,
     result.per_member = {s: after.get(s, 0) - before.get(s, 0) for s in after}
     if result.interrupted:
         return result
-    with target.worker() as ops:
-        wrong = prepared.after(ops)
+    if prepared.after is None:
+        return result
+    try:
+        with target.worker() as ops:
+            wrong = prepared.after(ops)
+    except Exception as e:  # e.g. every member down by now: the sample is unchecked
+        result.notes.append("the checks after the run could not be made")
+        record(result, {_error_name(e): 1})
+        return result
     if wrong:
-        result.errors += wrong
-        result.error_kinds["WrongAnswer"] = result.error_kinds.get("WrongAnswer", 0) + wrong
+        record(result, {"WrongAnswer": wrong})
     return result
+
+
+def _error_name(e: BaseException) -> str:
+    """How an error is counted: its CKR name, else its class."""
+    return getattr(e, "ckr", None) or type(e).__name__
+
+
+def record(result: Result, errors: dict[str, int]) -> None:
+    """Add counted errors to ``result``."""
+    for k, v in errors.items():
+        result.error_kinds[k] = result.error_kinds.get(k, 0) + v
+        result.errors += v
