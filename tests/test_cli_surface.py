@@ -137,32 +137,31 @@ def _no_lab_pin(lab: Lab, tmp_path: Path) -> Path:
     return conf
 
 
-def _spawn(*args: str, cwd: Path) -> pexpect.spawn:
+def _at_the_pin_prompt(lab: Lab, tmp_path: Path, key: str) -> pexpect.spawn:
+    """``hacli multitoken`` in a terminal, asked for a PIN; ``key`` is sent at the
+    prompt (``intr``: Ctrl-C, ``eof``: Ctrl-D) and the run waited for."""
+    conf = _no_lab_pin(lab, tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("HACLI_PIN", "HACLI_SO_PIN")}
-    return pexpect.spawn(HACLI, list(args), env=env, cwd=str(cwd), encoding="utf-8",
-                         timeout=30)
+    child = pexpect.spawn(HACLI, ["--conf", str(conf), "multitoken", "--seconds", "0.2"],
+                          env=env, cwd=str(tmp_path), encoding="utf-8", timeout=30)
+    child.expect_exact("Enter PIN: ")
+    if key == "intr":
+        child.sendintr()
+    else:
+        child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert "Aborted" not in child.before and "Traceback" not in child.before
+    return child
 
 
 def test_ctrl_c_at_a_prompt_exits_130_quietly(lab: Lab, tmp_path: Path) -> None:
-    conf = _no_lab_pin(lab, tmp_path)
-    child = _spawn("--conf", str(conf), "multitoken", "--seconds", "0.2", cwd=tmp_path)
-    child.expect_exact("Enter PIN: ")
-    child.sendintr()
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 130
-    assert "Aborted" not in child.before and "Traceback" not in child.before
-    assert "Error" not in child.before
+    child = _at_the_pin_prompt(lab, tmp_path, "intr")
+    assert child.exitstatus == 130 and "Error" not in child.before
 
 
 def test_end_of_input_at_a_prompt_is_one_error_line(lab: Lab, tmp_path: Path) -> None:
-    conf = _no_lab_pin(lab, tmp_path)
-    child = _spawn("--conf", str(conf), "multitoken", "--seconds", "0.2", cwd=tmp_path)
-    child.expect_exact("Enter PIN: ")
-    child.sendeof()
-    child.expect(pexpect.EOF)
-    child.close()
+    child = _at_the_pin_prompt(lab, tmp_path, "eof")
     assert child.exitstatus == 1
     errors = [line for line in child.before.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "end of input" in errors[0]
-    assert "Aborted" not in child.before and "Traceback" not in child.before
