@@ -8,8 +8,9 @@ those spellings to hacli's GNU options; :func:`add_spellings` gives every
 command that has the GNU option the lunacm spellings of it as aliases, so they
 show in ``--help`` and a new command gets them by naming its options as the
 others do.  The entry point applies it to each command tree as it is loaded
-(:class:`hacli.cli.main.LazyGroup`); the README's table is generated from
-:data:`SPELLINGS` (:func:`markdown_table`).
+(:func:`hacli.cli.main.prepare`); the README's table and the man page are
+generated from :data:`SPELLINGS` (:func:`markdown_table`,
+``scripts/gen_completions.py``).
 
 lunacm's ``-password`` is the one spelling hacli refuses: a PIN on the command
 line is readable by every user of the machine (process list, shell history),
