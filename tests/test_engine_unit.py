@@ -218,6 +218,11 @@ def test_halog_writes_each_member_state_once_across_writers(tmp_path) -> None:
     (tmp_path / ".haErrorLog.state").write_text("{not json")
     assert first.event("grp", "1234", "failed", "CKR_DEVICE_ERROR")
     assert second.event("grp", "1234", "failed", "CKR_DEVICE_ERROR") == ""
+    # one that cannot be opened keeps no state: events are written, as before
+    (tmp_path / ".haErrorLog.state").unlink()
+    (tmp_path / ".haErrorLog.state").mkdir()
+    assert first.event("grp", "1234", "failed", "CKR_DEVICE_ERROR")
+    assert second.event("grp", "1234", "failed", "CKR_DEVICE_ERROR")
 
 
 def test_halog_seen_up_without_any_failure_writes_nothing(tmp_path) -> None:

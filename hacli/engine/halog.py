@@ -129,8 +129,13 @@ class HALog:
     def _states(self) -> Iterator[dict[str, str]]:
         """The members' last logged states, locked against other processes for
         the block and written back if it changed them.  A damaged file counts
-        as empty: at worst one state event is logged twice."""
-        fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT, 0o644)
+        as empty: at worst one state event is logged twice; one that cannot be
+        opened (another user's, read-only) keeps no state: every event is written."""
+        try:
+            fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield {}
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = b""
