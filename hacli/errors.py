@@ -18,6 +18,7 @@ class ExitStatus(enum.IntEnum):
     USAGE = 2  # usage error or invalid value: nothing was changed
     DEGRADED = 3  # `ha status` only: a member is down, the group serves
     GROUP_DOWN = 4  # `ha status` only: no member serves
+    INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, as shells report it
 
 
 class HacliError(Exception):

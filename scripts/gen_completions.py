@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate completions/ and man/hacli.1 from the click application.
+"""Generate completions/, man/hacli.1 and the README's lunacm table from the application.
 
     python scripts/gen_completions.py           # write the files
     python scripts/gen_completions.py --check   # exit 1 if a committed file is stale
@@ -7,7 +7,8 @@
 Completions are click's own shell-completion sources (they call back into
 ``hacli`` at completion time, so they never go stale for options); the man page
 is rendered from the same command tree by a small roff writer, so that both
-always describe the installed application.
+always describe the installed application.  The README's table of lunacm's
+option spellings is :func:`hacli.cli.luna.markdown_table`, between its markers.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hacli import __version__  # noqa: E402
+from hacli.cli import luna  # noqa: E402
 from hacli.cli.main import cli  # noqa: E402
 
 COMPLETIONS = {"bash": "hacli.bash", "zsh": "_hacli", "fish": "hacli.fish"}
+README = ROOT / "README.md"
+#: The README's generated block: from the end of the first marker's line to the second.
+LUNA_BEGIN, LUNA_END = "<!-- lunacm-spellings:", "<!-- /lunacm-spellings -->"
 
 
 def completion_source(shell: str) -> str:
@@ -86,7 +91,15 @@ def man_page() -> str:
         "0 success; 1 the operation failed (also: a configuration file that cannot be",
         "parsed or breaks a rule, found when reading it); 2 usage error or a value",
         "refused before it was written (nothing was changed); ha status only: 3 degraded",
-        "(a member is down), 4 group down.",
+        "(a member is down), 4 group down;",
+        "130 interrupted by Ctrl\\-C.",
+        ".SH LUNACM SPELLINGS",
+        "lunacm's single\\-dash option names are accepted as aliases, whatever the case:",
+        *[line for row in luna.SPELLINGS if row.option != luna.REFUSED for line in (
+            ".TP", _roff(", ".join(row.luna)),
+            _roff(row.option + (f" (in {', '.join(row.commands)})" if row.commands else "")))],
+        ".TP", "\\-password, \\-p",
+        "refused: hacli takes no PIN on the command line (\\-\\-pin\\-file, $HACLI_PIN, a prompt).",
         ".SH FILES",
         "Configuration discovery, first that exists: \\-\\-conf PATH;",
         "$ChrystokiConfigurationPath/Chrystoki.conf (or crystoki.ini there);",
@@ -97,10 +110,18 @@ def man_page() -> str:
     return "\n".join(out) + "\n"
 
 
+def readme() -> str:
+    """README.md with its lunacm table regenerated from :data:`hacli.cli.luna.SPELLINGS`."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("\n", text.index(LUNA_BEGIN)) + 1
+    return text[:start] + luna.markdown_table() + text[text.index(LUNA_END, start):]
+
+
 def expected() -> dict[Path, str]:
     """Every generated file and its content."""
     files = {ROOT / "completions" / name: completion_source(sh) for sh, name in COMPLETIONS.items()}
     files[ROOT / "man" / "hacli.1"] = man_page()
+    files[README] = readme()
     return files
 
 

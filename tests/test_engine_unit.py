@@ -189,6 +189,48 @@ def test_halog_format_and_rotation(tmp_path) -> None:
         log.event("grp", "1", "exploded")
 
 
+def test_halog_writes_each_member_state_once_across_writers(tmp_path) -> None:
+    """Issue 10: every `ha status` process starts an engine that finds the dead
+    member and logs `failed`; the log keeps each member's last logged state so
+    that the failure is logged once.  Two HALog objects stand for two processes
+    (they share nothing but the directory)."""
+    first, second = HALog(tmp_path), HALog(tmp_path)
+
+    def events() -> list[str]:
+        return [" ".join(line.split()[1:4]) for line in
+                (tmp_path / LOG_NAME).read_text().splitlines()]
+
+    assert first.event("grp", "1234", "failed", "CKR_DEVICE_ERROR")
+    assert second.event("grp", "1234", "failed", "CKR_TOKEN_NOT_PRESENT") == ""
+    assert second.event("grp", "1234", "recovery-failed", "CKR_TOKEN_NOT_PRESENT")  # an attempt
+    assert second.event("grp", "9999", "failed", "CKR_DEVICE_ERROR")  # another member
+    assert second.seen_up("grp", "1234")  # found in service: it came back
+    assert first.event("grp", "1234", "recovered") == ""  # already logged back
+    assert first.seen_up("grp", "1234") == ""
+    assert first.event("grp", "1234", "failed", "CKR_DEVICE_ERROR")  # a new failure
+    assert first.event("grp", "9999", "removed")
+    assert second.event("grp", "9999", "failed", "CKR_DEVICE_ERROR")  # no state kept after removal
+    assert events() == [
+        "grp 1234 failed", "grp 1234 recovery-failed", "grp 9999 failed", "grp 1234 recovered",
+        "grp 1234 failed", "grp 9999 removed", "grp 9999 failed",
+    ]
+    # a damaged state file costs at most one repeated line, never an error
+    (tmp_path / ".haErrorLog.state").write_text("{not json")
+    assert first.event("grp", "1234", "failed", "CKR_DEVICE_ERROR")
+    assert second.event("grp", "1234", "failed", "CKR_DEVICE_ERROR") == ""
+    # one that cannot be opened keeps no state: events are written, as before
+    (tmp_path / ".haErrorLog.state").unlink()
+    (tmp_path / ".haErrorLog.state").mkdir()
+    assert first.event("grp", "1234", "failed", "CKR_DEVICE_ERROR")
+    assert second.event("grp", "1234", "failed", "CKR_DEVICE_ERROR")
+
+
+def test_halog_seen_up_without_any_failure_writes_nothing(tmp_path) -> None:
+    log = HALog(tmp_path)
+    assert log.seen_up("grp", "1234") == ""
+    assert not (tmp_path / LOG_NAME).exists() and not (tmp_path / ".haErrorLog.state").exists()
+
+
 # --------------------------------------------------------------------------- multi-part driver
 
 

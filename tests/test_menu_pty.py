@@ -224,9 +224,10 @@ def test_a_pin_at_an_ordinary_prompt_is_not_quoted(lab, tmp_path) -> None:
     assert lines == [f"Select a slot: {pin}"], lines  # the terminal's echo of the typing
 
 
-def test_ctrl_c_at_the_menu_quits(lab, tmp_path) -> None:
+def test_ctrl_c_at_the_menu_quits_with_130(lab, tmp_path) -> None:
+    """Issue 10: Ctrl-C ends any hacli command with 130, the menu too."""
     child = spawn(lab.conf_path, tty=True, cwd=tmp_path)
     child.expect_exact(CHOICE)
     child.sendintr()
-    assert finish(child) == 0
-    assert "Traceback" not in child.before
+    assert finish(child) == 130
+    assert "Traceback" not in child.before and "Aborted" not in child.before

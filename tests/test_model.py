@@ -53,9 +53,11 @@ def test_bad_values_name_where(text: str, needle: str) -> None:
 
 
 def test_ha_status_explains_unreachable_members() -> None:
+    # a missing module is a configuration error (exit 1), not a group that is down (4)
     res = run("--conf", str(EXAMPLE), "ha", "status", env={"XDG_STATE_HOME": "/nonexistent"})
-    assert res.code == 4
+    assert res.code == 1
     assert "libCryptoki2_64.so not found" in res.out
+    assert res.err.startswith("Error: ") and len(res.err.splitlines()) == 1
 
 
 def test_slots_are_numbered_members_first_then_one_per_group() -> None:

@@ -1,4 +1,4 @@
-"""What every command shares: the configuration file, found once."""
+"""What every command shares: the configuration file, found once, and ``--conf``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ class AppContext:
     conf_option: str | None = None
     _path: Path | None = field(default=None, repr=False)
     _write_check: WriteCheck | None = field(default=None, repr=False)
+
+    def use_conf(self, path: str) -> None:
+        """``--conf PATH`` given after the subcommand: it wins over the global one."""
+        self.conf_option = path
+        self._path = None
 
     @property
     def path(self) -> Path:
@@ -83,6 +88,23 @@ def app(ctx: click.Context | None = None) -> AppContext:
     if obj is None:  # commands invoked without the root group (tests)
         obj = ctx.ensure_object(AppContext)
     return obj
+
+
+#: Help of ``--conf``, the global option and the one every subcommand takes.
+CONF_HELP = "Chrystoki.conf or crystoki.ini to use (default: discovered, see the README)."
+
+
+def _use_conf(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        app(ctx).use_conf(value)
+
+
+def conf_option() -> click.Option:
+    """``--conf PATH`` for a subcommand (``hacli ha status --conf X``): the global
+    option, accepted after the subcommand too.  The entry point gives it to
+    every subcommand (:func:`hacli.cli.main.prepare`), so no command declares it."""
+    return click.Option(["--conf"], metavar="PATH", type=click.Path(dir_okay=False),
+                        expose_value=False, is_eager=True, callback=_use_conf, help=CONF_HELP)
 
 
 def json_option(f):

@@ -1,8 +1,10 @@
 """The one table from exceptions to messages and exit codes.
 
-Every command runs under :func:`run_guarded`: whatever goes wrong becomes one
-``Error: ...`` line on stderr and an :class:`~hacli.errors.ExitStatus`, never a
-traceback.
+The entry point (:func:`hacli.cli.main.main`) hands whatever ends a command
+here: it becomes one ``Error: ...`` line on stderr and an
+:class:`~hacli.errors.ExitStatus`, never a traceback.  Ctrl-C is no error: it
+ends the command with 130 and no message (the terminal showed ``^C``), also
+while click prompts for input (click turns it into ``Abort``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,27 @@ def _os_message(e: BaseException) -> str:
     return f"{e.strerror or e}{where}"
 
 
+def interrupted(exc: BaseException) -> bool:
+    """True for Ctrl-C: ``KeyboardInterrupt``, or click's ``Abort`` raised for one
+    (click.prompt and click's main wrap it; the interrupt stays the context)."""
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        if not isinstance(current, click.exceptions.Abort):
+            return False
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _aborted(e: BaseException) -> str:
+    # an Abort that is not Ctrl-C: end of input at a prompt (Ctrl-D), or a
+    # confirmation answered no
+    if isinstance(e.__cause__ or e.__context__, EOFError):
+        return "no answer: end of input at a prompt"
+    return "aborted"
+
+
 #: (exception classes, exit status, message builder); the first match wins.
 #: PKCS#11 errors are matched by :func:`_is_pkcs11` so that python-pkcs11 is
 #: never imported just to report an error.
@@ -50,6 +73,7 @@ TABLE: list[tuple[tuple[type[BaseException], ...], ExitStatus, Callable[[BaseExc
     ((UsageError, ConfValueError), ExitStatus.USAGE, str),
     ((ConfError, LabError, EngineError, HacliError), ExitStatus.FAILED, str),
     ((click.ClickException,), ExitStatus.FAILED, lambda e: e.format_message()),  # type: ignore[attr-defined]
+    ((click.exceptions.Abort,), ExitStatus.FAILED, _aborted),
     ((OSError,), ExitStatus.FAILED, _os_message),
 ]
 
@@ -72,7 +96,10 @@ def classify(exc: BaseException) -> tuple[ExitStatus, str]:
 
 
 def report(exc: BaseException) -> ExitStatus:
-    """Print the one ``Error:`` line for ``exc`` and return its exit status."""
+    """Print the one ``Error:`` line for ``exc`` and return its exit status
+    (Ctrl-C: nothing printed, :attr:`ExitStatus.INTERRUPTED`)."""
+    if interrupted(exc):
+        return ExitStatus.INTERRUPTED
     status, text = classify(exc)
     click.echo(f"Error: {text}", err=True)
     return status

@@ -3,12 +3,20 @@
 A member that is down is reported ``CKR_DEVICE_ERROR`` the first time and
 ``CKR_TOKEN_NOT_PRESENT`` after that, as the origin document's CKDemo
 transcript shows.  Each ``hacli`` run is a fresh process, so which failures
-were already reported is remembered in a small state file
-(``$XDG_STATE_HOME/hacli/reported-down.json``) per configuration file.
+were already reported, and since when each member is down, is remembered in
+a small state file (``$XDG_STATE_HOME/hacli/reported-down.json``) per
+configuration file.
+
+Each group ends with a summary line: ``Doing great, no errors`` while every
+member serves, ``degraded: 1 of 2 members down``, or ``group down: 2 of 2
+members down``; the group's CKR code follows it.  A member hacli cannot reach
+at all (no module configured for it, or its module file is missing) is a
+configuration error: the status is printed, then one ``Error:`` line, exit 1.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 from pathlib import Path
@@ -18,10 +26,14 @@ import click
 
 from hacli.cli import render
 from hacli.cli.context import app, json_option
-from hacli.errors import ExitStatus
+from hacli.errors import ConfError, ExitStatus
 
 if TYPE_CHECKING:
-    from hacli.engine import GroupStatus
+    from hacli.conf.model_types import HAConfig
+    from hacli.engine import GroupStatus, MemberStatus
+
+#: conf file -> member serial -> when a status run first saw it down (epoch s)
+Memory = dict[str, dict[str, float]]
 
 
 def _state_file() -> Path:
@@ -29,15 +41,24 @@ def _state_file() -> Path:
     return Path(base) / "hacli" / "reported-down.json"
 
 
-def _load_reported() -> dict[str, list[str]]:
+def _load_reported() -> Memory:
     try:
         data = json.loads(_state_file().read_text())
-        return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}  # a missing or damaged memory only costs one extra CKR_DEVICE_ERROR
+    if not isinstance(data, dict):
+        return {}
+    out: Memory = {}
+    for conf, seen in data.items():
+        if isinstance(seen, list):  # written by an earlier hacli: serials only
+            out[conf] = {str(s): 0.0 for s in seen}
+        elif isinstance(seen, dict):
+            out[conf] = {str(s): float(t) for s, t in seen.items()
+                         if isinstance(t, int | float)}
+    return out
 
 
-def _save_reported(data: dict[str, list[str]]) -> None:
+def _save_reported(data: Memory) -> None:
     path = _state_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,30 +69,76 @@ def _save_reported(data: dict[str, list[str]]) -> None:
         pass  # status still prints; only the DEVICE_ERROR -> NOT_PRESENT memory is lost
 
 
-def apply_memory(conf_key: str, groups: list[GroupStatus]) -> list[dict[str, Any]]:
+def _when(epoch: float | None) -> str | None:
+    """An ISO-8601 local time with its offset, as the HA log writes them."""
+    if epoch is None:
+        return None
+    return _dt.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
+def _reason(config: HAConfig, m: MemberStatus) -> str:
+    """Why the member is in its state, in words."""
+    from hacli.cli.members import member_problem
+    from hacli.engine.ckr import explain
+
+    problem = member_problem(config, m.serial)
+    if problem is not None:
+        return problem
+    if m.alive:
+        return "in service"
+    if m.last_error:
+        return f"{m.last_error}: {explain(m.last_error)}"
+    return "down"
+
+
+def _member(config: HAConfig, m: MemberStatus, status: str, first_seen: float | None
+            ) -> dict[str, Any]:
+    out: dict[str, Any] = {"serial": m.serial, "status": status, "reason": _reason(config, m)}
+    r = m.recovery
+    if not m.alive and r is not None:
+        # the engine of this run saw the member down only just now: an earlier
+        # run may have seen it before (the memory)
+        since = r.down_since if first_seen is None else min(first_seen, r.down_since)
+        out.update(down_since=_when(since), attempts_used=r.attempts_used,
+                   attempts_left=r.attempts_left, next_attempt=_when(r.next_attempt))
+    return out
+
+
+def apply_memory(conf_key: str, config: HAConfig, groups: list[GroupStatus]
+                 ) -> list[dict[str, Any]]:
     """Status dicts, with failures already reported by an earlier run downgraded
-    from ``CKR_DEVICE_ERROR`` to ``CKR_TOKEN_NOT_PRESENT``."""
+    from ``CKR_DEVICE_ERROR`` to ``CKR_TOKEN_NOT_PRESENT``, each member's
+    reason, and for a member that is down where it stands in recovery."""
     from hacli.engine.ckr import CKR  # here: `hacli ha --help` loads no engine
 
     memory = _load_reported()
-    reported = set(memory.get(conf_key, []))
+    reported = memory.get(conf_key, {})
     out = []
     for g in groups:
         members = []
         for m in g.members:
             status = m.status
+            first_seen = reported.get(m.serial) or None
             if m.alive:
-                reported.discard(m.serial)
-            elif status == CKR.DEVICE_ERROR and m.serial in reported:
-                status = CKR.TOKEN_NOT_PRESENT
+                reported.pop(m.serial, None)
             else:
-                reported.add(m.serial)
-            members.append({"serial": m.serial, "status": status})
+                if status == CKR.DEVICE_ERROR and m.serial in reported:
+                    status = CKR.TOKEN_NOT_PRESENT
+                if first_seen is None:
+                    seen_now = m.recovery.down_since if m.recovery else None
+                    reported[m.serial] = seen_now or 0.0
+            members.append(_member(config, m, status, first_seen))
         out.append({"label": g.label, "serial": g.serial, "status": g.status,
                     "members": members})
-    memory[conf_key] = sorted(reported)
+    memory[conf_key] = reported
     _save_reported(memory)
     return out
+
+
+def _down(g: dict[str, Any]) -> int:
+    from hacli.engine.ckr import CKR
+
+    return sum(m["status"] != CKR.OK for m in g["members"])
 
 
 def exit_status(groups: list[dict[str, Any]]) -> ExitStatus:
@@ -80,9 +147,35 @@ def exit_status(groups: list[dict[str, Any]]) -> ExitStatus:
 
     if any(g["status"] != CKR.OK for g in groups):
         return ExitStatus.GROUP_DOWN
-    if any(m["status"] != CKR.OK for g in groups for m in g["members"]):
+    if any(_down(g) for g in groups):
         return ExitStatus.DEGRADED
     return ExitStatus.OK
+
+
+def summary_line(g: dict[str, Any]) -> str:
+    """``Status: degraded: 1 of 2 members down (CKR_OK)``: the group in one line."""
+    from hacli.engine.ckr import CKR, explain
+
+    down, total = _down(g), len(g["members"])
+    if g["status"] != CKR.OK:
+        text = f"group down: {down} of {total} members down"
+    elif down:
+        text = f"degraded: {down} of {total} members down"
+    else:
+        text = explain(g["status"])
+    return f"Status: {text} ({g['status']})"
+
+
+def _unreachable(config: HAConfig, groups: list[dict[str, Any]]) -> str | None:
+    """The configuration error that keeps hacli from some members, or None."""
+    from hacli.cli.members import member_problem
+
+    problems = [f"{m['serial']}: {problem}" for g in groups for m in g["members"]
+                if (problem := member_problem(config, m["serial"])) is not None]
+    if not problems:
+        return None
+    return (f"cannot reach {len(problems)} member(s), a configuration error in "
+            f"{config.path or 'the configuration'}: " + "; ".join(problems))
 
 
 @click.group()
@@ -97,7 +190,8 @@ def status(label: str | None, as_json: bool) -> int:
     """Probe every member and print each group's and member's CKR status.
 
     No PIN is needed. Exit 0 all members serve, 3 degraded (a member is down,
-    the group serves), 4 a group is down, 1 the check itself failed.
+    the group serves), 4 a group is down, 1 the check itself failed or a
+    member cannot be reached because of the configuration (its module).
     """
     from hacli.engine import Engine
 
@@ -106,7 +200,7 @@ def status(label: str | None, as_json: bool) -> int:
     if not config.groups:
         raise click.ClickException(f"no HA groups are configured in {ctx.path}")
     with Engine(config, groups=[label] if label else None) as engine:
-        groups = apply_memory(str(ctx.path.resolve()), engine.status(probe=True))
+        groups = apply_memory(str(ctx.path.resolve()), config, engine.status(probe=True))
     if as_json:
         render.emit_json({"groups": groups})
     else:
@@ -118,11 +212,8 @@ def status(label: str | None, as_json: bool) -> int:
             headers = ["HSM", "Status", "Note"] if any(r[2] for r in rows) else ["HSM", "Status"]
             render.table(headers, [r[: len(headers)] for r in rows],
                          title=f"HA group {g['serial']} ({g['label']}) status:")
-            render.echo(_group_line(g))
+            render.echo(summary_line(g))
+    problem = _unreachable(config, groups)
+    if problem is not None:
+        raise ConfError(problem)
     return int(exit_status(groups))
-
-
-def _group_line(g: dict[str, Any]) -> str:
-    from hacli.engine.ckr import explain
-
-    return f"Status: {explain(g['status'])} ({g['status']})"

@@ -2,7 +2,10 @@
 
 Subcommand modules are imported only when their command runs (a lazy group,
 after click's documented pattern), so ``hacli --help`` imports neither
-python-pkcs11 nor rich.
+python-pkcs11 nor rich.  Each command tree is prepared as it is loaded
+(:func:`prepare`): every subcommand takes ``--conf`` after its name too, and
+lunacm's spellings of its options (:mod:`hacli.cli.luna`), so a command added
+to :data:`COMMANDS` gets both without declaring them.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from typing import Any
 import click
 
 from hacli import __version__
-from hacli.cli.context import AppContext
+from hacli.cli import luna
+from hacli.cli.context import CONF_HELP, AppContext, conf_option
 
 #: command name -> (module, attribute, one-line help).  The help is repeated
 #: here so that listing commands does not import their modules.
@@ -29,6 +33,26 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: Commands already given their shared options (a tree is prepared once).
+_PREPARED: set[int] = set()
+
+
+def prepare(command: click.Command, path: str) -> click.Command:
+    """Give ``command`` (named ``path``) and every subcommand of it the options
+    all subcommands share: ``--conf`` after the subcommand's name, and
+    lunacm's spellings of their own options.  Idempotent."""
+    if id(command) in _PREPARED:
+        return command
+    _PREPARED.add(id(command))
+    if not any("--conf" in p.opts for p in command.params if isinstance(p, click.Option)):
+        command.params.append(conf_option())
+    luna.add_spellings(command, path)
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            prepare(sub, f"{path} {name}")
+    return command
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands load on first use."""
 
@@ -40,7 +64,7 @@ class LazyGroup(click.Group):
         if entry is None:
             return None
         module, attr, _help = entry
-        return getattr(importlib.import_module(module), attr)
+        return prepare(getattr(importlib.import_module(module), attr), cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
@@ -51,7 +75,9 @@ class LazyGroup(click.Group):
 @click.group(
     cls=LazyGroup,
     invoke_without_command=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    # lunacm's options are case-insensitive (luna.normalize)
+    context_settings={"help_option_names": ["-h", "--help"],
+                      "token_normalize_func": luna.normalize},
 )
 @click.option(
     "--conf",
@@ -59,16 +85,17 @@ class LazyGroup(click.Group):
     metavar="PATH",
     envvar="HACLI_CONF",
     type=click.Path(dir_okay=False),
-    help="Chrystoki.conf or crystoki.ini to use (default: discovered, see the README).",
+    help=CONF_HELP,
 )
 @click.version_option(__version__, "-V", "--version", prog_name="hacli")
 @click.pass_context
 def cli(ctx: click.Context, conf_path: str | None) -> Any:
     """Manage and demonstrate PKCS#11 high-availability (HA) groups.
 
-    lunacm-style commands edit the HA sections of Chrystoki.conf / crystoki.ini.
+    lunacm-style commands edit the HA sections of Chrystoki.conf / crystoki.ini;
+    lunacm's spellings of their options work too (-serialnumber, -group, -count).
     Exit codes: 0 success, 1 failed, 2 usage error or invalid value (nothing
-    changed); `ha status` also 3 degraded, 4 group down.
+    changed); `ha status` also 3 degraded, 4 group down; 130 interrupted (Ctrl-C).
     """
     ctx.obj = AppContext(conf_option=conf_path)
     if ctx.invoked_subcommand is None:
@@ -78,21 +105,24 @@ def cli(ctx: click.Context, conf_path: str | None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Console entry point: run the CLI; errors become one line and an exit code."""
+    """Console entry point: run the CLI; errors become one line and an exit code.
+
+    Ctrl-C ends any command with 130 and no message or traceback (also at a
+    prompt, where click calls it ``Abort``).  A command group given without a
+    subcommand (``hacli hagroup``) prints its help and exits 0.
+    """
     from hacli.cli.errors import report
 
     try:
         rv = cli.main(args=argv, prog_name="hacli", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as e:
+        # asking a group for nothing is asking for its help, not an error
+        click.echo(e.ctx.get_help())
+        sys.exit(0)
     except BrokenPipeError:
         sys.exit(1)
-    except Exception as e:  # the one place where every error becomes a line
+    except (Exception, KeyboardInterrupt) as e:  # the one place where every error becomes a line
         sys.exit(int(report(e)))
     sys.exit(int(rv) if isinstance(rv, int) else 0)

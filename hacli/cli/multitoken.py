@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import click
 
 from hacli.cli import render
@@ -9,6 +12,10 @@ from hacli.cli.context import app, json_option
 from hacli.cli.pin import pin_file_option, resolve_pin
 from hacli.conf.model import load_config
 from hacli.conf.model_types import HACLI_SECTION
+from hacli.errors import ExitStatus, HacliError
+
+if TYPE_CHECKING:
+    from hacli.multitoken import Result
 
 MODE_NAMES = ("rsasign", "ecsign", "aesenc", "random")
 
@@ -24,11 +31,14 @@ MODE_NAMES = ("rsasign", "ecsign", "aesenc", "random")
 @pin_file_option
 @json_option
 def multitoken(mode: str, slot: str, label: str | None, threads: int, seconds: float,
-               pin_file: str | None, as_json: bool) -> None:
+               pin_file: str | None, as_json: bool) -> int:
     """Run N threads of one operation for S seconds and report ops/s, errors, latency.
 
     Every answer is checked: signatures against a verified reference (ECDSA: a
-    verified sample), ciphertexts against a round-tripped reference.
+    verified sample), ciphertexts against a round-tripped reference.  The test
+    key of the HA slot is on every member in service (made through the group).
+    Exit 0 when every call succeeded, 1 when any failed or gave a wrong answer,
+    130 on Ctrl-C (the results so far are printed first).
     \b
     Example: hacli multitoken --mode rsasign --slot ha --threads 4 --seconds 5
     """
@@ -53,22 +63,52 @@ def multitoken(mode: str, slot: str, label: str | None, threads: int, seconds: f
                 raise click.BadParameter(f"{slot!r} is not a member of {group.label} "
                                          f"(members: {members})", param_hint="--slot")
             target = DirectTarget(engine, slot, pin)
+        where = "the HA virtual slot" if slot.lower() == "ha" else f"member {slot}"
         try:
-            result = run(target, mode, threads, seconds)
+            result = run(target, mode, threads, seconds, on_start=lambda: _started(
+                f"Running {mode} on {where}, {threads} thread(s) for {seconds:g} s; "
+                "Ctrl-C stops early and prints the results so far."))
         finally:
             target.close()
+    show(result, as_json)
+    if result.interrupted:
+        return int(ExitStatus.INTERRUPTED)
+    if result.errors:
+        # a load figure with failures in it is no figure: scripts must notice
+        raise HacliError(f"{result.errors:,} of {result.ops + result.errors:,} calls failed "
+                         f"or gave a wrong answer ({_kinds(result)})")
+    return int(ExitStatus.OK)
+
+
+def _started(line: str) -> None:
+    # a person at a terminal learns the load runs (and how to stop it); a
+    # script's output stays the results alone
+    if sys.stderr.isatty():
+        click.echo(line, err=True)
+
+
+def _kinds(result: Result) -> str:
+    return ", ".join(f"{k}: {v:,}" for k, v in result.error_kinds.items())
+
+
+def show(result: Result, as_json: bool) -> None:
+    """Print a run's figures (the ``--json`` contract, or fields and a table)."""
     if as_json:
         render.emit_json(result.as_dict())
         return
     d = result.as_dict()
     render.fields([
-        ("mode", mode), ("slot", "HA virtual slot" if slot == "ha" else f"member {slot}"),
-        ("threads", threads), ("seconds", f"{result.seconds:.2f}"),
+        ("mode", result.mode),
+        ("slot", "HA virtual slot" if result.slot == "ha" else f"member {result.slot}"),
+        ("threads", result.threads), ("seconds", f"{result.seconds:.2f}"),
         ("operations", result.ops), ("ops/s", f"{result.ops_per_s:,.1f}"),
-        ("errors", result.errors if not result.error_kinds else
-         f"{result.errors} ({', '.join(f'{k}: {v}' for k, v in result.error_kinds.items())})"),
+        ("errors", f"{result.errors} ({_kinds(result)})" if result.error_kinds
+         else result.errors),
         ("latency p50", f"{d['p50_ms']:.2f} ms"), ("latency p99", f"{d['p99_ms']:.2f} ms"),
     ])
     render.table(["Member", "Calls"], [[s, n] for s, n in result.per_member.items()])
     for note in result.notes:
         render.echo(f"({note})")
+    if result.interrupted:
+        render.echo(f"(interrupted by Ctrl-C after {result.seconds:.2f} s: the figures "
+                    "cover that time; the checks after the run were skipped)")

@@ -53,7 +53,14 @@ from hacli.engine.replicas import Replicas
 from hacli.engine.replication import ident_of
 from hacli.engine.session import VirtualSession
 from hacli.engine.sync import Synchronisation
-from hacli.engine.types import GroupStatus, InventoryDiff, MemberStatus, SyncReport, TokenInfo
+from hacli.engine.types import (
+    GroupStatus,
+    InventoryDiff,
+    MemberStatus,
+    RecoveryState,
+    SyncReport,
+    TokenInfo,
+)
 
 T = TypeVar("T")
 
@@ -274,6 +281,7 @@ class HAGroup:
         self.recovery_tick()
         if probe:
             in_parallel(self._probe, self.members_set.serving())
+        recovery = {m.serial: self.recovery_state(m.serial) for m in self.members}
         now = self.clock()
         out = []
         with self.members_set.lock:
@@ -288,12 +296,28 @@ class HAGroup:
                 out.append(MemberStatus(
                     serial=m.serial, status=code, alive=m.alive, needs_sync=m.needs_sync,
                     last_error=m.last_error, ops=m.ops,
-                    down_for=None if m.down_since is None or m.alive else now - m.down_since))
+                    down_for=None if m.down_since is None or m.alive else now - m.down_since,
+                    recovery=None if m.alive else recovery[m.serial]))
             any_alive = any(m.alive for m in self.members)
         return GroupStatus(label=self.label, serial=self.serial,
                            status=CKR.OK if any_alive else CKR.DEVICE_ERROR,
                            members=tuple(out), logged_in=self.logged_in,
                            recovery_attempts=self.policy.attempts)
+
+    def recovery_state(self, serial: str) -> RecoveryState | None:
+        """Where a down member stands in the recovery policy: when it went
+        down, attempts used and left, when the next one is due (wall-clock
+        times); None while it serves.  Read-only."""
+        policy = self.policy
+        record = policy.state_of(serial)
+        if record is None:
+            return None
+        to_wall = time.time() - self.clock()  # the policy runs on the group's clock
+        due = policy.next_attempt(serial)
+        return RecoveryState(down_since=record.down_since + to_wall,
+                             attempts_used=record.attempts,
+                             attempts_left=policy.attempts_left(serial),
+                             next_attempt=None if due is None else due + to_wall)
 
     def _probe(self, m: Member) -> None:
         # C_GetTokenInfo needs no PIN: a fresh process notices a dead member

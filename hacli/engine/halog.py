@@ -7,17 +7,32 @@ Format (BRIEF section 3)::
 Past ``logLen`` bytes the file is renamed with a timestamp
 (``haErrorLog.txt.20240101T120000``) and a new one is started.  Never contains
 a PIN: it only ever receives labels, serials, event names and CKR names.
+
+**Each event once, across processes.**  Every process that runs an engine
+(each ``hacli ha status``, the menu, an application) notices a dead member for
+itself.  ``failed`` and ``recovered`` are state changes of the member, so the
+log keeps each member's last logged state in ``.haErrorLog.state`` next to the
+log and skips a ``failed`` for a member it already logged down, and a
+``recovered`` for one already logged back.  A process that finds a member in
+service which the log last saw fail logs ``recovered`` (:meth:`HALog.seen_up`):
+it came back while no engine was watching.  The other events are each a new
+fact (another recovery attempt, a member added) and are always written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
+import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 LOG_NAME = "haErrorLog.txt"
+#: Each member's last logged state (``down``/``up``), next to the log.
+STATE_NAME = ".haErrorLog.state"
 
 FAILED = "failed"
 RECOVERY_FAILED = "recovery-failed"
@@ -30,6 +45,10 @@ STANDBY_DEMOTED = "standby-demoted"
 
 EVENTS = (FAILED, RECOVERY_FAILED, RECOVERED, ADDED, REMOVED, SYNCHRONIZED,
           STANDBY_PROMOTED, STANDBY_DEMOTED)
+
+#: Events that are a member's change of state: not logged twice in a row.
+DOWN, UP = "down", "up"
+STATE_EVENTS = {FAILED: DOWN, RECOVERED: UP}
 
 
 def _field(value: str | None) -> str:
@@ -44,27 +63,98 @@ class HALog:
 
     Thread-safe within a process; every line is written with one ``write`` on a
     file opened in append mode, so concurrent processes interleave whole lines.
+    A member's state events (``failed``, ``recovered``) are written under a
+    lock on the state file, so that of two processes noticing the same failure
+    only one logs it.
     """
 
     def __init__(self, directory: str | os.PathLike[str], log_len: int = 100_000_000):
         self.directory = Path(directory)
         self.path = self.directory / LOG_NAME
+        self.state_path = self.directory / STATE_NAME
         self.log_len = int(log_len)
         self._lock = threading.Lock()
 
     def event(self, group: str, member: str | None, event: str, ckr: str | None = None) -> str:
-        """Write one event line and return it (without the newline)."""
+        """Write one event line and return it (without the newline); "" when it
+        is a member's state it is already logged in (see the module docstring)."""
         if event not in EVENTS:
             raise ValueError(f"unknown HA log event {event!r}")
-        now = _dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
-        line = f"{now} {_field(group)} {_field(member)} {event} {_field(ckr)}"
-        data = (line + "\n").encode("utf-8")
+        line = self._line(group, member, event, ckr)
+        state = STATE_EVENTS.get(event)
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._rotate_if_needed(len(data))
-            with open(self.path, "ab") as f:
-                f.write(data)
+            if member is None or (state is None and event != REMOVED):
+                self._append(line)
+                return line
+            with self._states() as states:
+                key = _state_key(group, member)
+                if state is not None and states.get(key) == state:
+                    return ""
+                self._append(line)
+                if state is None:
+                    states.pop(key, None)  # removed from the group: no state to keep
+                else:
+                    states[key] = state
         return line
+
+    def seen_up(self, group: str, member: str) -> str:
+        """A member was found in service (connected, not recovered by this
+        engine): ``recovered`` when the log last saw it fail, else nothing."""
+        with self._lock:
+            if not self.state_path.exists():
+                return ""  # nothing ever logged down: no lock, no file
+            with self._states() as states:
+                key = _state_key(group, member)
+                if states.get(key) != DOWN:
+                    return ""
+                line = self._line(group, member, RECOVERED, None)
+                self._append(line)
+                states[key] = UP
+        return line
+
+    @staticmethod
+    def _line(group: str, member: str | None, event: str, ckr: str | None) -> str:
+        now = _dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
+        return f"{now} {_field(group)} {_field(member)} {event} {_field(ckr)}"
+
+    def _append(self, line: str) -> None:
+        # self._lock held
+        data = (line + "\n").encode("utf-8")
+        self._rotate_if_needed(len(data))
+        with open(self.path, "ab") as f:
+            f.write(data)
+
+    @contextlib.contextmanager
+    def _states(self) -> Iterator[dict[str, str]]:
+        """The members' last logged states, locked against other processes for
+        the block and written back if it changed them.  A damaged file counts
+        as empty: at worst one state event is logged twice; one that cannot be
+        opened (another user's, read-only) keeps no state: every event is written."""
+        try:
+            fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield {}
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            raw = b""
+            while chunk := os.read(fd, 65536):
+                raw += chunk
+            try:
+                loaded = json.loads(raw) if raw else {}
+            except ValueError:
+                loaded = {}
+            states: dict[str, str] = loaded if isinstance(loaded, dict) else {}
+            before = dict(states)
+            yield states
+            if states != before:
+                data = json.dumps(states, indent=0, sort_keys=True).encode()
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.ftruncate(fd, 0)
+                os.write(fd, data)
+        finally:
+            os.close(fd)  # releases the lock
 
     def _rotate_if_needed(self, incoming: int) -> None:
         try:
@@ -84,6 +174,10 @@ class HALog:
             os.replace(self.path, target)
 
 
+def _state_key(group: str, member: str) -> str:
+    return f"{_field(group)} {_field(member)}"
+
+
 class NullLog:
     """Stand-in when the HA log is disabled."""
 
@@ -92,5 +186,8 @@ class NullLog:
     def event(self, group: str, member: str | None, event: str, ckr: str | None = None) -> str:
         return ""
 
+    def seen_up(self, group: str, member: str) -> str:
+        return ""
 
-__all__ = ["EVENTS", "LOG_NAME", "HALog", "NullLog"]
+
+__all__ = ["EVENTS", "LOG_NAME", "STATE_NAME", "HALog", "NullLog"]

@@ -136,6 +136,9 @@ class MemberSet:
             m.recoveries += 1
             self.policy.record(m.serial, True)
             self._log.event(self.label, m.serial, halog.RECOVERED, None)
+        else:
+            # back since another process logged it down (it came back unwatched)
+            self._log.seen_up(self.label, m.serial)
         self.policy.member_up(m.serial)
 
     def mark_caught_up(self, m: Member) -> None:

@@ -12,6 +12,29 @@ HA_SLOT_DESCRIPTION = "HA Virtual Card Slot"
 
 
 @dataclass(frozen=True)
+class RecoveryState:
+    """Where a down member stands in its group's recovery policy.
+
+    Times are wall-clock (seconds since the epoch), converted from the
+    policy's monotonic clock.  They are this engine's: each process that runs
+    an engine has its own policy, as each Luna client application has.
+    """
+
+    #: When this engine marked the member down.
+    down_since: float
+    #: Recovery attempts made on it since (``recover_attempt_count``).
+    attempts_used: int
+    #: Attempts it has left; None: unlimited (``reconnAtt`` -1).
+    attempts_left: int | None
+    #: When the next attempt becomes due; None: none will be made (its
+    #: attempts are used up, or recovery is off with ``reconnAtt`` 0).
+    next_attempt: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class MemberStatus:
     """One member in a status report.
 
@@ -27,6 +50,8 @@ class MemberStatus:
     last_error: str | None = None
     down_for: float | None = None
     ops: int = 0
+    #: The recovery policy's record of a member that is down (None while it serves).
+    recovery: RecoveryState | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -246,5 +271,5 @@ class SyncReport:
 
 
 __all__ = ["HA_SLOT_DESCRIPTION", "GroupStatus", "InventoryDiff", "MemberInventory",
-           "MemberStatus", "ObjectSummary", "SessionInfo", "SlotInfo", "SyncConflict",
-           "SyncFailure", "SyncReport", "TokenInfo"]
+           "MemberStatus", "ObjectSummary", "RecoveryState", "SessionInfo", "SlotInfo",
+           "SyncConflict", "SyncFailure", "SyncReport", "TokenInfo"]

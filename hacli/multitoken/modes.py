@@ -46,15 +46,18 @@ class Prepared:
     """A mode ready to run: ``op(ops)`` does one operation and checks it."""
 
     op: Callable[[Any], None]
-    #: Checks run after the timed part; returns the number of wrong answers.
-    after: Callable[[Any], int] = lambda ops: 0
+    #: Checks run after the timed part (None: none); returns the number of wrong answers.
+    after: Callable[[Any], int] | None = None
     notes: list[str] = field(default_factory=list)
 
 
 def _keypair(target: Any, ops: Any, key_type: KeyType, label: str, **kw: Any) -> tuple[Any, Any]:
     priv = target.find_key(label, ObjectClass.PRIVATE_KEY)
-    pub = target.find_key(label, ObjectClass.PUBLIC_KEY)
+    pub = target.find_key(label, ObjectClass.PUBLIC_KEY) if priv is not None else None
     if priv is None or pub is None:
+        # half a pair, or copies on some members only: made again, whole
+        for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            target.discard(label, cls)
         pub, priv = target.generate_keypair(key_type, label, **kw)
     return pub, priv
 
@@ -100,6 +103,7 @@ def aesenc(target: Any, ops: Any) -> Prepared:
     label = KEY_LABELS["aesenc"]
     key = target.find_key(label, ObjectClass.SECRET_KEY)
     if key is None:
+        target.discard(label, ObjectClass.SECRET_KEY)  # copies on some members only
         key = target.generate_key(KeyType.AES, 256, label)
     mech, iv = Mechanism.AES_CBC, IV
     if mech not in target.mechanisms():

@@ -4,6 +4,13 @@ Both targets offer the same small interface to the modes, so a mode is
 written once and the HA layer's cost is measured against the bare member in
 one run.  Keys are addressed by an opaque ``key`` value: a virtual handle on
 the HA slot, a python-pkcs11 object on a member.
+
+A test key is reused only when it is the one key of its label on the slot: on
+the HA slot, exactly one on *every* member in service.  A key made on one
+member only (by ``--slot SERIAL``, or outside hacli) would make every call the
+balancer gives another member fail over, or fail; such keys are discarded
+through the engine and the key is made again through the group, which
+replicates it to every member.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from typing import Any, Protocol
 
 from pkcs11 import Attribute, KeyType, ObjectClass
 
+from hacli.multitoken.modes import ModeUnavailable
+
 
 class Target(Protocol):
     """What a mode needs from the slot under load."""
@@ -22,6 +31,7 @@ class Target(Protocol):
     name: str
 
     def find_key(self, label: str, cls: ObjectClass) -> Any | None: ...
+    def discard(self, label: str, cls: ObjectClass) -> None: ...
     def generate_key(self, key_type: KeyType, bits: int, label: str) -> Any: ...
     def generate_keypair(self, key_type: KeyType, label: str, bits: int | None = None,
                          curve: str | None = None) -> tuple[Any, Any]: ...
@@ -41,16 +51,57 @@ class HATarget:
         if not self.group.logged_in:  # login state is per application, as in PKCS#11
             self._setup.login(pin)
 
+    def copies(self, label: str, cls: ObjectClass) -> dict[str, int]:
+        """How many objects of this label and class each member in service holds."""
+        template = {Attribute.LABEL: label, Attribute.CLASS: cls}
+        counts: dict[str, int] = self.group.on_each(
+            "C_FindObjects", lambda m, conn: len(list(conn.work.get_objects(template))))
+        return counts
+
     def find_key(self, label: str, cls: ObjectClass) -> Any | None:
+        """The key when every member in service holds exactly one of this label."""
+        counts = self.copies(label, cls)
+        if not counts or set(counts.values()) != {1}:
+            return None
         found = self._setup.find_objects({Attribute.LABEL: label, Attribute.CLASS: cls})
-        return found[0] if found else None
+        return found[0] if len(found) == 1 else None
+
+    def discard(self, label: str, cls: ObjectClass) -> None:
+        """Destroy every object of this label and class, through the group: each
+        found on the member that holds it, destroyed on every member (a member
+        that is down is told when it is back, from the group's journal)."""
+        template = {Attribute.LABEL: label, Attribute.CLASS: cls}
+        for serial, n in self.copies(label, cls).items():
+            if not n:
+                continue
+            on_member = self.group.open_session(member=serial)
+            try:
+                for handle in on_member.find_objects(template):
+                    self._setup.destroy_object(handle)
+            finally:
+                on_member.close()
 
     def generate_key(self, key_type: KeyType, bits: int, label: str) -> Any:
-        return self._setup.generate_key(key_type, bits, label=label, token=True)
+        key = self._setup.generate_key(key_type, bits, label=label, token=True)
+        self._check_everywhere(label, ObjectClass.SECRET_KEY)
+        return key
 
     def generate_keypair(self, key_type: KeyType, label: str, bits: int | None = None,
                          curve: str | None = None) -> tuple[Any, Any]:
-        return self._setup.generate_keypair(key_type, bits, curve=curve, label=label, token=True)
+        pair = self._setup.generate_keypair(key_type, bits, curve=curve, label=label, token=True)
+        for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            self._check_everywhere(label, cls)
+        return pair
+
+    def _check_everywhere(self, label: str, cls: ObjectClass) -> None:
+        """Refuse to load a key that did not reach every member in service."""
+        counts = self.copies(label, cls)
+        lacking = sorted(s for s, n in counts.items() if n != 1)
+        if lacking:
+            raise ModeUnavailable(
+                f"the test key {label!r} is not on every member of {self.group.label} in "
+                f"service after it was made through the group (missing or repeated on "
+                f"{', '.join(lacking)}); not loading a key that only some members hold")
 
     @contextlib.contextmanager
     def worker(self) -> Iterator[Any]:
@@ -109,8 +160,14 @@ class DirectTarget:
         self.calls = 0
 
     def find_key(self, label: str, cls: ObjectClass) -> Any | None:
+        """The key when the member holds exactly one of this label."""
         found = list(self.session.get_objects({Attribute.LABEL: label, Attribute.CLASS: cls}))
-        return found[0] if found else None
+        return found[0] if len(found) == 1 else None
+
+    def discard(self, label: str, cls: ObjectClass) -> None:
+        """Destroy every object of this label and class on the member."""
+        for obj in list(self.session.get_objects({Attribute.LABEL: label, Attribute.CLASS: cls})):
+            obj.destroy()
 
     def generate_key(self, key_type: KeyType, bits: int, label: str) -> Any:
         return self.session.generate_key(key_type, bits, label=label, store=True)

@@ -1,8 +1,9 @@
 """The menu loop: print the menu, read a choice, run it, print the status line.
 
 Every failure inside an action becomes a message and CKDemo's status line with
-the CKR name; Ctrl-C during an action returns to the menu; end of input, 0, or
-Ctrl-C at the menu prompt quits.  No traceback ever reaches the user.
+the CKR name; Ctrl-C during an action returns to the menu; end of input or 0
+quits (exit 0), Ctrl-C at the menu prompt quits as Ctrl-C ends any hacli
+command (exit 130).  No traceback ever reaches the user.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from hacli.cli.menu import screen
 from hacli.cli.menu.actions import ACTIONS, Ctx, MenuError
 from hacli.cli.menu.prompts import BadAnswer, Quit, parse_int
 from hacli.engine.ckr import CKR
+from hacli.errors import ExitStatus
 
 
 def _choice(ctx: Ctx, entries: dict[int, str]) -> int:
@@ -75,10 +77,12 @@ def run_action(ctx: Ctx, number: int, name: str) -> str:
 
 
 def run(ctx: Ctx) -> int:
-    """The menu until 0, end of input, or Ctrl-C at the prompt.  Returns 0."""
+    """The menu until 0 or end of input (returns 0), or Ctrl-C at the prompt
+    (returns 130, :attr:`ExitStatus.INTERRUPTED`)."""
     lab = ctx.state.lab_dir is not None
     entries = screen.entries(lab)
     menu = screen.menu_lines(lab)
+    status = ExitStatus.OK
     try:
         while True:
             for line in menu:
@@ -87,6 +91,7 @@ def run(ctx: Ctx) -> int:
                 number = _choice(ctx, entries)
             except KeyboardInterrupt:
                 ctx.say("")
+                status = ExitStatus.INTERRUPTED
                 break
             if number == 0:
                 break
@@ -96,4 +101,4 @@ def run(ctx: Ctx) -> int:
     finally:
         ctx.io.flush()
         ctx.state.close()
-    return 0
+    return int(status)
