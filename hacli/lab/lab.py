@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 from hacli.errors import LabError
 from hacli.lab import migrate, servers
 from hacli.lab.create import create_lab
-from hacli.lab.files import read_secret, remove
+from hacli.lab.files import remove
 from hacli.lab.model import (
     DEFAULT_MEMBERS,
     GROUP_LABEL,
@@ -49,6 +49,7 @@ from hacli.lab.templates import (
 )
 from hacli.lab.tokens import list_tokens
 from hacli.lab.tools import LabTools, find_tools
+from hacli.pins import PinRequest, Role, Source, find_pin, lab_pin_path
 
 
 class Lab(LabPaths):
@@ -89,11 +90,19 @@ class Lab(LabPaths):
 
     def pin(self) -> str:
         """The members' user PIN, read from :attr:`pin_file`."""
-        return read_secret(self.pin_file)
+        return self._read_pin(Role.USER)
 
     def so_pin(self) -> str:
         """The members' SO PIN, read from :attr:`so_pin_file`."""
-        return read_secret(self.so_pin_file)
+        return self._read_pin(Role.SO)
+
+    def _read_pin(self, role: Role) -> str:
+        # hacli's one PIN reader, told to look at the lab's own file only
+        found = find_pin(PinRequest(role, lab_dir=self.directory), (Source.LAB,))
+        if found is None:
+            name = lab_pin_path(self.directory, role).name
+            raise LabError(f"no lab in {self.directory} ({name} is missing)")
+        return found.pin
 
     def members(self) -> list[LabMember]:
         """The lab's members in order (member0 first)."""
