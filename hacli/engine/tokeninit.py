@@ -112,10 +112,10 @@ def init_token(instance: ModuleInstance, serial: str, so_pin: str, label: str,
     session sets the user PIN (``C_InitPIN``), which a new token lacks."""
     padded = token_label(label)
     slot = find_slot(instance, serial)
-    assert instance.copy_path is not None  # a loaded instance names its copy
-    # The copy python-pkcs11 loaded is deleted from disk, but the loader still
-    # knows it by that name: RTLD_NOLOAD hands back the loaded module.
-    module = ctypes.CDLL(instance.copy_path, mode=os.RTLD_NOLOAD)
+    # The copy python-pkcs11 loaded (``lib.so``; an instance may reuse one an
+    # earlier instance loaded) is deleted from disk, but the loader still knows
+    # it by that name: RTLD_NOLOAD hands back the loaded module.
+    module = ctypes.CDLL(instance.lib.so, mode=os.RTLD_NOLOAD)
     functions = ctypes.POINTER(_FunctionList)()
     with ENV_GATE.enter(instance.env):
         # p11-kit-client hands out a new list, a connection of its own (to the
