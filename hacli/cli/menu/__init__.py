@@ -22,7 +22,10 @@ from hacli.pins import Role
 @click.option("--so-pin-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
               help="Read the Security Officer PIN for 3 Login as SO and 6 Init Token "
                    "from FILE (no prompt).")
-def ckdemo(pin_file: str | None, so_pin_file: str | None) -> int:
+@click.option("--guide", metavar="TEXT",
+              help="Text shown once, after the menu and before the first prompt (the "
+                   "`make demo` guide: it stays on screen in a 24-line terminal).")
+def ckdemo(pin_file: str | None, so_pin_file: str | None, guide: str | None) -> int:
     """The CKDemo-style numbered menu (also: hacli alone).
 
     Reads one answer per line, from a terminal or piped stdin; end of input
@@ -48,7 +51,7 @@ def ckdemo(pin_file: str | None, so_pin_file: str | None) -> int:
         state.configured_pin(role)
     io = Prompter()
     io.hide(*state.known_pins())  # a PIN is never echoed, even one line off
-    return run(Ctx(state, io))
+    return run(Ctx(state, io), guide)
 
 
 __all__ = ["ckdemo"]

@@ -74,15 +74,22 @@ def run_action(ctx: Ctx, number: int, name: str) -> str:
         return failure(ctx, e)
 
 
-def run(ctx: Ctx) -> int:
-    """The menu until 0, end of input, or Ctrl-C at the prompt.  Returns 0."""
+def run(ctx: Ctx, guide: str | None = None) -> int:
+    """The menu until 0, end of input, or Ctrl-C at the prompt.  Returns 0.
+
+    ``guide``, when given, is shown once, between the first menu and the
+    first prompt: the menu is 47 lines or more, so text printed before it has
+    scrolled off a 24-line terminal by the time the user is asked anything.
+    """
     lab = ctx.state.lab_dir is not None
     entries = screen.entries(lab)
     menu = screen.menu_lines(lab)
+    first = guide.splitlines() if guide else []
     try:
         while True:
-            for line in menu:
+            for line in [*menu, *first]:
                 ctx.say(line)
+            first = []
             try:
                 number = _choice(ctx, entries)
             except KeyboardInterrupt:
