@@ -181,6 +181,22 @@ def test_change_pin_as_so_changes_the_so_pin(admin_lab: Lab, menu: Menu) -> None
     assert all(logs_in(lab, label, so_pin, so=True) for label in labels)
 
 
+def test_init_pin_is_the_sos(admin_lab: Lab, menu: Menu) -> None:
+    lab, pin = admin_lab, admin_lab.pin()
+    labels = [m.label for m in lab.members()]
+    ha = menu.run(1, "3", "1").number(r"Session handle: (\d+)")
+    out = menu.run(7, str(ha))
+    assert out.ckr == "CKR_USER_NOT_LOGGED_IN" and "log in as SO first" in out.text
+    assert menu.run(3, str(ha), "1", "").ckr == "CKR_OK"
+    out = menu.run(7, str(ha), "set-by-so", "set-by-so")
+    assert out.ckr == "CKR_OK", out.text
+    serials = ", ".join(m.serial for m in lab.members())
+    assert f"User PIN set on {serials}." in out.text and "set-by-so" not in out.text
+    assert all(logs_in(lab, label, "set-by-so") for label in labels)
+    assert menu.run(7, str(ha), pin, pin).ckr == "CKR_OK"
+    assert all(logs_in(lab, label, pin) for label in labels)
+
+
 def test_digest_key_digests_the_keys_value_on_the_token(admin_lab: Lab, menu: Menu) -> None:
     ha = menu.run(1, "3", "1").number(r"Session handle: (\d+)")
     assert menu.run(3, str(ha), "", "").ckr == "CKR_OK"

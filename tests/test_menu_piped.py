@@ -25,7 +25,7 @@ from menuhelpers import HACLI, Menu, spawn
 pytestmark = pytest.mark.lab
 
 SOFTHSM2 = "/usr/lib/softhsm/libsofthsm2.so"
-UNSUPPORTED = (7, 16, 17, 18, 19, 64, 66, 67, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79,
+UNSUPPORTED = (16, 17, 18, 19, 64, 66, 67, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79,
                80, 81, 82, 83, 84, 85, 86, 87, 94, 95, 97, 101, 102, 103, 104, 105, 106, 107,
                108, 109, 110)
 NO_TRACEBACK = "Traceback"
@@ -122,7 +122,7 @@ def test_working_and_unsupported_options_cover_the_menu() -> None:
     from hacli.cli.menu import screen
     from hacli.cli.menu.actions import ACTIONS
 
-    working = {1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 20, 21, 22, 23, 24, 25, 26, 27,
+    working = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 20, 21, 22, 23, 24, 25, 26, 27,
                40, 41, 42, 43, 44, 45, 46, 50, 51, 52, 60, 61, 62, 63, 65, 90, 98}
     assert set(ACTIONS) == working | {120, 121, 122, 123}
     assert set(screen.entries(lab=False)) == working | set(UNSUPPORTED) | {0}

@@ -191,6 +191,13 @@ class HAGroup:
         only = self.members_set.get(member) if member is not None else None
         return self.login_state.set_pin(old, new, only)
 
+    def init_pin(self, pin: str, member: str | None = None) -> tuple[str, ...]:
+        """``C_InitPIN`` (the SO logged in sets the user PIN) on every member
+        (``member``: on that one only); the serials set (see :meth:`Login.init_pin`)."""
+        self.recovery_tick()
+        only = self.members_set.get(member) if member is not None else None
+        return self.login_state.init_pin(pin, only)
+
     # -- calls (what sessions use) ---------------------------------------------
     def execute(self, operation: str, fn: Callable[..., T], vobjs: Sequence[VObject] = (),
                 only: Member | None = None, args: tuple[Any, ...] = ()) -> T:

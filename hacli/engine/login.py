@@ -13,7 +13,7 @@ group's business.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from hacli.engine.ckr import CKR, ckr_name, is_member_failure
 from hacli.engine.exceptions import CKRError, GroupDownError, request_error
@@ -39,7 +39,7 @@ class Secret:
 
 
 class PinChangeError(CKRError):
-    """``C_SetPIN`` failed on one member of a group-wide change.
+    """``C_SetPIN`` (or ``C_InitPIN``) failed on one member of a group-wide change.
 
     :ivar changed: serials that keep the new PIN (changed, and changing them
         back failed too): they no longer share the group's PIN.
@@ -47,7 +47,7 @@ class PinChangeError(CKRError):
     """
 
     def __init__(self, error: BaseException, member: str, changed: tuple[str, ...],
-                 restored: tuple[str, ...]):
+                 restored: tuple[str, ...], operation: str = "C_SetPIN"):
         self.changed = changed
         self.restored = restored
         parts = []
@@ -55,7 +55,7 @@ class PinChangeError(CKRError):
             parts.append(f"changed back on {', '.join(restored)}")
         if changed:
             parts.append(f"the new PIN stays on {', '.join(changed)}")
-        super().__init__(ckr_name(error), "C_SetPIN", member,
+        super().__init__(ckr_name(error), operation, member,
                          detail="; ".join(parts) or "no member changed its PIN")
 
 
@@ -152,42 +152,72 @@ class Login:
         """``C_SetPIN`` on every member (``only``: on that one); returns the serials changed.
 
         It changes the PIN of the role logged in: the SO's while the SO is, else
-        the user's.  All or nothing, as far as a token allows: every member must
-        serve (one that is down would keep the old PIN, and the group could not
-        log in to it after its recovery), and when one member refuses, those
-        already changed are changed back; :class:`PinChangeError` says which
-        keep the new PIN if that failed too.  After a group-wide change the
-        kept PIN (for recovered members) is the new one.
+        the user's.  All or nothing, as far as a token allows (see
+        :meth:`_on_every_member`): when one member refuses, those already
+        changed are changed back.  After a group-wide change the kept PIN (for
+        recovered members) is the new one.
         """
-        targets = [only] if only is not None else list(self._members)
-        down = [m.serial for m in targets if not m.alive]
-        if down:
-            raise CKRError(CKR.DEVICE_ERROR, "C_SetPIN", down[0],
-                           detail="not serving: it would keep the old PIN; change the PIN "
-                                  "when every member serves")
-
         def task(conn: Connection, before: str, after: str) -> None:
             # the work session is R/W: C_SetPIN acts on the role logged in
             conn.work.set_pin(before, after)
 
+        changed = self._on_every_member("C_SetPIN", only, lambda m: m.run(
+            task, old, new, operation="C_SetPIN"), lambda m: m.run(
+            task, new, old, operation="C_SetPIN"))
+        if only is None and self._pin is not None:
+            self._pin = Secret(new)
+        return changed
+
+    def init_pin(self, pin: str, only: Member | None = None) -> tuple[str, ...]:
+        """``C_InitPIN`` (the SO sets the user's PIN) on every member (``only``:
+        on that one); returns the serials set.  The SO must be logged in; a
+        PIN set cannot be taken back, so a refusal leaves the members before
+        it with the new PIN (:class:`PinChangeError` names them)."""
+        if not self.so_logged_in:
+            raise CKRError(CKR.USER_NOT_LOGGED_IN, "C_InitPIN",
+                           detail="only the SO sets the user PIN: log in as SO first")
+
+        def task(conn: Connection, new: str) -> None:
+            conn.work.init_pin(new)
+
+        return self._on_every_member("C_InitPIN", only, lambda m: m.run(
+            task, pin, operation="C_InitPIN"), None)
+
+    def _on_every_member(self, operation: str, only: Member | None,
+                         change: Callable[[Member], None],
+                         undo: Callable[[Member], None] | None) -> tuple[str, ...]:
+        """``change`` on every member in turn (``only``: on that one), all or
+        nothing as far as possible: every member must serve (one that is down
+        would keep the old PIN, and the group could not log in to it after its
+        recovery); when one refuses, ``undo`` runs on those already changed.
+        :class:`PinChangeError` names the members changed back and those that
+        keep the new PIN."""
+        targets = [only] if only is not None else list(self._members)
+        down = [m.serial for m in targets if not m.alive]
+        if down:
+            raise CKRError(CKR.DEVICE_ERROR, operation, down[0],
+                           detail="not serving: it would keep the old PIN; change the PIN "
+                                  "when every member serves")
         changed: list[Member] = []
         for m in targets:
             try:
-                m.run(task, old, new, operation="C_SetPIN")
+                change(m)
             except Exception as e:
                 if is_member_failure(e):
                     self._members.mark_failed(m, e)
                 restored, kept = [], []
                 for d in reversed(changed):
-                    try:
-                        d.run(task, new, old, operation="C_SetPIN")
-                        restored.append(d.serial)
-                    except Exception:
-                        kept.append(d.serial)
-                raise PinChangeError(e, m.serial, tuple(kept), tuple(restored)) from e
+                    if undo is not None:
+                        try:
+                            undo(d)
+                            restored.append(d.serial)
+                            continue
+                        except Exception:  # reported below: it keeps the new PIN
+                            pass
+                    kept.append(d.serial)
+                raise PinChangeError(e, m.serial, tuple(kept), tuple(restored),
+                                     operation) from e
             changed.append(m)
-        if only is None and self._pin is not None:
-            self._pin = Secret(new)
         return tuple(m.serial for m in changed)
 
     @contextlib.contextmanager

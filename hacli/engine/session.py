@@ -136,6 +136,14 @@ class VirtualSession:
             raise CKRError(CKR.SESSION_READ_ONLY, "C_SetPIN")
         return self.group.set_pin(old, new, self.only.serial if self.only else None)
 
+    def init_pin(self, pin: str) -> tuple[str, ...]:
+        """``C_InitPIN``: the SO (logged in) sets the user PIN, on every member
+        (a member session: on that member); the serials set."""
+        self._check("C_InitPIN")
+        if not self.rw:
+            raise CKRError(CKR.SESSION_READ_ONLY, "C_InitPIN")
+        return self.group.init_pin(pin, self.only.serial if self.only else None)
+
     def logout(self) -> None:
         """Log the user out (of every member)."""
         self._check("C_Logout")

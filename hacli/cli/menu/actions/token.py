@@ -129,6 +129,27 @@ def change_pin(ctx: Ctx) -> str | None:
     return None
 
 
+@action(7)
+def init_pin(ctx: Ctx) -> str | None:
+    """C_InitPIN: the SO sets the user PIN (HA session: on every member)."""
+    from hacli.engine.login import PinChangeError
+
+    session = choose_session(ctx)
+    info = session.info()
+    if not info.so_logged_in:
+        raise MenuError("Init Pin is the SO's: log in as SO first (3 Login, user type 1).",
+                        CKR.USER_NOT_LOGGED_IN)
+    where = f"member {info.member}" if info.member else f"every member of HA group {info.group}"
+    ctx.say(f"Setting the user PIN (Crypto Officer) on {where}.")
+    try:
+        done = session.init_pin(_new_pin(ctx, Role.USER))
+    except PinChangeError as e:
+        ctx.say(f"C_InitPIN failed on member {e.member} ({e.ckr}); {e.detail}.")
+        return e.ckr
+    ctx.say(f"User PIN set on {', '.join(done)}.")
+    return None
+
+
 @action(6)
 def init_token(ctx: Ctx) -> str | None:
     """C_InitToken on a member slot (every object on that token is erased)."""
