@@ -350,7 +350,7 @@ def test_down_leaves_no_process_and_up_restores_tokens(tmp_path: Path, member_cl
     # stopped on purpose, not crashed: `down` says so, and `up` starts it again
     assert lab.status().members[0].state == STOPPED
     assert lab.status().members[0].pid is None
-    with pytest.raises(LabError, match="is stopped; restore it first"):
+    with pytest.raises(LabError, match=r"is not running \(stopped\); restore it first"):
         lab.hang(serial)
     assert lab.fail(serial).state == STOPPED  # nothing to kill
     assert lab.exists() and lab.tokens_dir_of(0).is_dir()

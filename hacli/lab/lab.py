@@ -235,7 +235,8 @@ class Lab(LabPaths):
             current = servers.state_of(self, rec)
             if not servers.has_process(current):
                 raise LabError(
-                    f"member {rec['label']} ({rec['serial']}) is {current}; restore it first"
+                    f"member {rec['label']} ({rec['serial']}) is not running ({current}); "
+                    "restore it first"
                 )
             if current == RUNNING:
                 servers.freeze(self, rec, self.timeout)
