@@ -98,7 +98,7 @@ def _slot_of(table: _FunctionList, serial: str) -> int:
     _check(get_list(1, slots, ctypes.byref(count)), "C_GetSlotList", serial)
     info = ctypes.create_string_buffer(_TOKEN_INFO_SIZE)
     for slot_id in slots[:count.value]:
-        if _GET_TOKEN_INFO(table.C_GetTokenInfo)(slot_id, info) == 0:
+        if _GET_TOKEN_INFO(table.C_GetTokenInfo)(slot_id, info) == CKR.OK.rv:
             found = info.raw[_SERIAL_AT:_SERIAL_AT + 16].decode("ascii", "replace").strip()
             if found == serial:
                 return int(slot_id)
@@ -124,14 +124,14 @@ def init_token(instance: ModuleInstance, serial: str, so_pin: str, label: str,
         _check(module.C_GetFunctionList(ctypes.byref(functions)), "C_GetFunctionList", serial)
         table = functions.contents
         rv = _INITIALIZE(table.C_Initialize)(None)
-    if rv not in (0, CKR.CRYPTOKI_ALREADY_INITIALIZED.rv):
+    if rv not in (CKR.OK.rv, CKR.CRYPTOKI_ALREADY_INITIALIZED.rv):
         _check(rv, "C_Initialize", serial)
     try:
         pin = so_pin.encode("utf-8")
         _check(_INIT_TOKEN(table.C_InitToken)(_slot_of(table, serial), pin, len(pin), padded),
                "C_InitToken", serial)
     finally:
-        if rv == 0:
+        if rv == CKR.OK.rv:  # this call initialised it: finalise what it began
             _INITIALIZE(table.C_Finalize)(None)
     if user_pin is not None:
         session = slot.get_token().open(rw=True, so_pin=so_pin, attribute_mapper=MAPPER)
