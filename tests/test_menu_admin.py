@@ -20,13 +20,17 @@ from pathlib import Path
 
 import pytest
 from menuhelpers import Menu, spawn
+from test_menu_piped import direct_group  # noqa: F401 -- the fixture, for this module too
 
+from hacli.engine import CKRError
 from hacli.lab import Lab, find_tools
 from hacli.lab.provision import provision_lab
 
 pytestmark = pytest.mark.lab
 
 PIN_VAR = "HACLI_TEST_TOOL_PIN"
+#: The SO PIN of the ``direct_group`` fixture's tokens.
+DIRECT_SO_PIN = "5678-direct"
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +254,35 @@ def test_init_token_on_a_member_slot(admin_lab: Lab, menu: Menu) -> None:
     assert "before-init" in labels_on(lab, m0.label)
     text = menu.run(52, "3").text
     assert f"HSM {m0.serial} - CKR_OK" in text and f"HSM {m1.serial} - CKR_OK" in text
+
+
+def test_init_token_on_a_member_loaded_directly(direct_group, tmp_path: Path) -> None:  # noqa: F811
+    """The same through the engine on a group whose members are SoftHSM2 tokens
+    loaded directly (no p11-kit): the module is initialised already in the
+    private instance, and its copy is another application to the token."""
+    from pkcs11 import Attribute, KeyType
+
+    from hacli.conf.model import load_config
+    from hacli.conf.store import load
+    from hacli.engine import Engine
+
+    def labels(session) -> set[str]:
+        return {session.get_attribute(h, Attribute.LABEL) for h in session.find_objects()}
+
+    config = load_config(load(direct_group.conf), str(direct_group.conf))
+    with Engine(config, state_dir=tmp_path) as engine:
+        group = engine.group()
+        m0, m1 = (m.serial for m in group.members)
+        with group.open_session() as s:
+            s.login(direct_group.pin)
+            s.generate_key(KeyType.AES, 128, label="made-before", token=True)
+            back = engine.init_token(m1, DIRECT_SO_PIN, "direct1", direct_group.pin)
+            assert back, [(m.serial, m.state, m.last_error) for m in group.members]
+            with group.open_session(member=m1) as wiped, group.open_session(member=m0) as kept:
+                assert labels(wiped) == {"hacli-transport"}
+                assert "made-before" in labels(kept)
+            assert all(m.alive for m in group.members)
+        # a wrong SO PIN changes nothing
+        with pytest.raises(CKRError) as err:
+            engine.init_token(m0, "not-the-so-pin", "direct0")
+        assert err.value.ckr == "CKR_PIN_INCORRECT"

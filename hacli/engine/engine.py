@@ -15,7 +15,7 @@ from hacli.engine import halog
 from hacli.engine.ckr import CKR, ckr_name
 from hacli.engine.exceptions import CKRError
 from hacli.engine.group import HAGroup
-from hacli.engine.member import MAPPER, Member, open_connection
+from hacli.engine.member import MAPPER, Connection, Member, open_connection
 from hacli.engine.module import InstanceRegistry, ModuleInstance, make_workdir
 from hacli.engine.parallel import in_parallel
 from hacli.engine.policy import Clock
@@ -240,6 +240,12 @@ class Engine:
         if user_pin is not None and any(o.conn.transport is not None for o in others
                                         if o.conn is not None):
             provision_transport_key(self.config, group.label, so_pin, user_pin)
+        # the engine's connection knew the token as it was: its sessions go
+        # (a module instance shared with other members is not re-initialised
+        # by the recovery below), then the member leaves service and is
+        # reconnected at once
+        group.members_set.best_effort(m, Connection.close_sessions,
+                                      operation="C_CloseSession")
         group.members_set.mark_failed(m, CKRError(CKR.TOKEN_NOT_RECOGNIZED, "C_InitToken",
                                                   serial, detail="token initialised"))
         return group.recover_now(serial)
