@@ -16,7 +16,7 @@ class ExitStatus(enum.IntEnum):
     OK = 0
     FAILED = 1  # the operation failed
     USAGE = 2  # usage error or invalid value: nothing was changed
-    DEGRADED = 3  # `ha status` only: a member is down, the group serves
+    DEGRADED = 3  # `ha status` / `lab status` only: a member is down (lab: not running)
     GROUP_DOWN = 4  # `ha status` only: no member serves
     INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, as shells report it
 

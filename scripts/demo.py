@@ -5,6 +5,10 @@ Brings the lab up (two SoftHSM2 member HSMs, each behind its own `p11-kit
 server` process) if it is not, then opens the CKDemo-style menu on its HA
 group.  Inside the menu, 52 shows the HA status and 120-123 crash, freeze and
 restore members: the origin document's scenario in one terminal.
+
+The guide to that scenario is shown by the menu itself, after the menu and
+before its first prompt (`hacli ckdemo --guide`): the menu is longer than a
+24-line terminal, so a guide printed before it would have scrolled away.
 """
 
 from __future__ import annotations
@@ -16,15 +20,19 @@ from pathlib import Path
 
 HACLI = str(Path(sys.executable).parent / "hacli")
 
-GUIDE = """
-The lab is up: HA group "labgroup" over {n} member HSMs.
-In the menu, try the origin document's scenario:
-  52  HA Status               (both members CKR_OK)
-  120 Fail member             (crash one: SIGKILL its server)
-  52  HA Status, twice        (CKR_DEVICE_ERROR, then CKR_TOKEN_NOT_PRESENT)
-  122 Restore member, wait 5 s (the lab's retry interval), 52 again: both CKR_OK
-  0   Quit                    (the lab stays up: `hacli lab down` stops it)
-"""
+#: Short enough to stay on a 24-line terminal under the menu's last lines,
+#: with the prompt; no line longer than 79 columns (none wraps).
+GUIDE = """\
+------------------------------------------------------------------------------
+The lab is up: HA group "labgroup" over {n} member HSMs.  Try the origin
+document's scenario (answer {ha}, the HA slot, when asked for a slot):
+  52  HA Status               both members CKR_OK
+  120 Fail member             crash one: SIGKILL its server
+  52  HA Status, twice        CKR_DEVICE_ERROR, then CKR_TOKEN_NOT_PRESENT
+  122 Restore member          wait 5 s (the lab's retry interval), then 52:
+                              both CKR_OK again
+  0   Quit                    the lab stays up: `hacli lab down` stops it
+------------------------------------------------------------------------------"""
 
 
 def main() -> int:
@@ -37,10 +45,12 @@ def main() -> int:
 
     status = json.loads(up.stdout)
     subprocess.run([HACLI, "lab", "status"], check=False)
-    print(GUIDE.format(n=len(status["members"])))
     if not sys.stdin.isatty():
         print("(stdin is not a terminal: the menu reads one answer per line from it)")
-    os.execv(HACLI, [HACLI, "--conf", status["conf"], "ckdemo"])
+    sys.stdout.flush()  # before exec replaces this process and its buffers
+    os.execv(HACLI, [HACLI, "--conf", status["conf"], "ckdemo", "--guide",
+                     GUIDE.format(n=len(status["members"]),
+                                                  ha=len(status["members"]) + 1)])
     return 0  # not reached
 
 

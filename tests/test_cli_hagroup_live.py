@@ -46,6 +46,7 @@ def test_group_membership_sets_up_transport_key_and_logs(lab3: Lab, tmp_path: Pa
     before = conf.read_bytes()
     bad_pin = tmp_path / "so-pin"
     bad_pin.write_text("wrong-so-pin\n")
+    bad_pin.chmod(0o600)  # private, as a PIN file should be (else one warning line too)
     res = run_process(*c, "creategroup", "--label", "g2", "--members", f"{s0},{s1}",
                       "--so-pin-file", str(bad_pin))
     assert_one_error_line(res, 1)

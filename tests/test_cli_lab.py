@@ -64,15 +64,17 @@ def test_lab_lifecycle_through_the_cli(lab_dir: Path) -> None:
     assert json.loads(run_process("lab", "fail", first["serial"], *d, "--json").out)[
         "state"] == "failed"
     assert "hung" in run_process("lab", "hang", second["label"], *d).out
-    states = json.loads(run_process("lab", "status", *d, "--json").out)["members"]
-    assert [m["state"] for m in states] == ["failed", "hung"]
+    degraded = run_process("lab", "status", *d, "--json")
+    assert [m["state"] for m in json.loads(degraded.out)["members"]] == ["failed", "hung"]
+    assert degraded.code == 3  # a member is not running, as `ha status` says for a group
     bad = run_process("lab", "fail", "nosuch", *d)
     assert_one_error_line(bad, 2)
     assert "member0" in bad.err
     for m in (first, second):
         assert run_process("lab", "restore", m["serial"], *d).code == 0
-    states = json.loads(run_process("lab", "status", *d, "--json").out)["members"]
-    assert [m["state"] for m in states] == ["running", "running"]
+    healthy = run_process("lab", "status", *d, "--json")
+    assert [m["state"] for m in json.loads(healthy.out)["members"]] == ["running", "running"]
+    assert healthy.code == 0
 
     human = run_process("lab", "status", *d)
     assert first["serial"] in human.out and "running" in human.out
@@ -82,6 +84,29 @@ def test_lab_lifecycle_through_the_cli(lab_dir: Path) -> None:
 
     assert run_process("lab", "down", *d).code == 0
     assert lab_processes(Lab(lab_dir)) == []
+    stopped = run_process("lab", "status", *d)
+    assert stopped.code == 3
+    assert [line.split()[2] for line in stopped.out.splitlines()
+            if line.startswith("member")] == ["stopped", "stopped"]
+
+
+def test_commands_on_a_missing_lab_exit_1_and_create_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "no-lab"
+    for args in (("fail", "member0"), ("hang", "member0"), ("restore", "member0"),
+                 ("status",), ("down",), ("down", "--purge")):
+        res = run_process("lab", *args, "--dir", str(missing))
+        assert_one_error_line(res, 1)
+        assert f"no lab in {missing}" in res.err
+        assert not missing.exists(), args
+
+
+def test_purge_says_what_it_kept(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert run_process("lab", "up", "--members", "1", "--dir", str(tmp_path)).code == 0
+    res = run_process("lab", "down", "--purge", "--dir", str(tmp_path))
+    assert res.code == 0
+    assert "removed" not in res.out.split(";")[-1] and "notes.txt" in res.out
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def _make_old(lab: Lab) -> tuple[bytes, subprocess.Popen[bytes]]:

@@ -16,7 +16,17 @@ import pytest
 from conftest import to_shared_layout
 
 from hacli.errors import LabError, UsageError
-from hacli.lab import FAILED, HUNG, RUNNING, Lab, LabUsageError, find_tools, servers, tools
+from hacli.lab import (
+    FAILED,
+    HUNG,
+    RUNNING,
+    STOPPED,
+    Lab,
+    LabUsageError,
+    find_tools,
+    servers,
+    tools,
+)
 from hacli.lab.procs import group_pids, proc_cmdline, proc_state, wait_until
 from hacli.lab.tokens import REQUIRED_MECHANISMS, clean_env, list_tokens
 
@@ -337,7 +347,12 @@ def test_down_leaves_no_process_and_up_restores_tokens(tmp_path: Path, member_cl
     lab.down()
     assert not group_pids(pid)
     assert not [p for p in _all_pids() if lab.members()[0].uri in proc_cmdline(p)]
-    assert lab.status().members[0].state == FAILED
+    # stopped on purpose, not crashed: `down` says so, and `up` starts it again
+    assert lab.status().members[0].state == STOPPED
+    assert lab.status().members[0].pid is None
+    with pytest.raises(LabError, match=r"is not running \(stopped\); restore it first"):
+        lab.hang(serial)
+    assert lab.fail(serial).state == STOPPED  # nothing to kill
     assert lab.exists() and lab.tokens_dir_of(0).is_dir()
     lab.down()  # down twice is harmless
 
@@ -346,29 +361,65 @@ def test_down_leaves_no_process_and_up_restores_tokens(tmp_path: Path, member_cl
     fresh = member_client(lab, serial)
     assert fresh.call("session.get_key(label='kept').label") == {"value": "'kept'"}
 
-    lab.down(purge=True)
+    assert lab.down(purge=True) == ()
     assert not lab.directory.exists()
     assert not lab.exists()
-    lab.down(purge=True)  # nothing left to remove: harmless
-    with pytest.raises(LabError, match="no lab"):
-        lab.down()
+    # nothing left: purging again is an error that creates nothing
+    for purge in (True, False):
+        with pytest.raises(LabError, match="no lab in"):
+            lab.down(purge=purge)
+        assert not lab.directory.exists()
 
 
 def test_purge_keeps_files_it_did_not_make(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     lab = Lab(tmp_path, timeout=10.0)
     lab.up(members=1)
-    lab.down(purge=True)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "lab.lock") == ["notes.txt"]
+    assert lab.down(purge=True) == ("notes.txt",)  # what was kept, and why the dir stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
-def test_status_without_a_lab(tmp_path: Path) -> None:
+def test_purge_of_a_directory_the_lab_did_not_create_removes_it_when_empty(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "made-by-me"
+    directory.mkdir()
+    (directory / "x").write_text("")  # not empty when `up` ran: the lab did not make it
+    lab = Lab(directory, timeout=10.0)
+    lab.up(members=1)
+    (directory / "x").unlink()
+    assert lab.down(purge=True) == ()
+    assert not directory.exists()  # "removed" means removed
+
+
+def test_commands_on_a_missing_lab_create_nothing(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "none")
     assert not lab.exists()
     with pytest.raises(LabError, match="no lab in"):
         lab.status()
+    for verb in ("fail", "hang", "restore"):
+        with pytest.raises(LabError, match="no lab in"):
+            getattr(lab, verb)("member0")
+    for purge in (False, True):
+        with pytest.raises(LabError, match="no lab in"):
+            lab.down(purge=purge)
+    assert not lab.directory.exists()
+    # an existing directory without a lab gets no lock file either
+    lab.directory.mkdir()
     with pytest.raises(LabError, match="no lab in"):
         lab.fail("member0")
+    with pytest.raises(LabError, match="no lab in"):
+        lab.down(purge=True)
+    assert list(lab.directory.iterdir()) == []
+
+
+def test_purge_cleans_the_lock_file_an_older_hacli_left(tmp_path: Path) -> None:
+    # `lab fail` of an older hacli made DIR and DIR/lab.lock on a missing lab
+    lab = Lab(tmp_path / "left")
+    lab.directory.mkdir()
+    lab.lock_file.write_text("")
+    assert lab.down(purge=True) == ()
+    assert not lab.directory.exists()
 
 
 def test_partial_lab_is_refused_then_purged(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from menuhelpers import HACLI, Menu, spawn
 pytestmark = pytest.mark.lab
 
 SOFTHSM2 = "/usr/lib/softhsm/libsofthsm2.so"
-UNSUPPORTED = (5, 6, 7, 16, 17, 18, 19, 46, 64, 66, 67, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79,
+UNSUPPORTED = (16, 17, 18, 19, 64, 66, 67, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79,
                80, 81, 82, 83, 84, 85, 86, 87, 94, 95, 97, 101, 102, 103, 104, 105, 106, 107,
                108, 109, 110)
 NO_TRACEBACK = "Traceback"
@@ -122,8 +122,8 @@ def test_working_and_unsupported_options_cover_the_menu() -> None:
     from hacli.cli.menu import screen
     from hacli.cli.menu.actions import ACTIONS
 
-    working = {1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 20, 21, 22, 23, 24, 25, 26, 27, 40, 41,
-               42, 43, 44, 45, 50, 51, 52, 60, 61, 62, 63, 65, 90, 98}
+    working = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 20, 21, 22, 23, 24, 25, 26, 27,
+               40, 41, 42, 43, 44, 45, 46, 50, 51, 52, 60, 61, 62, 63, 65, 90, 98}
     assert set(ACTIONS) == working | {120, 121, 122, 123}
     assert set(screen.entries(lab=False)) == working | set(UNSUPPORTED) | {0}
 
@@ -173,9 +173,9 @@ def test_working_options_on_the_lab(lab, tmp_path) -> None:
     session = menu.run(1, "3", "1").number(r"Session handle: (\d+)")
     text = ok(51, "3")
     assert "Using the PIN from --pin-file" in text and lab.pin() not in text
-    assert menu.run(3, "").ckr == "CKR_USER_ALREADY_LOGGED_IN"
+    assert menu.run(3, "", "").ckr == "CKR_USER_ALREADY_LOGGED_IN"
     ok(4, "")
-    ok(3, "")
+    ok(3, "", "")
     assert "State:  CKS_RW_USER_FUNCTIONS" in ok(13, str(session))
 
     # objects
@@ -243,7 +243,10 @@ def test_working_options_on_the_lab(lab, tmp_path) -> None:
 
     # a session on a member slot goes to that member only
     member_session = menu.run(1, "1", "2").number(r"Session handle: (\d+)")
-    assert f"(member {m0})" in ok(13, str(member_session))
+    text = ok(13, str(member_session))
+    # its own slot (not the HA slot's), and its state while the user is logged in
+    assert f"Slot:   slot#1 (member {m0})" in text
+    assert "State:  CKS_RO_USER_FUNCTIONS" in text
     ok(62, str(member_session), "8")
     ok(2, str(member_session))
     ok(2, str(session))
@@ -282,7 +285,7 @@ def test_key_functions_on_directly_loaded_members(direct_group, tmp_path) -> Non
         return out.text
 
     menu.run(1, "3", "1")
-    assert "Using the PIN from HACLI_PIN." in ok(3, "")
+    assert "Using the PIN from HACLI_PIN." in ok(3, "", "")
     transport = menu.run(26, "", "2", "hacli-transport").number(r"handle (\d+) - ")
     aes = menu.run(45, "", "1", "", "", "3").number(r"Key handle: (\d+)")
     ok(40, "", str(aes), "1", "plain.bin", "c.enc")  # CKM_AES_CBC_PAD
@@ -342,14 +345,16 @@ def test_bad_answers_at_every_prompt(lab, tmp_path) -> None:
     # an HA-only slot prompt refuses a member slot
     out = menu.run(52, "1", "3")
     assert "slot#1 is not an HA Virtual Card Slot" in out.text and out.ckr == "CKR_OK"
-    # a session handle, a PIN typed wrong, then the lab's (empty answer)
-    menu.send("3", "nope", "999", "")
+    # a session handle, a user type, a PIN typed wrong: one attempt, the token's answer
+    menu.send("3", "nope", "999", "", "3", "")
+    expect_message("3 is out of range; enter a number from 1 to 2.")
     child.expect_exact("Enter PIN (empty: the lab's PIN): ")
     menu.send("wrong-pin")
-    expect_message("the PIN is wrong (CKR_PIN_INCORRECT); try again.")
-    menu.send("")
     out = menu.status()
-    assert out.ckr == "CKR_OK" and "wrong-pin" not in out.text
+    assert out.ckr == "CKR_PIN_INCORRECT" and "wrong-pin" not in out.text
+    # then the lab's PIN (empty answer)
+    out = menu.run(3, "", "", "")
+    assert out.ckr == "CKR_OK"
     # an integer with bounds, yes/no, text
     out = menu.run(45, "", "2", "", "maybe", "n", "big", "99999", "1024")
     assert "Answer y or n." in out.text and "'big' is not a number" in out.text
@@ -396,15 +401,16 @@ def test_bad_answers_at_every_prompt(lab, tmp_path) -> None:
 def test_pin_sources(lab, tmp_path) -> None:
     wrong = tmp_path / "wrong-pin"
     wrong.write_text("0000")
-    proc = piped(lab.conf_path, ["1", "3", "1", "3", "", "0"], "--pin-file", str(wrong))
+    proc = piped(lab.conf_path, ["1", "3", "1", "3", "", "", "0"], "--pin-file", str(wrong))
     assert statuses(proc.stdout) == ["CKR_OK", "CKR_PIN_INCORRECT"]
     assert "Status: the PIN is wrong (CKR_PIN_INCORRECT)" in proc.stdout
     proc = piped(lab.conf_path, ["51", "3", "0"], env={"HACLI_PIN": lab.pin()})
     assert statuses(proc.stdout) == ["CKR_OK"] and "Using the PIN from HACLI_PIN." in proc.stdout
-    # typed on a pipe: three wrong answers, then the status; the PIN is never echoed
-    proc = piped(lab.conf_path, ["51", "3", "bad1", "bad2", "bad3", "0"])
-    assert statuses(proc.stdout) == ["CKR_PIN_INCORRECT"]
-    assert proc.stdout.count("try again.") == 2 and "bad1" not in proc.stdout
+    # typed on a pipe: one wrong answer is one login attempt (each counts towards a
+    # real HSM's lockout), then the status; the next answer is the menu's again
+    proc = piped(lab.conf_path, ["51", "3", "bad1", "52", "3", "0"])
+    assert statuses(proc.stdout) == ["CKR_PIN_INCORRECT", "CKR_OK"]
+    assert proc.stdout.count("Enter PIN") == 1 and "bad1" not in proc.stdout
     proc = piped(lab.conf_path, ["51", "3", lab.pin(), "0"])
     assert statuses(proc.stdout) == ["CKR_OK"] and not shows(proc, lab.pin())
     assert "Enter PIN (empty: the lab's PIN): \nLogged in" in proc.stdout  # not echoed
@@ -435,7 +441,7 @@ def test_a_pin_one_line_off_is_never_shown(lab, direct_group, tmp_path) -> None:
         assert not shows(proc, pin), (args, proc.stdout + proc.stderr)
         assert "Select a slot: <hidden>\n'<hidden>' is not a slot" in proc.stdout
     # typed at the hidden prompt earlier in the session, then one line off at 52
-    proc = piped(direct_group.conf, ["1", "3", "1", "3", "", pin, "52", pin, "3", "0"])
+    proc = piped(direct_group.conf, ["1", "3", "1", "3", "", "", pin, "52", pin, "3", "0"])
     assert statuses(proc.stdout) == ["CKR_OK"] * 3, proc.stdout
     assert "Enter PIN: \n" in proc.stdout  # the answer at the PIN prompt: not echoed
     assert not shows(proc, pin), proc.stdout + proc.stderr

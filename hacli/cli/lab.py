@@ -9,6 +9,7 @@ import click
 
 from hacli.cli import render
 from hacli.cli.context import json_option
+from hacli.errors import ExitStatus
 
 if TYPE_CHECKING:
     from hacli.lab import Lab, LabStatus, MemberStatus
@@ -94,16 +95,29 @@ def up(members: int | None, directory: str | None, as_json: bool) -> None:
 def down(purge: bool, directory: str | None) -> None:
     """Stop every lab process (tokens are kept unless --purge)."""
     the_lab = open_lab(directory)
-    the_lab.down(purge=purge)
-    render.echo(f"Lab in {the_lab.directory} is down{' and removed' if purge else ''}.")
+    kept = the_lab.down(purge=purge)
+    where = the_lab.directory
+    if not purge:
+        render.echo(f"Lab in {where} is down.")
+    elif kept:
+        render.echo(f"Lab in {where} is down and its files are removed; {where} itself is "
+                    f"kept for what the lab did not make: {', '.join(kept)}.")
+    else:
+        render.echo(f"Lab in {where} is down and removed.")
 
 
 @lab.command()
 @dir_option
 @json_option
-def status(directory: str | None, as_json: bool) -> None:
-    """Show the lab's members and their processes."""
-    show_status(open_lab(directory).status(), as_json)
+def status(directory: str | None, as_json: bool) -> int:
+    """Show the lab's members and their processes.
+
+    Exit status 0 when every member runs, 3 when one is failed, hung or
+    stopped, 1 when there is no lab.
+    """
+    result = open_lab(directory).status()
+    show_status(result, as_json)
+    return int(ExitStatus.DEGRADED) if result.not_running else int(ExitStatus.OK)
 
 
 def _member_command(verb: str, doc: str):

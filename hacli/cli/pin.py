@@ -1,20 +1,23 @@
-"""Where a PIN comes from: ``--pin-file``, ``$HACLI_PIN``, the lab, or a hidden prompt.
+"""PINs for commands: the options, and a hidden prompt when no source gives one.
 
+Finding a PIN (``--pin-file``, ``$HACLI_PIN``, the lab's PIN file) is
+:func:`hacli.pins.find_pin`, the one reader the menu and the lab use too;
+this module adds what only a command has: the click options and the prompt.
 A PIN is never printed, logged or written anywhere by hacli.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import click
 
+from hacli import pins
 from hacli.errors import UsageError
+from hacli.pins import PinRequest, Role
 
-PIN_ENV = "HACLI_PIN"
-SO_PIN_ENV = "HACLI_SO_PIN"
+PIN_ENV = Role.USER.env
+SO_PIN_ENV = Role.SO.env
 
 
 def pin_file_option(f):
@@ -24,17 +27,6 @@ def pin_file_option(f):
                         )(f)
 
 
-def read_pin_file(path: str | Path) -> str:
-    """The first line of a PIN file, stripped (UsageError when unusable)."""
-    try:
-        pin = Path(path).read_text(encoding="utf-8").splitlines()[0].strip()
-    except (OSError, UnicodeDecodeError, IndexError):
-        raise UsageError(f"cannot read a PIN from {path}") from None
-    if not pin:
-        raise UsageError(f"the PIN file {path} is empty")
-    return pin
-
-
 def so_pin_file_option(f):
     """``--so-pin-file FILE``: the Security Officer PIN, for the transport key."""
     return click.option("--so-pin-file", metavar="FILE",
@@ -42,28 +34,12 @@ def so_pin_file_option(f):
                              "or a prompt).")(f)
 
 
-def lab_pin_file(lab_dir: str | None, so: bool = False) -> Path | None:
-    """The lab's (SO) PIN file when the configuration was written by ``hacli lab up``."""
-    if not lab_dir:
-        return None
-    from hacli.lab import Lab
-
-    lab = Lab(Path(lab_dir))
-    path = lab.so_pin_file if so else lab.pin_file
-    return path if path.exists() else None
-
-
 def find_pin(pin_file: str | None, lab_dir: str | None = None, *,
              so: bool = False) -> str | None:
     """The user (or SO) PIN from a source that needs no prompt: the file given,
     the environment, the lab's PIN file; None when there is none."""
-    env = SO_PIN_ENV if so else PIN_ENV
-    if pin_file:
-        return read_pin_file(pin_file)
-    if os.environ.get(env):
-        return os.environ[env]
-    lab_file = lab_pin_file(lab_dir, so)
-    return read_pin_file(lab_file) if lab_file is not None else None
+    found = pins.find_pin(PinRequest(Role.SO if so else Role.USER, pin_file, lab_dir))
+    return found.pin if found is not None else None
 
 
 def resolve_pin(pin_file: str | None, lab_dir: str | None = None, *, so: bool = False) -> str:
@@ -71,7 +47,7 @@ def resolve_pin(pin_file: str | None, lab_dir: str | None = None, *, so: bool = 
     pin = find_pin(pin_file, lab_dir, so=so)
     if pin is not None:
         return pin
+    role = Role.SO if so else Role.USER
     if not sys.stdin.isatty():
-        env, flag = (SO_PIN_ENV, "--so-pin-file") if so else (PIN_ENV, "--pin-file")
-        raise UsageError(f"no {'SO ' if so else ''}PIN: give {flag} FILE or set {env}")
-    return str(click.prompt("Enter SO PIN" if so else "Enter PIN", hide_input=True))
+        raise UsageError(f"no {role.what}: give {role.option} FILE or set {role.env}")
+    return str(click.prompt(f"Enter {role.what}", hide_input=True))

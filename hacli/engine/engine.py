@@ -12,10 +12,10 @@ from typing import Any
 
 from hacli.conf.model_types import HAConfig, SlotNumber, number_slots
 from hacli.engine import halog
-from hacli.engine.ckr import CKR
+from hacli.engine.ckr import CKR, ckr_name
 from hacli.engine.exceptions import CKRError
 from hacli.engine.group import HAGroup
-from hacli.engine.member import MAPPER, Member, open_connection
+from hacli.engine.member import MAPPER, Connection, Member, open_connection
 from hacli.engine.module import InstanceRegistry, ModuleInstance, make_workdir
 from hacli.engine.parallel import in_parallel
 from hacli.engine.policy import Clock
@@ -149,7 +149,7 @@ class Engine:
         g = self.group(s.group)
         if s.kind == "ha":
             return g.open_session(rw=rw)
-        return g.open_session(rw=rw, member=s.token_serial)
+        return g.open_session(rw=rw, member=s.token_serial, slot_id=s.slot_id)
 
     def token_info(self, slot_id: int) -> TokenInfo:
         s = self.slot(slot_id)
@@ -176,6 +176,23 @@ class Engine:
 
     # -- direct member access (bypasses the HA layer) ---------------------------
     @contextlib.contextmanager
+    def _private_instance(self, serial: str, purpose: str) -> Iterator[tuple[ModuleInstance,
+                                                                              float]]:
+        """A private, loaded instance of the member's module (its own login
+        state, its own sessions: another application to the token), and the
+        command timeout; closed afterwards."""
+        loc = self.config.location(serial)
+        if loc is None:
+            raise UsageError(f"no module location for member {serial!r}")
+        timeout = max(0.001, self.settings.receive_timeout_ms / 1000.0)
+        inst = ModuleInstance(loc.library, loc.env, self._workdir, f"{purpose}-{serial}")
+        try:
+            inst.load(timeout)
+            yield inst, timeout
+        finally:
+            inst.close(timeout)
+
+    @contextlib.contextmanager
     def direct_session(self, serial: str, pin: str | None = None, rw: bool = True) -> Iterator[Any]:
         """A raw python-pkcs11 session on one member, bypassing the HA layer.
 
@@ -183,13 +200,7 @@ class Engine:
         so the HA layer's cost can be measured against it (``multitoken
         --slot SERIAL``).  The session is not protected by the command timeout.
         """
-        loc = self.config.location(serial)
-        if loc is None:
-            raise UsageError(f"no module location for member {serial!r}")
-        timeout = max(0.001, self.settings.receive_timeout_ms / 1000.0)
-        inst = ModuleInstance(loc.library, loc.env, self._workdir, f"direct-{serial}")
-        try:
-            inst.load(timeout)
+        with self._private_instance(serial, "direct") as (inst, timeout):
             conn = inst.call(open_connection, inst, serial, None, timeout=timeout)
             session = conn.work
             if pin is not None:
@@ -197,8 +208,52 @@ class Engine:
                                                             attribute_mapper=MAPPER),
                                     timeout=timeout)
             yield session
-        finally:
-            inst.close(timeout)
+
+    def init_token(self, serial: str, so_pin: str, label: str,
+                   user_pin: str | None = None) -> bool:
+        """``C_InitToken`` on one member: every object on its token is gone.
+
+        Runs on a private instance of the member's module (a token refuses
+        ``C_InitToken`` while the application has a session on it; see
+        :mod:`hacli.engine.tokeninit`).  With ``user_pin`` the user PIN is set
+        afterwards (``C_InitPIN`` as the SO), and when other members of its
+        group hold the group's transport key, the member gets it again
+        (:func:`provision_transport_key`), so keys can be replicated to it.
+        The group then takes the member out of service (its connection saw
+        the token as it was) and reconnects it at once.
+
+        Returns True when the member serves again; False when it could not
+        be reconnected (e.g. the group is logged in and ``user_pin`` is not
+        the group's PIN): it stays down and the recovery policy retries it.
+        A wrong SO PIN is ``CKR_PIN_INCORRECT`` and changes nothing.
+        """
+        import pkcs11
+
+        from hacli.engine.tokeninit import init_token
+        from hacli.engine.transport import provision_transport_key
+
+        group = self.group_of(serial)
+        m = self.member(serial)
+        with self._private_instance(serial, "init") as (inst, timeout):
+            try:
+                # C_InitToken derives keys from the PIN: allow more than a call
+                inst.call(init_token, inst, serial, so_pin, label, user_pin,
+                          timeout=max(10.0, timeout), operation="C_InitToken")
+            except pkcs11.PKCS11Error as e:
+                raise CKRError(ckr_name(e), "C_InitToken", serial) from e
+        others = [o for o in group.members if o is not m and o.conn is not None]
+        if user_pin is not None and any(o.conn.transport is not None for o in others
+                                        if o.conn is not None):
+            provision_transport_key(self.config, group.label, so_pin, user_pin)
+        # the engine's connection knew the token as it was: its sessions go
+        # (a module instance shared with other members is not re-initialised
+        # by the recovery below), then the member leaves service and is
+        # reconnected at once
+        group.members_set.best_effort(m, Connection.close_sessions,
+                                      operation="C_CloseSession")
+        group.members_set.mark_failed(m, CKRError(CKR.TOKEN_NOT_RECOGNIZED, "C_InitToken",
+                                                  serial, detail="token initialised"))
+        return group.recover_now(serial)
 
     # -- shutdown ------------------------------------------------------------
     def close(self) -> None:

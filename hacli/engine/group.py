@@ -164,24 +164,46 @@ class HAGroup:
     # -- login -------------------------------------------------------------
     @property
     def logged_in(self) -> bool:
+        """True while the user (Crypto Officer) is logged in."""
         return self.login_state.logged_in
 
-    def login(self, pin: str) -> None:
-        """Log in to every alive member with the same PIN (kept only to re-login
-        recovered members; never shown).
+    @property
+    def so_logged_in(self) -> bool:
+        """True while the Security Officer is logged in."""
+        return self.login_state.so_logged_in
 
-        Then the members are compared (inventory, ``needs_sync``) and, when the
-        group's HASynchronize flag is set, synchronised; neither can fail the
-        login.
+    def login(self, pin: str, so: bool = False) -> None:
+        """Log in to every alive member with the same PIN (kept only to re-login
+        recovered members; never shown); ``so``: as the Security Officer.
+
+        After a user login the members are compared (inventory, ``needs_sync``)
+        and, when the group's HASynchronize flag is set, synchronised; neither
+        can fail the login.
         """
         self.recovery_tick()
-        self.login_state.login(pin)
-        self.sync.after_login()
+        self.login_state.login(pin, so)
+        if not so:
+            self.sync.after_login()
 
     def logout(self) -> None:
         """Log out of every member and forget the PIN."""
         self.recovery_tick()
         self.login_state.logout()
+
+    def set_pin(self, old: str, new: str, member: str | None = None) -> tuple[str, ...]:
+        """``C_SetPIN`` of the logged-in role (else the user's) on every member,
+        all or nothing as far as possible (``member``: on that one only); the
+        serials changed (see :meth:`Login.set_pin`)."""
+        self.recovery_tick()
+        only = self.members_set.get(member) if member is not None else None
+        return self.login_state.set_pin(old, new, only)
+
+    def init_pin(self, pin: str, member: str | None = None) -> tuple[str, ...]:
+        """``C_InitPIN`` (the SO logged in sets the user PIN) on every member
+        (``member``: on that one only); the serials set (see :meth:`Login.init_pin`)."""
+        self.recovery_tick()
+        only = self.members_set.get(member) if member is not None else None
+        return self.login_state.init_pin(pin, only)
 
     # -- calls (what sessions use) ---------------------------------------------
     def execute(self, operation: str, fn: Callable[..., T], vobjs: Sequence[VObject] = (),
@@ -245,13 +267,18 @@ class HAGroup:
         return self.sync.synchronize(pin, adopt=adopt, dry_run=dry_run)
 
     # -- sessions ------------------------------------------------------------
-    def open_session(self, rw: bool = True, member: str | None = None) -> VirtualSession:
-        """Open a virtual session (``member``: pin it to one member, no failover)."""
+    def open_session(self, rw: bool = True, member: str | None = None,
+                     slot_id: int | None = None) -> VirtualSession:
+        """Open a virtual session (``member``: pin it to one member, no failover;
+        ``slot_id``: the slot it was opened on, when the caller numbers member
+        slots -- the engine does; default: the group's virtual slot)."""
         self.recovery_tick()
         only = self.members_set.get(member) if member is not None else None
         if only is None and not self.members_set.any_serving():
             raise GroupDownError("C_OpenSession", self.label)
-        vs = VirtualSession(self, next(self._ids), rw=rw, only=only)
+        if slot_id is None and only is None:
+            slot_id = self.slot_id
+        vs = VirtualSession(self, next(self._ids), rw=rw, only=only, slot_id=slot_id)
         with self._sessions_lock:
             self._sessions[vs.handle] = vs
         return vs

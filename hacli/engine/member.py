@@ -10,6 +10,7 @@ discarded, connection.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import time
@@ -139,6 +140,24 @@ class Connection:
         self.work = self.token.open(rw=True, attribute_mapper=MAPPER)
         self.objects.clear()
         self.find_transport()
+
+    def close_sessions(self) -> None:
+        """Close every session of this connection (worker): the login session
+        (logging the token out), the work, retired and idle operation sessions.
+
+        For a connection whose token changed under it (``C_InitToken`` by
+        another application): a module instance shared with other members is
+        not re-initialised by a recovery, and the token would stay logged in
+        there.  Errors are ignored: the token may refuse a session it forgot.
+        """
+        for session in [self.login, self.work, *self.retired, *self.op_sessions]:
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    session.close()
+        self.login = None
+        self.retired.clear()
+        self.op_sessions.clear()
+        self.objects.clear()
 
     def find_transport(self) -> Any:
         found = list(self.work.get_objects({Attribute.LABEL: TRANSPORT_LABEL,

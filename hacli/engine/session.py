@@ -49,11 +49,14 @@ class VirtualSession:
     like a PKCS#11 session, a find operation belongs to one caller at a time.
     """
 
-    def __init__(self, group: HAGroup, handle: int, rw: bool = True, only: Member | None = None):
+    def __init__(self, group: HAGroup, handle: int, rw: bool = True, only: Member | None = None,
+                 slot_id: int | None = None):
         self.group = group
         self.handle = handle
         self.rw = rw
         self.only = only
+        #: the slot it was opened on (see :meth:`HAGroup.open_session`)
+        self.slot_id = slot_id
         self.closed = False
         self._found: list[int] | None = None
         #: its multi-part operations (the table lives in operations.py)
@@ -105,16 +108,41 @@ class VirtualSession:
         self._ops.abort_all()
 
     def info(self) -> SessionInfo:
-        """Session info (state, R/W, login)."""
+        """Session info (its slot, state, R/W, login)."""
         self._check("C_GetSessionInfo")
-        return SessionInfo(handle=self.handle, slot_id=self.group.slot_id, group=self.group.label,
+        return SessionInfo(handle=self.handle, slot_id=self.slot_id, group=self.group.label,
                            rw=self.rw, logged_in=self.group.logged_in,
-                           member=self.only.serial if self.only else None)
+                           member=self.only.serial if self.only else None,
+                           so_logged_in=self.group.so_logged_in)
 
-    def login(self, pin: str) -> None:
-        """Log the user in (on every member of the group)."""
+    def login(self, pin: str, so: bool = False) -> None:
+        """Log the user (``so``: the Security Officer) in, on every member of the group.
+
+        As PKCS#11 says, the SO cannot log in while a read-only session of
+        the application is open (``CKR_SESSION_READ_ONLY_EXISTS``).
+        """
         self._check("C_Login")
-        self.group.login(pin)
+        if so and any(not vs.rw for vs in self.group.sessions()):
+            raise CKRError(CKR.SESSION_READ_ONLY_EXISTS, "C_Login",
+                           detail="close the read-only sessions first")
+        self.group.login(pin, so)
+
+    def set_pin(self, old: str, new: str) -> tuple[str, ...]:
+        """``C_SetPIN``: on a session of the HA slot on every member (all or
+        nothing as far as possible), on a member session on that member only.
+        The PIN of the role logged in (else the user's); the serials changed."""
+        self._check("C_SetPIN")
+        if not self.rw:
+            raise CKRError(CKR.SESSION_READ_ONLY, "C_SetPIN")
+        return self.group.set_pin(old, new, self.only.serial if self.only else None)
+
+    def init_pin(self, pin: str) -> tuple[str, ...]:
+        """``C_InitPIN``: the SO (logged in) sets the user PIN, on every member
+        (a member session: on that member); the serials set."""
+        self._check("C_InitPIN")
+        if not self.rw:
+            raise CKRError(CKR.SESSION_READ_ONLY, "C_InitPIN")
+        return self.group.init_pin(pin, self.only.serial if self.only else None)
 
     def logout(self) -> None:
         """Log the user out (of every member)."""
@@ -310,6 +338,18 @@ class VirtualSession:
         self._check("C_Digest")
         return self.group.execute("C_Digest", _digest, (), self.only,
                                   (data, mechanism, mechanism_param))
+
+    def digest_key(self, key: int, mechanism: Any = pkcs11.Mechanism.SHA256,
+                   before: bytes = b"", after: bytes = b"") -> bytes:
+        """The digest of ``before``, the value of the secret key ``key``, and
+        ``after``: ``C_DigestInit``, ``C_DigestUpdate``, ``C_DigestKey``,
+        ``C_DigestUpdate``, ``C_DigestFinal`` on one member (load balanced).
+
+        The key's value never leaves the token: the token feeds it to the
+        digest itself (a way to compare keys across members, or to derive a
+        check value, without reading them).
+        """
+        return self._run_on_key("C_DigestKey", _digest_key, key, (mechanism, before, after))
 
     def generate_random(self, nbytes: int) -> bytes:
         self._check("C_GenerateRandom")
@@ -513,6 +553,13 @@ def _decrypt(m: Member, c: Connection, key: P11Key, data: bytes, mechanism: Any,
 def _digest(m: Member, c: Connection, data: bytes, mechanism: Any, param: Any) -> bytes:
     return c.work.digest(data, mechanism=mechanism,
                          mechanism_param=param)
+
+
+def _digest_key(m: Member, c: Connection, key: P11Key, mechanism: Any, before: bytes,
+                after: bytes) -> bytes:
+    # python-pkcs11 calls C_DigestKey for a Key among the chunks it digests
+    # (and skips empty byte strings)
+    return c.work.digest(iter((before, key, after)), mechanism=mechanism)
 
 
 def _generate_random(m: Member, c: Connection, nbits: int) -> bytes:

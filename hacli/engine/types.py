@@ -113,15 +113,21 @@ class SessionInfo:
     """State of a (virtual) session."""
 
     handle: int
+    #: The slot the session was opened on (a member slot for a pinned session).
     slot_id: int | None
     group: str
     rw: bool
+    #: The user (Crypto Officer) is logged in.
     logged_in: bool
     member: str | None = None  # set for a session pinned to one member
+    #: The Security Officer is logged in.
+    so_logged_in: bool = False
 
     @property
     def state(self) -> str:
         """PKCS#11 session state name (``CKS_RW_USER_FUNCTIONS``, ...)."""
+        if self.so_logged_in:
+            return "CKS_RW_SO_FUNCTIONS"  # an SO login needs R/W sessions only
         who = "USER_FUNCTIONS" if self.logged_in else "PUBLIC_SESSION"
         return f"CKS_{'RW' if self.rw else 'RO'}_{who}"
 

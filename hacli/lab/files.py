@@ -14,8 +14,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hacli.errors import LabError
-
 
 def _fsync_dir(path: Path) -> None:
     # Makes the rename itself durable, not only the new file's contents.
@@ -59,16 +57,6 @@ def write_secret(path: Path, secret: str) -> None:
         os.unlink(path)
         raise
     os.close(fd)
-
-
-def read_secret(path: Path) -> str:
-    """A PIN file's contents; LabError naming the lab (the file's directory) if it is missing."""
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        raise LabError(f"no lab in {path.parent} ({path.name} is missing)") from None
-    except OSError as exc:
-        raise LabError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def remove(path: Path, ignore_errors: bool = False) -> None:

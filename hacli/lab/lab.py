@@ -27,10 +27,9 @@ from hacli.conf.store import legacy_lock_file
 from hacli.errors import LabError
 from hacli.lab import migrate, servers
 from hacli.lab.create import create_lab
-from hacli.lab.files import read_secret, remove
+from hacli.lab.files import remove
 from hacli.lab.model import (
     DEFAULT_MEMBERS,
-    FAILED,
     GROUP_LABEL,
     HUNG,
     MAX_MEMBERS,
@@ -50,6 +49,7 @@ from hacli.lab.templates import (
 )
 from hacli.lab.tokens import list_tokens
 from hacli.lab.tools import LabTools, find_tools
+from hacli.pins import PinRequest, Role, Source, find_pin, lab_pin_path
 
 
 class Lab(LabPaths):
@@ -90,11 +90,19 @@ class Lab(LabPaths):
 
     def pin(self) -> str:
         """The members' user PIN, read from :attr:`pin_file`."""
-        return read_secret(self.pin_file)
+        return self._read_pin(Role.USER)
 
     def so_pin(self) -> str:
         """The members' SO PIN, read from :attr:`so_pin_file`."""
-        return read_secret(self.so_pin_file)
+        return self._read_pin(Role.SO)
+
+    def _read_pin(self, role: Role) -> str:
+        # hacli's one PIN reader, told to look at the lab's own file only
+        found = find_pin(PinRequest(role, lab_dir=self.directory), (Source.LAB,))
+        if found is None:
+            name = lab_pin_path(self.directory, role).name
+            raise LabError(f"no lab in {self.directory} ({name} is missing)")
+        return found.pin
 
     def members(self) -> list[LabMember]:
         """The lab's members in order (member0 first)."""
@@ -179,51 +187,56 @@ class Lab(LabPaths):
                     shutil.rmtree(self.directory, ignore_errors=True)
                 raise
 
-    def down(self, purge: bool = False) -> None:
+    def down(self, purge: bool = False) -> tuple[str, ...]:
         """Stop every process of the lab; tokens stay on disk for the next :meth:`up`.
 
         SIGCONT (a stopped process ignores SIGTERM until it runs), SIGTERM to
         each member's process group, SIGKILL after a bounded wait, so no
-        ``p11-kit-remote`` child is left behind.  ``purge=True`` also deletes
-        the lab: the whole directory if :meth:`up` created it, otherwise only
-        the lab's own files in it.
+        ``p11-kit-remote`` child is left behind.  Its members are ``stopped``
+        afterwards.  ``purge=True`` also deletes the lab: the whole directory
+        if :meth:`up` created it, otherwise the lab's own files in it, and
+        then the directory too when nothing else is left in it.
+
+        Returns the names of the entries kept because the lab did not make
+        them (``purge`` only; empty when the directory is gone).  A directory
+        that holds no lab (not even part of one) is a LabError, and nothing
+        is created or removed.
         """
         with self._errors():
-            if not self.directory.is_dir():
-                if purge:
-                    return
-                raise LabError(f"no lab in {self.directory}")
+            self._require(partial=purge)
             with self._locked():
                 state = self._load() if self.exists() else None
-                if state is None and not purge:
-                    raise LabError(f"no lab in {self.directory}")
                 if state is not None:
                     for rec in state["members"]:
                         servers.stop(self, rec, self.timeout)
                     if not purge:
                         self._save(state)
-                if purge:
-                    self._purge(state)
+                return self._purge(state) if purge else ()
 
     def fail(self, which: str) -> MemberStatus:
         """Crash a member: SIGKILL its process group (server and its connections).
 
         Calls into it fail at once (``CKR_DEVICE_ERROR``).  No-op if it has failed.
         """
+        with self._errors():
+            self._require()
         with self._errors(), self._locked():
             rec = find_record(self._load(), which)
-            if servers.state_of(self, rec) != FAILED:
+            if servers.has_process(servers.state_of(self, rec)):
                 servers.kill(rec, self.timeout)
             return servers.member_status(self, rec)
 
     def hang(self, which: str) -> MemberStatus:
         """Freeze a member: SIGSTOP its process group; calls into it block until restored."""
+        with self._errors():
+            self._require()
         with self._errors(), self._locked():
             rec = find_record(self._load(), which)
             current = servers.state_of(self, rec)
-            if current == FAILED:
+            if not servers.has_process(current):
                 raise LabError(
-                    f"member {rec['label']} ({rec['serial']}) is not running; restore it first"
+                    f"member {rec['label']} ({rec['serial']}) is not running ({current}); "
+                    "restore it first"
                 )
             if current == RUNNING:
                 servers.freeze(self, rec, self.timeout)
@@ -235,13 +248,15 @@ class Lab(LabPaths):
         A restarted server uses the same socket and the same token, so keys
         made before the crash are there.  No-op if the member is running.
         """
+        with self._errors():
+            self._require()
         with self._errors(), self._locked():
             state = self._load()
             rec = find_record(state, which)
             current = servers.state_of(self, rec)
             if current == HUNG:
                 servers.resume(self, rec, self.timeout)
-            elif current == FAILED:
+            elif not servers.has_process(current):
                 if migrate.shared_layout(self, state["members"]):
                     raise LabError(
                         f"the lab in {self.directory} keeps every member's token in one "
@@ -264,6 +279,20 @@ class Lab(LabPaths):
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
             raise LabError(f"{exc.strerror or exc}{where}") from exc
+
+    def _require(self, partial: bool = False) -> None:
+        """LabError ``no lab in DIR`` unless the directory holds a lab (with
+        *partial*: or what is left of one), checked before the lock file is
+        made, so a command on a missing lab creates nothing."""
+        if self.exists() or (partial and self.directory.is_dir() and self._leftovers()):
+            return
+        load_state(self.state_file)  # the one "no lab" error (or why lab.json is unreadable)
+
+    def _leftovers(self) -> list[Path]:
+        """The lab's own entries in the directory, lock files included."""
+        # legacy_lock_file: what hacli versions before store.locked left beside the file
+        locks = [p for p in (legacy_lock_file(self.conf_path), self.lock_file) if p.exists()]
+        return [*self.own_entries(), *locks]
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -327,7 +356,7 @@ class Lab(LabPaths):
             # An older lab: every member's token in one directory.  Its servers
             # use it, and a token may move only while no SoftHSM2 has it open.
             for rec in recs:
-                if servers.state_of(self, rec) != FAILED:
+                if servers.has_process(servers.state_of(self, rec)):
                     servers.stop(self, rec, self.timeout)
                     notes.append(
                         f"{rec['label']}: its server used the lab's one token directory; "
@@ -343,14 +372,16 @@ class Lab(LabPaths):
         for rec in recs:
             # A server an older hacli started runs the system's p11-kit, which the
             # build's client cannot talk to: start it again on the build.
-            if servers.state_of(self, rec) != FAILED and not servers.runs_build(rec, tools):
+            if servers.has_process(servers.state_of(self, rec)) and not servers.runs_build(
+                rec, tools
+            ):
                 was = servers.executable(rec)
                 servers.stop(self, rec, self.timeout)
                 notes.append(
                     f"{rec['label']}: its server ran {was}; started again on the lab's "
                     f"p11-kit {tools.p11kit_version} ({tools.p11kit_prefix})"
                 )
-        to_start = [r for r in recs if servers.state_of(self, r) == FAILED]
+        to_start = [r for r in recs if not servers.has_process(servers.state_of(self, r))]
         to_resume = [r for r in recs if servers.state_of(self, r) == HUNG]
         if to_start:
             servers.start(self, to_start, tools, self.timeout)
@@ -366,10 +397,17 @@ class Lab(LabPaths):
         started = tuple(r["serial"] for r in recs if r in to_start or r in to_resume)
         return self._status(state, started=started, notes=tuple(notes))
 
-    def _purge(self, state: dict[str, Any] | None) -> None:
+    def _purge(self, state: dict[str, Any] | None) -> tuple[str, ...]:
+        """Delete the lab; the names of the entries kept (the lab did not make them)."""
         if state is not None and state.get("created_dir"):
             shutil.rmtree(self.directory)
-            return
-        # legacy_lock_file: what hacli versions before store.locked left beside the file
-        for path in [*self.own_entries(), legacy_lock_file(self.conf_path), self.lock_file]:
+            return ()
+        for path in self._leftovers():
             remove(path)
+        kept = tuple(sorted(p.name for p in self.directory.iterdir()))
+        if not kept:
+            # nothing of anyone else's is left: the directory goes too, as
+            # "removed" promises (it may have been made by a command that
+            # found no lab, or by the user for the lab)
+            self.directory.rmdir()
+        return kept

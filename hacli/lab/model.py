@@ -22,6 +22,8 @@ MAX_MEMBERS = 16
 RUNNING = "running"
 FAILED = "failed"
 HUNG = "hung"
+#: Stopped on purpose by ``down`` (no server process, none expected until ``up``).
+STOPPED = "stopped"
 
 
 class LabUsageError(LabError, UsageError):
@@ -80,7 +82,8 @@ class MemberStatus:
 
     serial: str
     label: str
-    #: ``running``, ``failed`` (no server process) or ``hung`` (stopped).
+    #: ``running``, ``failed`` (its server died or was killed), ``hung``
+    #: (SIGSTOP) or ``stopped`` (``down`` ended it; ``up`` starts it again).
     state: str
     #: Pid of the member's ``p11-kit server`` (its process group id), None if gone.
     pid: int | None
@@ -128,6 +131,11 @@ class LabStatus:
     @property
     def all_running(self) -> bool:
         return all(m.state == RUNNING for m in self.members)
+
+    @property
+    def not_running(self) -> tuple[MemberStatus, ...]:
+        """The members that serve nothing now (failed, hung or stopped)."""
+        return tuple(m for m in self.members if m.state != RUNNING)
 
     def member(self, which: str) -> MemberStatus:
         """The member with this serial or label; KeyError if none."""

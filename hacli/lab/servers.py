@@ -20,7 +20,7 @@ from typing import Any
 
 from hacli.errors import LabError
 from hacli.lab import procs
-from hacli.lab.model import FAILED, HUNG, RUNNING, MemberStatus
+from hacli.lab.model import FAILED, HUNG, RUNNING, STOPPED, MemberStatus
 from hacli.lab.paths import LabPaths
 from hacli.lab.tokens import REQUIRED_MECHANISMS, clean_env, list_tokens
 from hacli.lab.tools import LabTools, find_tools
@@ -65,15 +65,16 @@ def runs_build(rec: dict[str, Any], tools: LabTools) -> bool:
 
 
 def state_of(paths: LabPaths, rec: dict[str, Any]) -> str:
-    """running / failed / hung, from the process itself.
+    """running / failed / hung / stopped, from the process itself.
 
     The pid must still be *our* server: same start time as recorded and
     the member's URI among its arguments, so a pid reused after a reboot
-    is not taken for a live member.
+    is not taken for a live member.  No pid recorded means :func:`stop`
+    ended the server on purpose (``down``): stopped, not failed.
     """
     pid = rec.get("pid")
     if not pid:
-        return FAILED
+        return STOPPED
     procs.reap(pid)
     state = procs.proc_state(pid)
     if state is None or state in "ZXx":
@@ -88,13 +89,18 @@ def state_of(paths: LabPaths, rec: dict[str, Any]) -> str:
     return HUNG if state in "Tt" else RUNNING
 
 
+def has_process(state: str) -> bool:
+    """True for the states in which the member's server process exists (running, hung)."""
+    return state in (RUNNING, HUNG)
+
+
 def member_status(paths: LabPaths, rec: dict[str, Any]) -> MemberStatus:
     state = state_of(paths, rec)
     return MemberStatus(
         serial=rec["serial"],
         label=rec["label"],
         state=state,
-        pid=rec["pid"] if state != FAILED else None,
+        pid=rec["pid"] if has_process(state) else None,
         softhsm2_conf=str(paths.softhsm2_conf_of(rec["index"])),
     )
 

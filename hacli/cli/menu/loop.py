@@ -76,17 +76,24 @@ def run_action(ctx: Ctx, number: int, name: str) -> str:
         return failure(ctx, e)
 
 
-def run(ctx: Ctx) -> int:
+def run(ctx: Ctx, guide: str | None = None) -> int:
     """The menu until 0 or end of input (returns 0), or Ctrl-C at the prompt
-    (returns 130, :attr:`ExitStatus.INTERRUPTED`)."""
+    (returns 130, :attr:`ExitStatus.INTERRUPTED`).
+
+    ``guide``, when given, is shown once, between the first menu and the
+    first prompt: the menu is 47 lines or more, so text printed before it has
+    scrolled off a 24-line terminal by the time the user is asked anything.
+    """
     lab = ctx.state.lab_dir is not None
     entries = screen.entries(lab)
     menu = screen.menu_lines(lab)
     status = ExitStatus.OK
+    first = guide.splitlines() if guide else []
     try:
         while True:
-            for line in menu:
+            for line in [*menu, *first]:
                 ctx.say(line)
+            first = []
             try:
                 number = _choice(ctx, entries)
             except KeyboardInterrupt:

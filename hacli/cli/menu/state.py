@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hacli.pins import FoundPin, PinRequest, Role, Source, find_pin, lab_pin_path
+
 if TYPE_CHECKING:
     from hacli.conf.model_types import HAConfig
     from hacli.engine import Engine, VirtualSession
@@ -26,12 +28,14 @@ class MenuState:
     :param load_config: builds the typed HA model of ``conf_path`` (on first use).
     :param lab_dir: the ``hacli`` section's ``LabDir`` when the group is a lab group.
     :param pin_file: ``--pin-file`` of ``hacli ckdemo``.
+    :param so_pin_file: ``--so-pin-file`` of ``hacli ckdemo``.
     """
 
     conf_path: Path | None
     load_config: Callable[[], HAConfig]
     lab_dir: str | None = None
     pin_file: str | None = None
+    so_pin_file: str | None = None
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     verbose: bool = False
     engine_: Engine | None = None
@@ -75,30 +79,36 @@ class MenuState:
             self._lab = Lab(self.lab_dir)
         return self._lab
 
-    def configured_pin(self) -> tuple[str, str] | None:
-        """A PIN given without a prompt, and where it came from (never the PIN itself)."""
-        if self.pin_file:
-            text = Path(self.pin_file).read_text()
-            return text.rstrip("\r\n"), f"--pin-file {self.pin_file}"
-        if self.environ.get("HACLI_PIN"):
-            return self.environ["HACLI_PIN"], "HACLI_PIN"
-        return None
+    def _pin_request(self, role: Role) -> PinRequest:
+        return PinRequest(role, self.so_pin_file if role is Role.SO else self.pin_file,
+                          self.lab_dir, self.environ)
 
-    def lab_pin(self) -> str | None:
-        lab = self.lab
-        return lab.pin() if lab is not None else None
+    def configured_pin(self, role: Role = Role.USER) -> FoundPin | None:
+        """A PIN given without a prompt (``--pin-file``/``--so-pin-file``, then
+        ``HACLI_PIN``/``HACLI_SO_PIN``), with where it came from; the lab's
+        PIN is not one (an empty answer at the prompt takes it)."""
+        return find_pin(self._pin_request(role), (Source.FILE, Source.ENVIRONMENT))
+
+    def lab_pin_file(self, role: Role = Role.USER) -> Path | None:
+        """The lab's (SO) PIN file for a lab group, else None."""
+        return lab_pin_path(self.lab_dir, role) if self.lab_dir else None
+
+    def lab_pin(self, role: Role = Role.USER) -> str | None:
+        """The lab's (SO) PIN for a lab group, else None."""
+        found = find_pin(self._pin_request(role), (Source.LAB,))
+        return found.pin if found is not None else None
 
     def known_pins(self) -> list[str]:
         """Every PIN the menu can know without a prompt (to hide them, never to print):
-        ``--pin-file``, ``HACLI_PIN``, the lab's user and SO PINs.  Unreadable ones
-        are left out (the action that needs one reports it)."""
-        pins = [self.environ.get("HACLI_PIN", "")]
-        readers: list[Callable[[], str | None]] = [
-            lambda: (self.configured_pin() or ("", ""))[0], self.lab_pin,
-            lambda: self.lab.so_pin() if self.lab is not None else None]
-        for read in readers:
-            with contextlib.suppress(Exception):
-                pins.append(read() or "")
+        ``--pin-file``, ``--so-pin-file``, ``HACLI_PIN``, ``HACLI_SO_PIN``, the lab's
+        user and SO PINs.  Unreadable ones are left out (the action that needs one
+        reports it)."""
+        pins: list[str] = []
+        for role in Role:
+            for source in Source:
+                with contextlib.suppress(Exception):
+                    found = find_pin(self._pin_request(role), (source,))
+                    pins.append(found.pin if found is not None else "")
         return [pin for pin in pins if pin]
 
     # -- shutdown --------------------------------------------------------------

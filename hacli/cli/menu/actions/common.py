@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from hacli.cli.menu.prompts import BadAnswer, Prompter
 from hacli.cli.menu.state import MenuState
-from hacli.engine.ckr import CKR, explain
+from hacli.engine.ckr import CKR
+from hacli.pins import Role
 
 if TYPE_CHECKING:
     from hacli.engine import Engine, SlotInfo, VirtualSession
@@ -96,7 +97,7 @@ def temporary_session(ctx: Ctx, slot: SlotInfo) -> VirtualSession:
 def session_label(handle: int, session: VirtualSession) -> str:
     info = session.info()
     where = f"member {info.member}" if info.member else f"HA group {info.group}"
-    return f"{handle} (slot#{info.slot_id if not info.member else '-'} {where})"
+    return f"{handle} (slot#{info.slot_id} {where})"
 
 
 def choose_session(ctx: Ctx) -> VirtualSession:
@@ -170,38 +171,39 @@ def hexdump(data: bytes, limit: int = 64) -> str:
 
 
 # -- PINs -----------------------------------------------------------------------
-PIN_ERRORS = (CKR.PIN_INCORRECT, CKR.PIN_LEN_RANGE, CKR.PIN_INVALID)
+def ask_pin(ctx: Ctx, role: Role = Role.USER, what: str | None = None,
+            configured: bool = True) -> str:
+    """A PIN of ``role``: a configured one (``configured``), else a hidden prompt.
 
-
-def with_pin(ctx: Ctx, login: Callable[[str], None], attempts: int = 3) -> None:
-    """Call ``login(pin)``: a configured PIN once, or a typed one up to ``attempts`` times.
-
-    The PIN is never printed (the prompter hides it wherever it turns up, see
-    :meth:`Prompter.hide`); for a lab group an empty answer uses the lab's PIN.
+    For a lab group an empty answer takes the lab's PIN; otherwise an empty
+    answer is asked again (nothing was sent to the token).  The PIN is never
+    printed (the prompter hides it wherever it turns up, see
+    :meth:`Prompter.hide`).
     """
-    from hacli.engine import CKRError
-
-    configured = ctx.state.configured_pin()
-    if configured is not None:
-        ctx.io.hide(configured[0])
-        ctx.say(f"Using the PIN from {configured[1]}.")
-        login(configured[0])
-        return
-    lab_pin = ctx.state.lab_pin()
+    name = what or role.what
+    if configured:
+        found = ctx.state.configured_pin(role)
+        if found is not None:
+            ctx.io.hide(found.pin)
+            ctx.say(f"Using the {name} from {found.source}.")
+            return found.pin
+    lab_pin = ctx.state.lab_pin(role)
     ctx.io.hide(lab_pin)
-    prompt = "Enter PIN (empty: the lab's PIN): " if lab_pin else "Enter PIN: "
-    for attempt in range(1, attempts + 1):
+    prompt = f"Enter {name} (empty: the lab's {role.what}): " if lab_pin else f"Enter {name}: "
+    while True:
         pin = ctx.io.secret(prompt)
-        if not pin:
-            if not lab_pin:
-                ctx.say("A PIN is needed.")
-                continue
-            pin = lab_pin
-        try:
-            login(pin)
-            return
-        except CKRError as e:
-            if e.ckr not in PIN_ERRORS or attempt == attempts:
-                raise
-            ctx.say(f"{explain(e.ckr)} ({e.ckr}); try again.")
-    raise MenuError("No PIN was given.", CKR.PIN_INCORRECT)
+        if pin:
+            return pin
+        if lab_pin:
+            return lab_pin
+        ctx.say(f"A {name} is needed (nothing was sent to the token).")
+
+
+def with_pin(ctx: Ctx, login: Callable[[str], None], role: Role = Role.USER) -> None:
+    """Call ``login(pin)`` once with the PIN of :func:`ask_pin`.
+
+    A wrong PIN is not asked for again: on a real HSM every failed login
+    counts towards the lockout of the role, so the menu makes one attempt
+    and the status line says what the token answered.
+    """
+    login(ask_pin(ctx, role))

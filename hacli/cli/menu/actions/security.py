@@ -107,6 +107,16 @@ def hash_file(ctx: Ctx) -> None:
     ctx.say(f"{mech.label} digest of {len(data)} bytes: {digest.hex()}")
 
 
+@action(46)
+def digest_key(ctx: Ctx) -> None:
+    """C_DigestKey: the token digests a secret key's value, which never leaves it."""
+    session = choose_session(ctx)
+    key = choose_object(ctx, session, "Enter secret key handle", (ObjectClass.SECRET_KEY,))
+    mech = mechs.choose_mechanism(ctx, session, mechs.DIGEST)
+    digest = session.digest_key(key, mech.mechanism)
+    ctx.say(f"{mech.label} digest of the value of key {key} (C_DigestKey): {digest.hex()}")
+
+
 _CURVES = ("secp256r1", "secp384r1", "secp521r1")
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 from hacli.cli.menu.actions.common import (
     Ctx,
+    MenuError,
     action,
+    ask_pin,
     choose_session,
     choose_slot,
     slot_line,
@@ -17,6 +19,11 @@ from hacli.cli.menu.actions.common import (
 )
 from hacli.cli.menu.prompts import BadAnswer
 from hacli.engine.ckr import CKR
+from hacli.pins import Role
+
+#: CKDemo's user types for 3 Login, in its order (Luna: the SO, and the Crypto
+#: Officer, PKCS#11's normal user).
+USER_TYPES = (("SO", Role.SO), ("Crypto Officer", Role.USER))
 
 # CK_TOKEN_INFO flags worth showing (PKCS#11 v2.40).
 _TOKEN_FLAGS = (
@@ -59,11 +66,19 @@ def close_session(ctx: Ctx) -> None:
     ctx.say(f"Session {session.handle} closed.")
 
 
+def role_name(role: Role) -> str:
+    """The user type's name as 3 Login offers it (``SO``, ``Crypto Officer``)."""
+    return next(name for name, r in USER_TYPES if r is role)
+
+
 @action(3)
 def login(ctx: Ctx) -> None:
     session = choose_session(ctx)
-    with_pin(ctx, session.login)
-    ctx.say(f"Logged in (session {session.handle}, HA group {session.group.label}).")
+    index = ctx.io.ask_choice("User type:", [name for name, _ in USER_TYPES],
+                              "Select user type", default=2)
+    name, role = USER_TYPES[index]
+    with_pin(ctx, lambda pin: session.login(pin, so=role is Role.SO), role)
+    ctx.say(f"Logged in as {name} (session {session.handle}, HA group {session.group.label}).")
 
 
 @action(4)
@@ -71,6 +86,99 @@ def logout(ctx: Ctx) -> None:
     session = choose_session(ctx)
     session.logout()
     ctx.say(f"Logged out (HA group {session.group.label}).")
+
+
+def _new_pin(ctx: Ctx, role: Role) -> str:
+    """A new PIN typed twice (nothing goes to the token until both agree)."""
+    while True:
+        new = ctx.io.secret(f"Enter new {role.what}: ")
+        if not new:
+            ctx.say(f"A new {role.what} is needed (nothing was changed).")
+            continue
+        if ctx.io.secret(f"Re-enter new {role.what}: ") == new:
+            return new
+        ctx.say(f"The two new {role.what}s differ; enter them again (nothing was changed).")
+
+
+@action(5)
+def change_pin(ctx: Ctx) -> str | None:
+    """C_SetPIN: on an HA session every member's PIN, all or nothing as far as
+    the members allow; on a member session that member's."""
+    from hacli.engine.login import PinChangeError
+
+    session = choose_session(ctx)
+    info = session.info()
+    role = Role.SO if info.so_logged_in else Role.USER
+    where = (f"member {info.member}" if info.member
+             else f"every member of HA group {info.group}")
+    ctx.say(f"Changing the {role.what} of {role_name(role)} on {where}.")
+    old = ask_pin(ctx, role, f"current {role.what}")
+    new = _new_pin(ctx, role)
+    try:
+        changed = session.set_pin(old, new)
+    except PinChangeError as e:
+        ctx.say(f"C_SetPIN failed on member {e.member} ({e.ckr}); {e.detail}.")
+        return e.ckr
+    ctx.say(f"{role.what} changed on {', '.join(changed)}.")
+    if info.member:
+        ctx.say(f"The other members of HA group {info.group} keep their {role.what}: the "
+                "group logs in to every member with one PIN.")
+    lab_file = ctx.state.lab_pin_file(role)
+    if lab_file is not None:
+        ctx.say(f"The lab's {role.what} file {lab_file} still holds the old one.")
+    return None
+
+
+@action(7)
+def init_pin(ctx: Ctx) -> str | None:
+    """C_InitPIN: the SO sets the user PIN (HA session: on every member)."""
+    from hacli.engine.login import PinChangeError
+
+    session = choose_session(ctx)
+    info = session.info()
+    if not info.so_logged_in:
+        raise MenuError("Init Pin is the SO's: log in as SO first (3 Login, user type 1).",
+                        CKR.USER_NOT_LOGGED_IN)
+    where = f"member {info.member}" if info.member else f"every member of HA group {info.group}"
+    ctx.say(f"Setting the user PIN (Crypto Officer) on {where}.")
+    try:
+        done = session.init_pin(_new_pin(ctx, Role.USER))
+    except PinChangeError as e:
+        ctx.say(f"C_InitPIN failed on member {e.member} ({e.ckr}); {e.detail}.")
+        return e.ckr
+    ctx.say(f"User PIN set on {', '.join(done)}.")
+    return None
+
+
+@action(6)
+def init_token(ctx: Ctx) -> str | None:
+    """C_InitToken on a member slot (every object on that token is erased)."""
+    slot = choose_slot(ctx)
+    if slot.kind == "ha":
+        raise MenuError(f"Init Token on the HA slot would erase every member of HA group "
+                        f"{slot.group}: initialise one member at a time on its member slot.",
+                        CKR.FUNCTION_NOT_SUPPORTED)
+    serial = slot.token_serial
+    current = ctx.engine().token_info(slot.slot_id).label
+    label = ctx.io.ask_text("Token label", current)
+    if ctx.state.lab is not None and label != current:
+        raise MenuError(f"A lab member keeps its label ({current}): its p11-kit server "
+                        "exports the token by label.", CKR.ARGUMENTS_BAD)
+    if not ctx.io.ask_yes_no(f"Erase every object on token {serial} (a member of HA group "
+                             f"{slot.group})", False):
+        ctx.say("Nothing was changed.")
+        return CKR.FUNCTION_CANCELED
+    so_pin = ask_pin(ctx, Role.SO)
+    user_pin = ask_pin(ctx, Role.USER, f"{Role.USER.what} to set on the new token")
+    back = ctx.engine().init_token(serial, so_pin, label, user_pin)
+    ctx.say(f"Token {serial} initialised (label {label}); its user PIN is set.")
+    if back:
+        ctx.say(f"Member {serial} serves HA group {slot.group} again, without the group's "
+                "objects: `hacli hagroup synchronize --adopt` copies them to it.")
+        return None
+    ctx.say(f"Member {serial} is down: the group could not log in to it (is the user PIN "
+            "the group's?); the recovery policy tries it again.")
+    return CKR.DEVICE_ERROR
 
 
 @action(8)
