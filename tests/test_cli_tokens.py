@@ -12,6 +12,7 @@ verifies hacli's RSA and ECDSA signatures and encrypts what hacli decrypts.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -310,6 +311,36 @@ def test_bad_input_writes_nothing(tlab: Lab, keys: dict[str, str], tmp_path: Pat
         assert out.read_bytes() == b"old", args
         assert "not-the-pin" not in res.out + res.err  # a PIN is never printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-pin", "data.bin", "out.bin"]
+
+
+def test_pin_sources_and_the_prompt(tlab: Lab, keys: dict[str, str], tmp_path: Path) -> None:
+    import pexpect
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"data")
+    sign = ("sign", "--key", "t-rsa", "-m", "SHA256-RSA-PKCS", "--in", str(data))
+    # $HACLI_PIN comes before the lab's PIN file (a wrong one shows it is used)
+    res = run("--conf", str(tlab.conf_path), *sign, env={"HACLI_PIN": "wrong-env-pin"})
+    assert_one_error_line(res, 1)
+    assert "CKR_PIN_INCORRECT" in res.err and "wrong-env-pin" not in res.out + res.err
+    # no source (a copy of the configuration without the lab's): a hidden prompt on a
+    # terminal, an Error line and no prompt when stdin is not one
+    conf = tmp_path / "Chrystoki.conf"
+    conf.write_text(re.sub(r"^\s*LabDir = .*\n", "", tlab.conf_path.read_text(),
+                           flags=re.MULTILINE))
+    env = {k: v for k, v in os.environ.items() if k != "HACLI_PIN"}
+    argv = ["--conf", str(conf), *sign, "--out", str(tmp_path / "sig")]
+    proc = subprocess.run([HACLI, *argv], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, env=env, timeout=60, check=False)
+    assert_one_error_line(Result(proc.returncode, proc.stdout, proc.stderr), 2)
+    assert "no PIN: give --pin-file FILE or set HACLI_PIN" in proc.stderr
+    child = pexpect.spawn(HACLI, argv, env=env, encoding="utf-8", timeout=30)
+    child.expect_exact("Enter PIN: ")
+    child.sendline(tlab.pin())
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0 and tlab.pin() not in child.before
+    assert "Wrote 256 bytes to" in child.before and (tmp_path / "sig").stat().st_size == 256
 
 
 def test_an_ambiguous_label_names_the_ids(tlab: Lab, tmp_path: Path) -> None:

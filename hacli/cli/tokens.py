@@ -15,6 +15,7 @@ import enum
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
 
@@ -26,6 +27,7 @@ from hacli.cli.pin import find_pin, pin_file_option, resolve_pin
 from hacli.errors import UsageError
 
 if TYPE_CHECKING:
+    from hacli.conf.model_types import HAConfig
     from hacli.engine import Engine, SlotInfo, VirtualSession
     from hacli.tokenops.mechanisms import Mech
 
@@ -96,29 +98,42 @@ class Login(enum.Enum):
     ALWAYS = "always (prompting on a terminal when no source is given)"
 
 
+@dataclass(frozen=True)
+class Startup:
+    """What a command reads once, at start-up: the validated configuration, and
+    the lab directory of a lab group (where the lab's PIN file is)."""
+
+    config: HAConfig
+    lab_dir: str | None
+
+    @classmethod
+    def read(cls) -> Startup:
+        from hacli.conf.model import load_config
+        from hacli.conf.model_types import HACLI_SECTION
+
+        ctx = app()
+        doc = ctx.load()
+        config = load_config(doc, str(ctx.path))
+        if not config.groups:
+            raise UsageError(f"no HA groups are configured in {ctx.path}")
+        return cls(config, doc.get(HACLI_SECTION, "LabDir"))
+
+    def pin(self, pin_file: str | None, login: Login) -> str | None:
+        """The PIN ``login`` calls for (the one use of the PIN sources here)."""
+        if login is Login.NEVER:
+            return None
+        if login is Login.IF_GIVEN:
+            return find_pin(pin_file, self.lab_dir)
+        return resolve_pin(pin_file, self.lab_dir)
+
+
 @contextmanager
-def engine() -> Iterator[Engine]:
+def engine(startup: Startup | None = None) -> Iterator[Engine]:
     """The engine over every configured group (so slot numbers are the menu's)."""
-    from hacli.conf.model import load_config
     from hacli.engine import Engine
 
-    ctx = app()
-    config = load_config(ctx.load(), str(ctx.path))
-    if not config.groups:
-        raise UsageError(f"no HA groups are configured in {ctx.path}")
-    with Engine(config) as eng:
+    with Engine((startup or Startup.read()).config) as eng:
         yield eng
-
-
-def _pin(pin_file: str | None, login: Login) -> str | None:
-    from hacli.conf.model_types import HACLI_SECTION
-
-    if login is Login.NEVER:
-        return None
-    lab_dir = app().load().get(HACLI_SECTION, "LabDir")
-    if login is Login.IF_GIVEN:
-        return find_pin(pin_file, lab_dir)
-    return resolve_pin(pin_file, lab_dir)
 
 
 @contextmanager
@@ -127,8 +142,9 @@ def slot_session(slot: str | None, group: str | None, pin_file: str | None = Non
     """A R/W session on the slot ``--slot`` names, logged in as ``login`` says."""
     from hacli.tokenops.slots import resolve
 
-    pin = _pin(pin_file, login)
-    with engine() as eng:
+    startup = Startup.read()
+    pin = startup.pin(pin_file, login)
+    with engine(startup) as eng:
         target = resolve(eng, slot, group)
         with eng.open_session(target.slot_id) as session:
             if pin is not None:
@@ -300,17 +316,23 @@ OUTPUT_FIELDS = {"sign": "signature", "encrypt": "ciphertext", "decrypt": "plain
 def _crypto_command(operation: str, example: str, help_text: str) -> click.Command:
     """sign, encrypt, decrypt: one key, one input, one output."""
 
+    def iv_option(f: F) -> F:
+        if operation == "sign":  # no signing mechanism takes an IV
+            return f
+        return click.option("--iv", type=HexBytes(),
+                            help="IV of AES-CBC and AES-CBC-PAD (16 bytes, hex).")(f)
+
     @click.command(operation, help=help_text)
     @slot_options
     @key_options
     @mechanism_option(example)
-    @click.option("--iv", type=HexBytes(), help="IV of AES-CBC and AES-CBC-PAD (16 bytes, hex).")
+    @iv_option
     @io_options
     @pin_file_option
     @json_option
     def command(slot: str | None, group: str | None, label: str, key_id: bytes | None,
-                mechanism: str, iv: bytes | None, in_: str, out: str | None,
-                pin_file: str | None, as_json: bool) -> None:
+                mechanism: str, in_: str, out: str | None, pin_file: str | None,
+                as_json: bool, iv: bytes | None = None) -> None:
         from hacli.tokenops import crypto
 
         mech, data = _prepare(operation, mechanism, iv, in_)
