@@ -30,6 +30,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "multitoken": ("hacli.cli.multitoken", "multitoken",
                    "Load an HA slot or one member, after Luna's multitoken."),
     "lab": ("hacli.cli.lab", "lab", "Member HSMs as processes, to crash, freeze and restore."),
+    # one-shot commands for scripts, pkcs11-tool's habits (hacli/cli/tokens.py)
+    "slots": ("hacli.cli.tokens", "slots", "Slots, numbered as the menu does; HA slots marked."),
+    "objects": ("hacli.cli.tokens", "objects", "Objects on a slot, like pkcs11-tool -O."),
+    "mechanisms": ("hacli.cli.tokens", "mechanisms", "Mechanisms of a slot, like pkcs11-tool -M."),
+    "keygen": ("hacli.cli.tokens", "keygen", "Generate a token key (pair) on a slot."),
+    "sign": ("hacli.cli.tokens", "sign", "Sign a file with a key on a slot."),
+    "verify": ("hacli.cli.tokens", "verify", "Verify a signature with a key on a slot."),
+    "encrypt": ("hacli.cli.tokens", "encrypt", "Encrypt a file with a key on a slot."),
+    "decrypt": ("hacli.cli.tokens", "decrypt", "Decrypt a file with a key on a slot."),
+    "random": ("hacli.cli.tokens", "random", "Random bytes from a slot's token."),
 }
 
 

@@ -69,7 +69,14 @@ def load(path: str | os.PathLike[str]) -> Document:
 
 
 def save(doc: Document, path: str | os.PathLike[str]) -> None:
-    """Atomically replace ``path`` (following symlinks) with ``doc.dumps()``.
+    """Atomically replace ``path`` (following symlinks) with ``doc.dumps()``
+    (see :func:`write_atomic`)."""
+    write_atomic(path, doc.dumps())
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Atomically replace ``path`` (following symlinks) with ``data``: the one
+    safe writer, for configuration files and the one-shot commands' ``--out``.
 
     Mode and ownership of an existing file are kept; a new file gets 0666 minus
     the umask.  Raises :class:`~hacli.errors.ConfIOError` for a read-only file
@@ -105,7 +112,6 @@ def save(doc: Document, path: str | os.PathLike[str]) -> None:
                     # user who may write the directory still gets the edit made.
                     with contextlib.suppress(PermissionError):
                         os.fchown(fd, old.st_uid, old.st_gid)
-            data = doc.dumps()
             written = 0
             while written < len(data):
                 written += os.write(fd, data[written:])

@@ -160,9 +160,16 @@ def read_data(ctx: Ctx, what: str = "data") -> bytes:
 
 def write_output(ctx: Ctx, data: bytes, prompt: str, default: str) -> Path:
     path = ctx.io.ask_output_file(prompt, default)
-    path.write_bytes(data)
-    ctx.say(f"Wrote {len(data)} bytes to {path}")
+    write_file(ctx, path, data)
     return path
+
+
+def write_file(ctx: Ctx, path: Path, data: bytes) -> None:
+    """Write ``data`` atomically (as the one-shot commands' ``--out``) and say so."""
+    from hacli.conf.store import write_atomic
+
+    write_atomic(path, data)
+    ctx.say(f"Wrote {len(data)} bytes to {path}")
 
 
 def hexdump(data: bytes, limit: int = 64) -> str:

@@ -3,8 +3,7 @@ get/set attributes, find and display objects — all by virtual handle."""
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pkcs11 import Attribute, ObjectClass
 
@@ -17,20 +16,11 @@ from hacli.cli.menu.actions.common import (
     read_data,
 )
 from hacli.cli.menu.prompts import BadAnswer, parse_hex
-from hacli.engine.ckr import CKR
-
-if TYPE_CHECKING:
-    from hacli.engine import VirtualSession
-
-#: Attributes 27 Display Object reads (those an object lacks are skipped).
-DISPLAY = (
-    Attribute.CLASS, Attribute.KEY_TYPE, Attribute.LABEL, Attribute.ID, Attribute.APPLICATION,
-    Attribute.TOKEN, Attribute.PRIVATE, Attribute.MODIFIABLE, Attribute.SENSITIVE,
-    Attribute.EXTRACTABLE, Attribute.ALWAYS_SENSITIVE, Attribute.NEVER_EXTRACTABLE,
-    Attribute.LOCAL, Attribute.WRAP_WITH_TRUSTED, Attribute.TRUSTED, Attribute.ENCRYPT,
-    Attribute.DECRYPT, Attribute.SIGN, Attribute.VERIFY, Attribute.WRAP, Attribute.UNWRAP,
-    Attribute.DERIVE, Attribute.VALUE_LEN, Attribute.MODULUS_BITS, Attribute.MODULUS,
-    Attribute.PUBLIC_EXPONENT, Attribute.EC_PARAMS, Attribute.EC_POINT, Attribute.VALUE,
+from hacli.tokenops.objects import (
+    attribute_name,
+    format_value,
+    object_summary,
+    read_attributes,
 )
 
 #: Attributes 25 Set attribute can change, and how their value is typed.
@@ -39,11 +29,6 @@ HEX_ATTRS = (Attribute.ID,)
 BOOL_ATTRS = (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.SIGN, Attribute.VERIFY,
               Attribute.WRAP, Attribute.UNWRAP, Attribute.DERIVE, Attribute.SENSITIVE,
               Attribute.PRIVATE, Attribute.MODIFIABLE)
-
-
-def attribute_name(attr: Any) -> str:
-    name = getattr(attr, "name", None)
-    return f"CKA_{name}" if name else f"0x{int(attr):08X}"
 
 
 def parse_attribute(text: str) -> Attribute:
@@ -57,37 +42,6 @@ def parse_attribute(text: str) -> Attribute:
                         "or a number.") from None
 
 
-def format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, Enum):
-        prefix = {"ObjectClass": "CKO_", "KeyType": "CKK_"}.get(type(value).__name__, "")
-        return f"{prefix}{value.name}"
-    if isinstance(value, bytes | bytearray):
-        return f"{bytes(value).hex()} ({len(value)} bytes)"
-    return str(value)
-
-
-def read_attributes(session: VirtualSession, handle: int,
-                    attrs: tuple[Any, ...] = DISPLAY) -> dict[Any, Any]:
-    """Every readable attribute of ``attrs``; sensitive ones as ``None``."""
-    from hacli.engine import CKRError
-
-    out: dict[Any, Any] = {}
-    for a in attrs:
-        try:
-            out[a] = session.get_attribute(handle, a)
-        except CKRError as e:
-            if e.ckr == CKR.ATTRIBUTE_SENSITIVE:
-                out[a] = None
-            elif e.ckr not in (CKR.ATTRIBUTE_TYPE_INVALID, CKR.ARGUMENTS_BAD,
-                               CKR.FUNCTION_FAILED, CKR.KEY_FUNCTION_NOT_PERMITTED):
-                raise
-        except (KeyError, NotImplementedError):
-            continue
-    return out
-
-
 def value_size(value: Any) -> int:
     """Bytes an attribute value takes (CK_ULONG for numbers, CK_BBOOL for flags)."""
     if value is None or isinstance(value, bool):
@@ -97,14 +51,6 @@ def value_size(value: Any) -> int:
     if isinstance(value, str):
         return len(value.encode())
     return 8
-
-
-def object_summary(session: VirtualSession, handle: int) -> str:
-    attrs = read_attributes(session, handle, (Attribute.CLASS, Attribute.KEY_TYPE,
-                                              Attribute.LABEL))
-    parts = [format_value(attrs[a]) for a in (Attribute.CLASS, Attribute.KEY_TYPE) if a in attrs]
-    label = attrs.get(Attribute.LABEL)
-    return " ".join(parts) + (f" '{label}'" if label else "")
 
 
 @action(20)

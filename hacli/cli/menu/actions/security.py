@@ -12,31 +12,31 @@ from hacli.cli.menu.actions.common import (
     choose_session,
     hexdump,
     read_data,
+    write_file,
     write_output,
 )
 from hacli.cli.menu.prompts import BadAnswer
 from hacli.engine.ckr import CKR
-
-ENCRYPTING = (ObjectClass.SECRET_KEY, ObjectClass.PUBLIC_KEY)
-DECRYPTING = (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY)
+from hacli.tokenops import crypto
+from hacli.tokenops.keys import KeySpec, generate
+from hacli.tokenops.objects import KEY_CLASSES
 
 
 def _cipher(ctx: Ctx, encrypt: bool) -> None:
     session = choose_session(ctx)
-    key = choose_object(ctx, session, "Enter key handle", ENCRYPTING if encrypt else DECRYPTING)
+    key = choose_object(ctx, session, "Enter key handle",
+                        KEY_CLASSES["encrypt" if encrypt else "decrypt"])
     mech = mechs.choose_mechanism(ctx, session, mechs.ENCRYPT, mechs.key_type_of(session, key))
     source = ctx.io.ask_file("Input file")
     data = source.read_bytes()
+    # the menu's files carry a random IV in front of the ciphertext
     if encrypt:
-        iv = session.generate_random(16) if mech.iv else None
-        plain = mechs.pad(data) if mech.pad else data
-        out = session.encrypt(key, plain, mech.mechanism, iv if iv else mech.param)
-        result = (iv or b"") + out
+        iv = session.generate_random(crypto.IV_BYTES) if mech.iv else None
+        result = (iv or b"") + crypto.encrypt(session, key, mech, data, iv)
         default = f"{source}.enc"
     else:
-        iv, body = (data[:16], data[16:]) if mech.iv else (None, data)
-        plain = session.decrypt(key, body, mech.mechanism, iv if iv else mech.param)
-        result = mechs.unpad(plain) if mech.pad else plain
+        iv, body = (data[:crypto.IV_BYTES], data[crypto.IV_BYTES:]) if mech.iv else (None, data)
+        result = crypto.decrypt(session, key, mech, body, iv)
         default = str(source)[:-4] + ".dec" if str(source).endswith(".enc") else f"{source}.dec"
     write_output(ctx, result, "Output file", default)
 
@@ -54,18 +54,16 @@ def decrypt_file(ctx: Ctx) -> None:
 @action(42)
 def sign(ctx: Ctx) -> None:
     session = choose_session(ctx)
-    key = choose_object(ctx, session, "Enter signing key handle",
-                        (ObjectClass.PRIVATE_KEY, ObjectClass.SECRET_KEY))
+    key = choose_object(ctx, session, "Enter signing key handle", KEY_CLASSES["sign"])
     mech = mechs.choose_mechanism(ctx, session, mechs.SIGN, mechs.key_type_of(session, key))
     data = read_data(ctx, "data to sign")
-    signature = session.sign(key, mech.data(data), mech.mechanism, mech.param)
+    signature = crypto.sign(session, key, mech, data)
     ctx.state.last_signature = signature
     ctx.say(f"Signature ({len(signature)} bytes): {hexdump(signature)}")
     path = ctx.io.ask_optional_file("Write the signature to a file (empty: keep it for 43 Verify)",
                                     output=True)
     if path is not None:
-        path.write_bytes(signature)
-        ctx.say(f"Wrote {len(signature)} bytes to {path}")
+        write_file(ctx, path, signature)
 
 
 def _signature(ctx: Ctx) -> bytes:
@@ -86,12 +84,11 @@ def _signature(ctx: Ctx) -> bytes:
 @action(43)
 def verify(ctx: Ctx) -> str | None:
     session = choose_session(ctx)
-    key = choose_object(ctx, session, "Enter verifying key handle",
-                        (ObjectClass.PUBLIC_KEY, ObjectClass.SECRET_KEY))
+    key = choose_object(ctx, session, "Enter verifying key handle", KEY_CLASSES["verify"])
     mech = mechs.choose_mechanism(ctx, session, mechs.SIGN, mechs.key_type_of(session, key))
     data = read_data(ctx, "signed data")
     signature = _signature(ctx)
-    if session.verify(key, mech.data(data), signature, mech.mechanism, mech.param):
+    if crypto.verify(session, key, mech, data, signature):
         ctx.say("Signature verified: it is valid.")
         return None
     ctx.say("The signature is NOT valid for this data and key.")
@@ -129,14 +126,15 @@ def generate_key(ctx: Ctx) -> None:
     if kind == 0:
         bits = (128, 192, 256)[ctx.io.ask_choice("Key size:", ["128", "192", "256"],
                                                  "Select a key size", 3) ]
-        handle = session.generate_key(KeyType.AES, bits, label=label, token=token)
-        ctx.say(f"AES-{bits} key generated. Key handle: {handle}")
+        made = generate(session, KeySpec(KeyType.AES, bits), label, token=token)
+        ctx.say(f"AES-{bits} key generated. Key handle: {made.secret}")
         return
     if kind == 1:
-        bits = ctx.io.ask_int("Modulus bits", 1024, 8192, 2048)
-        pub, priv = session.generate_keypair(KeyType.RSA, bits, label=label, token=token)
+        spec = KeySpec(KeyType.RSA, ctx.io.ask_int("Modulus bits", 1024, 8192, 2048))
     else:
-        curve = _CURVES[ctx.io.ask_choice("Curve:", list(_CURVES), "Select a curve")]
-        pub, priv = session.generate_keypair(KeyType.EC, curve=curve, label=label, token=token)
-    ctx.say(f"Key pair generated. Public key handle: {pub}, private key handle: {priv}")
+        spec = KeySpec(KeyType.EC, curve=_CURVES[ctx.io.ask_choice("Curve:", list(_CURVES),
+                                                                   "Select a curve")])
+    made = generate(session, spec, label, token=token)
+    ctx.say(f"Key pair generated. Public key handle: {made.public}, private key handle: "
+            f"{made.private}")
 

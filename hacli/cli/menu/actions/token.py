@@ -20,6 +20,9 @@ from hacli.cli.menu.actions.common import (
 from hacli.cli.menu.prompts import BadAnswer
 from hacli.engine.ckr import CKR
 from hacli.pins import Role
+from hacli.tokenops.mechanisms import ckm_name as mechanism_name
+from hacli.tokenops.mechanisms import mechanism_record
+from hacli.tokenops.slots import slot_list
 
 #: CKDemo's user types for 3 Login, in its order (Luna: the SO, and the Crypto
 #: Officer, PKCS#11's normal user).
@@ -37,13 +40,6 @@ _TOKEN_FLAGS = (
 def flag_names(flags: int, table: tuple[tuple[int, str], ...]) -> str:
     names = [name for bit, name in table if flags & bit]
     return " | ".join(names) if names else "0"
-
-
-def mechanism_name(mech: Any) -> str:
-    name = getattr(mech, "name", None)
-    if name and not name.startswith("_"):
-        return f"CKM_{name}"
-    return f"0x{int(mech):08X}"
 
 
 def _version(v: Any) -> str:
@@ -215,13 +211,11 @@ def mechanism_info(ctx: Ctx) -> None:
     slot = choose_slot(ctx)
     mech = ctx.io.ask("Enter mechanism (CKM_ name or number)", parse_mechanism)
     with temporary_session(ctx, slot) as s:
-        info = s.mechanism_info(mech)
-    flags = [f"CKF_{f.name}" for f in type(info.flags) if f.value and f in info.flags
-             and f.name]
+        info = mechanism_record(s, mech)
     ctx.say(f"Mechanism info of {mechanism_name(mech)} on slot#{slot.slot_id}:")
-    ctx.say(f"  Min key size: {info.min_key_length}")
-    ctx.say(f"  Max key size: {info.max_key_length}")
-    ctx.say(f"  Flags:        {' | '.join(flags) or '0'}")
+    ctx.say(f"  Min key size: {info.min_key_size}")
+    ctx.say(f"  Max key size: {info.max_key_size}")
+    ctx.say(f"  Flags:        {' | '.join(info.flag_names()) or '0'}")
 
 
 @action(10)
@@ -282,11 +276,11 @@ def session_info(ctx: Ctx) -> None:
 
 @action(14)
 def get_slot_list(ctx: Ctx) -> None:
-    slots = ctx.engine().slots()
-    ctx.say(f"Number of slots: {len(slots)}")
-    for s in slots:
-        present = "token present" if s.present else "no token"
-        ctx.say(f"{slot_line(s)} ({s.token_label or s.token_serial}, {present})")
+    records = slot_list(ctx.engine())
+    ctx.say(f"Number of slots: {len(records)}")
+    for r in records:
+        present = "token present" if r.slot.present else "no token"
+        ctx.say(f"{slot_line(r.slot)} ({r.label or r.slot.token_serial}, {present})")
 
 
 def _probe_slots(ctx: Ctx) -> dict[int, bool]:
