@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypedDict
 
 from hacli.conf import spec
-from hacli.conf.model import GROUP_KEY, HASYNC, MEMBER_KEY, VT, split_members
+from hacli.conf.model import GROUP_FIELDS, GROUP_KEY, HASYNC, MEMBER_KEY, VT, split_members
 from hacli.conf.model_types import HACLI_SECTION
 from hacli.errors import ConfValueError
 
@@ -71,7 +71,7 @@ def _known_keys(section: str, key: str) -> list[str]:
     nn = re.search(r"\d\d", key)
     n = nn.group(0) if nn else "00"
     if section.lower() == VT.lower():
-        known += [f"VirtualToken{n}{f}" for f in ("Label", "SN", "Members")]
+        known += [f"VirtualToken{n}{f}" for f in GROUP_FIELDS]
     if section.lower() == HACLI_SECTION:
         known += [f"Member{n}{f}" for f in ("Serial", "Library", "Environment")]
     return known
@@ -150,6 +150,11 @@ def _check_groups(doc: Document) -> list[Finding]:
         for member in sorted({x for x in members if members.count(x) > 1}):
             out.append(Finding("error", line, VT, members_key,
                                f"member {member} repeats in group {label or n}"))
+        standby_key = f"VirtualToken{n:02d}Standby"
+        for member in split_members(doc.get(VT, standby_key) or ""):
+            if member not in members:
+                out.append(Finding("error", doc.line_of(VT, standby_key), VT, standby_key,
+                                   f"standby {member} is not a member of group {label or n}"))
         for member in dict.fromkeys(members):
             if member in owner and owner[member] != label:
                 out.append(Finding("warning", line, VT, members_key,

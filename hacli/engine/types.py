@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,6 +28,9 @@ class MemberStatus:
     last_error: str | None = None
     down_for: float | None = None
     ops: int = 0
+    #: ``active``, ``standby`` (serves only when no active member does) or
+    #: ``promoted`` (a standby serving now); see hacli.engine.standby.
+    role: str = "active"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +58,37 @@ class GroupStatus:
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.label, "serial": self.serial, "status": self.status,
                 "members": [{"serial": m.serial, "status": m.status} for m in self.members]}
+
+
+class RecoveryOutcome(enum.StrEnum):
+    """What an administrator's recovery (``group.recover``) did for one member."""
+
+    #: It was down and serves again (logged ``recovered``; its count reset).
+    RECOVERED = "recovered"
+    #: It served already: nothing to recover.
+    IN_SERVICE = "in-service"
+    #: The attempt failed: it is still down (``RecoveryResult.ckr`` says why).
+    FAILED = "failed"
+    #: Another attempt on it was running at that moment: not tried again.
+    BUSY = "busy"
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    """One member's outcome of ``group.recover``."""
+
+    serial: str
+    outcome: RecoveryOutcome
+    #: Why it is still down (a ``CKR_*`` name), for FAILED.
+    ckr: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the member serves now."""
+        return self.outcome in (RecoveryOutcome.RECOVERED, RecoveryOutcome.IN_SERVICE)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"serial": self.serial, "outcome": str(self.outcome), "ckr": self.ckr}
 
 
 @dataclass(frozen=True)
