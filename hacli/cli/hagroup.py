@@ -217,6 +217,7 @@ def _group_dict(g: Any) -> dict[str, Any]:
         "serial": g.serial,
         "synchronization": g.synchronize,
         "members": [{"serial": m} for m in g.members],
+        "standby": list(g.standby),
     }
 
 
@@ -304,6 +305,79 @@ def removemember(label: str, serial: str, as_json: bool) -> None:
 
 
 @hagroup.command()
+@click.option("--group", "label", required=True, help="Group label.")
+@click.option("--serial", required=True, help="Serial number of the member to make standby.")
+@json_option
+def addstandby(label: str, serial: str, as_json: bool) -> None:
+    """Make a member of an HA group a standby member (VirtualTokenNNStandby).
+
+    A standby member receives every replicated object but serves no calls
+    while an active member serves; it steps in when no active member is left.
+    As in Luna, add it as a member first (hagroup addmember).
+    """
+    ctx = app()
+    with ctx.edit() as doc:
+        g = haedit.add_standby(doc, label, serial)
+    _report(ctx.path, as_json, {"group": _group_dict(g)},
+            [f"{serial.strip()} is a standby member of {g.label}; standby members: "
+             f"{', '.join(g.standby)}"])
+
+
+@hagroup.command()
+@click.option("--group", "label", required=True, help="Group label.")
+@click.option("--serial", required=True, help="Serial number of the standby member.")
+@json_option
+def removestandby(label: str, serial: str, as_json: bool) -> None:
+    """Make a standby member of an HA group an active member again."""
+    ctx = app()
+    with ctx.edit() as doc:
+        g = haedit.remove_standby(doc, label, serial)
+    _report(ctx.path, as_json, {"group": _group_dict(g)},
+            [f"{serial.strip()} is an active member of {g.label}; standby members: "
+             f"{', '.join(g.standby) or '<none>'}"])
+
+
+@hagroup.command()
+@click.option("--group", "label", required=True, help="Group label.")
+@click.option("--serial", help="Only this member (default: every member that is down).")
+@json_option
+def recover(label: str, serial: str | None, as_json: bool) -> int:
+    """Try to recover failed members now (lunacm's hagroup recover).
+
+    One attempt on each member that is down (or on --serial), also when the
+    automatic attempts (reconnAtt) are used up or automatic recovery is off.
+    A recovered member's attempt count starts afresh and "recovered" goes to
+    the HA log.  This command runs its own HA engine: it tells whether each
+    member serves now for any new process.  An application that keeps its
+    own engine running (the menu, a library user) recovers members through
+    that engine (the menu's 122; HAGroup.recover).  Exit 1 when a member is
+    still down.
+    """
+    from hacli.engine import Engine
+
+    ctx = app()
+    config = ctx.config()
+    try:
+        conf = config.group(label)
+    except KeyError:
+        raise UsageError(f"no HA group labelled {label!r} "
+                         f"(groups: {', '.join(g.label for g in config.groups) or 'none'})"
+                         ) from None
+    if serial is not None and serial not in conf.members:
+        raise UsageError(f"{serial} is not a member of {conf.label} "
+                         f"(members: {', '.join(conf.members)})")
+    with Engine(config, groups=[conf.label]) as engine:
+        results = engine.group(conf.label).recover(serial)
+    if as_json:
+        render.emit_json({"group": conf.label, "members": [r.as_dict() for r in results]})
+    else:
+        render.echo(f"HA group {conf.label}:")
+        for r in results:
+            render.echo(f"HSM {r.serial} - {r.describe()}")
+    return 0 if all(r.ok for r in results) else int(ExitStatus.FAILED)
+
+
+@hagroup.command()
 @click.option("--label", required=True, help="Label of the group to delete.")
 @json_option
 def deletegroup(label: str, as_json: bool) -> None:
@@ -369,6 +443,7 @@ def listgroups(no_probe: bool, pin_file: str | None, as_json: bool) -> None:
             ("Synchronization", "enabled" if g.synchronize else "disabled"),
             ("Group Members", ", ".join(g.members)),
             ("Needs sync", "yes" if True in sync else "no" if sync == {False} else "unknown"),
+            ("Standby Members", ", ".join(g.standby) or "<none>"),
         ])
         render.echo("")
         render.table(["#", "Member S/N", "Member Label", "Status"],

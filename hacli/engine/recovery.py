@@ -195,16 +195,15 @@ class Recovery:
         """An administrator's recovery (``hagroup recover``): one attempt now on
         ``serial``, or on every member that is down, whatever the policy says --
         also when its attempts (``reconnAtt``) are used up or recovery is off.
+        Returns a result for ``serial``, or for every member (``IN_SERVICE``
+        for those that serve).
 
         A success resets the member's attempt count and logs ``recovered``; a
         failure logs ``recovery-failed`` but spends none of the automatic
         attempts.  Each attempt waits for the member's catch-up, so a member
         that fails during it is reported as failed.
         """
-        if serial is not None:
-            targets = [self._members.get(serial)]
-        else:
-            targets = [m for m in self._members if not m.alive]
+        targets = [self._members.get(serial)] if serial is not None else list(self._members)
         return tuple(self._recover_by_hand(m) for m in targets)
 
     def recover_now(self, serial: str | None = None) -> bool:

@@ -87,6 +87,14 @@ class RecoveryResult:
         """True when the member serves now."""
         return self.outcome in (RecoveryOutcome.RECOVERED, RecoveryOutcome.IN_SERVICE)
 
+    def describe(self) -> str:
+        """One line for people: ``recovered``, ``still down (CKR_...)``, ..."""
+        if self.outcome is RecoveryOutcome.FAILED:
+            return f"still down ({self.ckr or CKR.DEVICE_ERROR})"
+        if self.outcome is RecoveryOutcome.BUSY:
+            return "a recovery attempt on it is running; try again"
+        return "in service" if self.outcome is RecoveryOutcome.IN_SERVICE else "recovered"
+
     def as_dict(self) -> dict[str, Any]:
         return {"serial": self.serial, "outcome": str(self.outcome), "ckr": self.ckr}
 
