@@ -21,6 +21,7 @@ import pytest
 from enginehelpers import FakeClock, codes, make_engines, wait_for
 from pkcs11 import KeyType, Mechanism
 
+from hacli.cli.menu.actions.lab import comeback
 from hacli.engine import CKRError, Engine, RecoveryOutcome
 from hacli.engine.halog import LOG_NAME
 from hacli.engine.member import MemberState
@@ -218,6 +219,8 @@ def test_recover_brings_back_a_member_whose_attempts_are_used_up(healthy_lab, en
         for _ in range(3):
             s.generate_random(8)
         assert not g.members[1].alive  # given up: not taken back by itself
+        # what the menu's 122 says about it now (no more "takes it back")
+        assert "used up its 1 recovery attempt(s)" in str(comeback(g, m1))
         assert [r.outcome for r in g.recover()] == [RecoveryOutcome.IN_SERVICE,
                                                     RecoveryOutcome.RECOVERED]
         assert g.members[1].alive and g.policy.state_of(m1) is None  # count reset
