@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +14,9 @@ from hacli.conf import haedit, spec
 from hacli.conf.model import HACONF, VT, load_config, load_settings
 from hacli.conf.model_types import HACLI_SECTION, RECOVERY_MODES, GroupConf, HASettings
 from hacli.errors import ExitStatus, UsageError
+
+if TYPE_CHECKING:
+    from hacli.conf.document import Document
 
 
 def settings_dict(s: HASettings) -> dict[str, Any]:
@@ -304,6 +308,20 @@ def removemember(label: str, serial: str, as_json: bool) -> None:
             [f"Removed {serial} from {g.label}; members: {', '.join(g.members)}"])
 
 
+def _standby_list(g: GroupConf) -> str:
+    return ", ".join(g.standby) or "<none>"
+
+
+def _change_standby(edit: Callable[[Document, str, str], GroupConf], label: str, serial: str,
+                    as_json: bool, role: str) -> None:
+    ctx = app()
+    with ctx.edit() as doc:
+        g = edit(doc, label, serial)
+    _report(ctx.path, as_json, {"group": _group_dict(g)},
+            [f"{serial.strip()} is {role} member of {g.label}; standby members: "
+             f"{_standby_list(g)}"])
+
+
 @hagroup.command()
 @click.option("--group", "label", required=True, help="Group label.")
 @click.option("--serial", required=True, help="Serial number of the member to make standby.")
@@ -315,12 +333,7 @@ def addstandby(label: str, serial: str, as_json: bool) -> None:
     while an active member serves; it steps in when no active member is left.
     As in Luna, add it as a member first (hagroup addmember).
     """
-    ctx = app()
-    with ctx.edit() as doc:
-        g = haedit.add_standby(doc, label, serial)
-    _report(ctx.path, as_json, {"group": _group_dict(g)},
-            [f"{serial.strip()} is a standby member of {g.label}; standby members: "
-             f"{', '.join(g.standby)}"])
+    _change_standby(haedit.add_standby, label, serial, as_json, "a standby")
 
 
 @hagroup.command()
@@ -329,12 +342,7 @@ def addstandby(label: str, serial: str, as_json: bool) -> None:
 @json_option
 def removestandby(label: str, serial: str, as_json: bool) -> None:
     """Make a standby member of an HA group an active member again."""
-    ctx = app()
-    with ctx.edit() as doc:
-        g = haedit.remove_standby(doc, label, serial)
-    _report(ctx.path, as_json, {"group": _group_dict(g)},
-            [f"{serial.strip()} is an active member of {g.label}; standby members: "
-             f"{', '.join(g.standby) or '<none>'}"])
+    _change_standby(haedit.remove_standby, label, serial, as_json, "an active")
 
 
 @hagroup.command()
@@ -443,7 +451,7 @@ def listgroups(no_probe: bool, pin_file: str | None, as_json: bool) -> None:
             ("Synchronization", "enabled" if g.synchronize else "disabled"),
             ("Group Members", ", ".join(g.members)),
             ("Needs sync", "yes" if True in sync else "no" if sync == {False} else "unknown"),
-            ("Standby Members", ", ".join(g.standby) or "<none>"),
+            ("Standby Members", _standby_list(g)),
         ])
         render.echo("")
         render.table(["#", "Member S/N", "Member Label", "Status"],
