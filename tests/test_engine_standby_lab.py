@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from enginehelpers import make_engines, wait_for
-from pkcs11 import KeyType, Mechanism
+from pkcs11 import Attribute, KeyType, Mechanism
 
 from hacli.engine import Engine
 from hacli.engine.halog import LOG_NAME
@@ -68,6 +68,7 @@ def test_standby_serves_only_while_no_active_member_does(healthy_lab3, engine_fa
             # a private key served by the standby: it was logged in like any member
             key2 = s.generate_key(KeyType.AES, 256, label=label2, token=True)
             made.append(key2)
+            assert s.get_attribute(key2, Attribute.PRIVATE) is True
             expected2 = encrypt(key2)
 
             lab.restore(a0.serial)
