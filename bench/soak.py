@@ -2,13 +2,15 @@
 """Soak test of the HA slot: a mixed, checked load while members crash and freeze.
 
     .venv/bin/python bench/soak.py [--seconds 60] [--mode activeBasic|activeEnhanced]
-                                   [--members 3] [--threads 8] [--seed N] [--json]
+                                   [--members 3] [--threads 8] [--seed N] [--standby]
+                                   [--json]
 
 A private 3-member lab in a temporary directory (its own Chrystoki.conf:
 AutoReconnectInterval 5 s, ReceiveTimeout 3 s, ``--mode`` as
-VirtualTokenActiveRecovery), 8 threads each with its own session on the HA
-slot, and a chaos thread.  The lab is torn down (purged) at the end, always,
-also on Ctrl-C (exit 130) or SIGTERM.
+VirtualTokenActiveRecovery; with ``--standby`` the last member is a standby
+member), 8 threads each with its own session on the HA slot, and a chaos
+thread.  The lab is torn down (purged) at the end, always, also on Ctrl-C
+(exit 130) or SIGTERM.
 
 The load
 --------
@@ -192,8 +194,14 @@ class Soak:
         self.lab.up(self.args.members)
         provision_lab(self.lab)  # as `hacli lab up` and the test fixtures do
         base = load_config(load(self.lab.conf_path), str(self.lab.conf_path))
+        groups = base.groups
+        if self.args.standby:
+            # a standby serves only while no active member does: the same
+            # checks hold (a call is lost when any member was in service)
+            groups = tuple(dataclasses.replace(g, standby=g.members[-1:]) for g in groups)
         self.config = dataclasses.replace(
-            base, settings=dataclasses.replace(base.settings, recovery_mode=self.args.mode))
+            base, groups=groups,
+            settings=dataclasses.replace(base.settings, recovery_mode=self.args.mode))
         self.interval = float(self.config.settings.auto_reconnect_interval)
         self.timeout_s = self.config.settings.receive_timeout_ms / 1000.0
         self.pin = self.lab.pin()
@@ -695,6 +703,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--members", type=int, default=3, help="lab members (default 3)")
     p.add_argument("--threads", type=int, default=8, help="threads on the HA slot (default 8)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    p.add_argument("--standby", action="store_true",
+                   help="make the last member a standby member (VirtualTokenNNStandby)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     if args.seconds < 5 or args.members < 2 or args.threads < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from hacli.lab.procs import wait_until
 
 def lab_config(lab: Any, log_dir: Path, *, interval: int = 1, timeout_ms: int = 2000,
                reconn: int = -1, mode: str = "activeBasic", ha_only: bool = False,
-               synchronize: bool = False) -> HAConfig:
+               synchronize: bool = False, standby: tuple[str, ...] = ()) -> HAConfig:
     """The lab's group as an HAConfig, as the lab's Chrystoki.conf has it (members
     behind the lab's own p11-kit build, which carries AES key wrap)."""
     ms = lab.members()
@@ -24,7 +25,7 @@ def lab_config(lab: Any, log_dir: Path, *, interval: int = 1, timeout_ms: int = 
                             receive_timeout_ms=timeout_ms, ha_log_enabled=True,
                             ha_log_path=str(log_dir), recovery_mode=mode, ha_only=ha_only),
         groups=(GroupConf(0, lab.group_label, lab.group_serial, tuple(m.serial for m in ms),
-                          synchronize=synchronize),),
+                          synchronize=synchronize, standby=standby),),
         members={m.serial: MemberLocation(m.serial, lab.client_library, dict(m.env)) for m in ms},
     )
 
@@ -41,6 +42,19 @@ def direct_config(lab: Any, log_dir: Path, **kw: Any) -> HAConfig:
         cfg, members={s: MemberLocation(s, lib, dict(env[s])) for s in cfg.members})
 
 
+class FakeClock:
+    """A clock for the recovery policy that moves only when told (``advance``)."""
+
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
 def wait_for(cond: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> bool:
     """Poll ``cond`` until it is truthy (no fixed sleeps)."""
     return wait_until(lambda: bool(cond()), timeout, step)
@@ -53,13 +67,15 @@ def codes(engine: Engine) -> dict[str, str]:
 
 def make_engines(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
     """Body of the ``engine_factory`` fixture of the engine test modules:
-    ``engine_factory(lab, **lab_config kwargs)`` -> Engine; closed after the test."""
+    ``engine_factory(lab, **lab_config kwargs)`` -> Engine (``clock``: the
+    recovery policy's clock, e.g. a fake one); closed after the test."""
     engines: list[Engine] = []
 
-    def make(lab: Any, direct: bool = False, **kw: Any) -> Engine:
+    def make(lab: Any, direct: bool = False, clock: Callable[[], float] = time.monotonic,
+             **kw: Any) -> Engine:
         cfg = (direct_config if direct else lab_config)(lab, tmp_path / "halog", **kw)
         provision_transport_key(cfg, lab.group_label, lab.so_pin(), lab.pin())
-        e = Engine(cfg)
+        e = Engine(cfg, clock=clock)
         engines.append(e)
         return e
 
@@ -68,4 +84,4 @@ def make_engines(tmp_path: Path) -> Iterator[Callable[..., Engine]]:
         e.close()
 
 
-__all__ = ["codes", "direct_config", "lab_config", "make_engines", "wait_for"]
+__all__ = ["FakeClock", "codes", "direct_config", "lab_config", "make_engines", "wait_for"]

@@ -363,3 +363,95 @@ def test_listgroups_shows_needs_sync_only_with_a_pin(tmp_path: Path) -> None:
         res = run("--conf", str(conf), *args, env={"HACLI_PIN": None})  # type: ignore[dict-item]
         assert res.code == 0, res.err
         assert "Needs sync" not in res.out
+TWO_GROUPS = NO_HACONF.replace(
+    b"   VirtualToken00Members = 599447001,78665001;\n",
+    b"   VirtualToken00Members = 599447001,78665001,333;\n"
+    b"   VirtualToken00Standby = 333;\n"
+    b"   VirtualToken01Label = other;\n   VirtualToken01SN = 1444;\n"
+    b"   VirtualToken01Members = 444,555;\n")
+
+
+def test_standby_members_are_stored_as_luna_does_and_listed(tmp_path: Path) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    c = ["--conf", str(conf), "hagroup"]
+    assert "Standby Members : <none>" in run(*c, "listgroups").out
+    assert run(*c, "addmember", "--group", "myHAgroup", "--serial", "333").code == 0
+    res = run(*c, "addstandby", "--group", "myhagroup", "--serial", "333")
+    assert res.code == 0, res.err
+    assert "333 is a standby member of myHAgroup" in res.out
+    text = conf.read_text()
+    assert "   VirtualToken00Standby = 333;\n}" in text  # at the end of its section
+    assert "Standby Members : 333" in run(*c, "listgroups").out
+    (group,) = json.loads(run(*c, "listgroups", "--json").out)["groups"]
+    assert group["standby"] == ["333"] and len(group["members"]) == 3
+    assert run(*c, "addstandby", "--group", "myHAgroup", "--serial", "78665001").code == 0
+    assert "VirtualToken00Standby = 333,78665001;" in conf.read_text()
+
+    assert run(*c, "removestandby", "--group", "myHAgroup", "--serial", "333").code == 0
+    assert "VirtualToken00Standby = 78665001;" in conf.read_text()
+    # a member removed is no standby either; the key goes with the last one
+    assert run(*c, "removemember", "--group", "myHAgroup", "--serial", "78665001").code == 0
+    assert "Standby" not in conf.read_text()
+
+
+def test_deletegroup_renumbers_the_standby_key_too(tmp_path: Path) -> None:
+    conf = write(tmp_path, TWO_GROUPS)
+    c = ["--conf", str(conf), "hagroup"]
+    assert run(*c, "addstandby", "--group", "other", "--serial", "555").code == 0
+    assert run(*c, "deletegroup", "--label", "myHAgroup").code == 0
+    text = conf.read_text()
+    assert "VirtualToken00Standby = 555;" in text and "VirtualToken01" not in text
+    assert "333" not in text
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["addstandby", "--group", "myHAgroup", "--serial", "444"],
+         "add it first with hagroup addmember"),
+        (["addstandby", "--group", "myHAgroup", "--serial", "333"], "already a standby"),
+        (["addstandby", "--group", "other", "--serial", "333"],
+         "already a standby member of myHAgroup"),
+        (["addstandby", "--group", "nosuch", "--serial", "333"], "no HA group"),
+        (["removestandby", "--group", "myHAgroup", "--serial", "599447001"],
+         "not a standby member"),
+        (["removemember", "--group", "other", "--serial", "444"], ""),
+    ],
+)
+def test_standby_errors_exit_2_and_change_nothing(tmp_path: Path, args: list[str],
+                                                  needle: str) -> None:
+    data = TWO_GROUPS
+    if args[0] == "removemember":
+        # 555 standby: removing 444, the last active member, is refused
+        data = TWO_GROUPS.replace(b"   VirtualToken01Members = 444,555;\n",
+                                  b"   VirtualToken01Members = 444,555;\n"
+                                  b"   VirtualToken01Standby = 555;\n")
+        needle = "last active member"
+    conf = write(tmp_path, data)
+    res = run("--conf", str(conf), "hagroup", *args)
+    assert_one_error_line(res, 2)
+    assert needle in res.err
+    assert conf.read_bytes() == data
+
+
+def test_a_group_keeps_an_active_member(tmp_path: Path) -> None:
+    conf = write(tmp_path, NO_HACONF)
+    c = ["--conf", str(conf), "hagroup"]
+    assert run(*c, "addstandby", "--group", "myHAgroup", "--serial", "599447001").code == 0
+    before = conf.read_bytes()
+    res = run(*c, "addstandby", "--group", "myHAgroup", "--serial", "78665001")
+    assert_one_error_line(res, 2)
+    assert "last active member" in res.err and conf.read_bytes() == before
+
+
+def test_a_standby_that_is_no_member_is_reported(tmp_path: Path) -> None:
+    data = NO_HACONF.replace(b"   VirtualToken00Members = 599447001,78665001;\n",
+                             b"   VirtualToken00Members = 599447001,78665001;\n"
+                             b"   VirtualToken00Standby = 42;\n")
+    conf = write(tmp_path, data)
+    res = run("--conf", str(conf), "conf", "check")
+    assert res.code == 1 and "standby 42 is not a member of group myHAgroup" in res.out
+    assert "unknown HA key" not in res.out
+    res = run("--conf", str(conf), "hagroup", "listgroups")
+    assert_one_error_line(res, res.code if res.code in (1, 2) else -1)  # a malformed group
+    assert "VirtualToken00Standby" in res.err and "42" in res.err

@@ -98,3 +98,22 @@ def test_needs_sync_and_synchronize(healthy_lab: Lab, member_client) -> None:  #
     finally:
         for client in (c0, c1):
             client.destroy_labelled(label)
+
+
+def test_recover_reports_each_member_and_fails_while_one_is_down(healthy_lab: Lab) -> None:
+    """`hagroup recover` runs its own engine: a member that is still down is
+    tried once more and reported (exit 1); once it is back, every member is in
+    service for a new process (exit 0)."""
+    m0, m1 = (m.serial for m in healthy_lab.members())
+    c = ["--conf", str(healthy_lab.conf_path), "hagroup", "recover",
+         "--group", healthy_lab.group_label]
+    healthy_lab.fail(m1)
+    res = run_process(*c)
+    assert res.code == 1, res.err
+    assert f"HSM {m0} - in service" in res.out and f"HSM {m1} - still down (CKR_" in res.out
+    healthy_lab.restore(m1)
+    res = run_process(*c, "--serial", m1, "--json")
+    assert res.code == 0, res.err
+    assert json.loads(res.out) == {"group": healthy_lab.group_label, "members": [
+        {"serial": m1, "outcome": "in-service", "ckr": None}]}
+    assert_one_error_line(run_process(*c, "--serial", "nosuch"), 2)

@@ -6,7 +6,8 @@
   handle error for a key the group knows;
 * fault 9: two frozen members cost a call at most one and a half command
   timeouts (not one timeout after the other), and the call that recovers a
-  member does not wait for its catch-up.
+  member does not wait for its catch-up;
+* issue 10: ``group.recover`` brings back a member whose attempts are used up.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from enginehelpers import make_engines, wait_for
+from enginehelpers import FakeClock, codes, make_engines, wait_for
 from pkcs11 import KeyType, Mechanism
 
-from hacli.engine import CKRError, Engine
+from hacli.cli.menu.actions.lab import comeback
+from hacli.engine import CKRError, Engine, RecoveryOutcome
+from hacli.engine.halog import LOG_NAME
 from hacli.engine.member import MemberState
 
 pytestmark = pytest.mark.lab
@@ -192,3 +195,47 @@ def test_the_recovering_call_does_not_wait_for_the_catch_up(healthy_lab, engine_
         assert s.generate_random(8)
         release.append(True)
         assert wait_for(lambda: g.members[1].state is MemberState.ALIVE, timeout=10)
+
+
+def test_recover_brings_back_a_member_whose_attempts_are_used_up(healthy_lab, engine_factory,
+                                                                tmp_path) -> None:
+    """reconnAtt 1: after one failed attempt the group gives up on the member
+    (gave-up, once) and leaves it down even once it is back; group.recover()
+    brings it back now, resets its count and logs recovered.  A manual attempt
+    that fails spends no automatic attempt."""
+    lab = healthy_lab
+    m1 = lab.members()[1].serial
+    clock = FakeClock()
+    engine = engine_factory(lab, interval=5, reconn=1, clock=clock)
+    g = engine.group()
+    with g.open_session() as s:
+        lab.fail(m1)
+        g.status()  # the probe meets the dead member
+        clock.advance(6)
+        s.generate_random(8)  # its one attempt, while it is still dead
+        assert g.policy.attempts_left(m1) == 0
+        lab.restore(m1)
+        clock.advance(600)
+        for _ in range(3):
+            s.generate_random(8)
+        assert not g.members[1].alive  # given up: not taken back by itself
+        # what the menu's 122 says about it now (no more "takes it back")
+        assert "used up its 1 recovery attempt(s)" in str(comeback(g, m1))
+        assert [r.outcome for r in g.recover()] == [RecoveryOutcome.IN_SERVICE,
+                                                    RecoveryOutcome.RECOVERED]
+        assert g.members[1].alive and g.policy.state_of(m1) is None  # count reset
+        assert codes(engine)[m1] == "CKR_OK"
+
+        lab.fail(m1)
+        g.status()
+        assert g.policy.attempts_left(m1) == 1  # a fresh count after the reset
+        (r,) = g.recover(m1)
+        assert r.outcome is RecoveryOutcome.FAILED and r.ckr and not r.ok
+        assert g.policy.attempts_left(m1) == 1  # the manual attempt spent none
+        lab.restore(m1)
+        assert g.recover_now(m1) and s.generate_random(8)
+    events = [line.split()[2:4] for line in
+              (tmp_path / "halog" / LOG_NAME).read_text().splitlines()]
+    assert [e for s_, e in events if s_ == m1] == [
+        "failed", "recovery-failed", "gave-up", "recovered",
+        "failed", "recovery-failed", "recovered"]

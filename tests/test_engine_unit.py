@@ -7,23 +7,13 @@ import re
 
 import pkcs11.exceptions as px
 import pytest
+from enginehelpers import FakeClock
 from pkcs11 import Attribute
 
 from hacli.engine import RecoveryPolicy, ckr_name, is_member_failure
 from hacli.engine.exceptions import CallTimeout, CKRError, GroupDownError
 from hacli.engine.halog import LOG_NAME, HALog
 from hacli.engine.multipart import StepDriver
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 def run_calls(policy: RecoveryPolicy, outcome: dict[str, bool], clock: FakeClock,
@@ -400,3 +390,110 @@ def test_half_made_objects_are_recognised_by_their_missing_identity() -> None:
     assert half_made(data)
     assert not half_made({**data, Attribute.APPLICATION: "app"})
     assert not half_made({Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.TOKEN: True})
+
+
+class _LogLines:
+    """An HA log that keeps (serial, event, ckr) in memory."""
+
+    path = None
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str | None, str, str | None]] = []
+
+    def event(self, group: str, serial: str | None, event: str, ckr: str | None = None) -> str:
+        self.lines.append((serial, event, ckr))
+        return event
+
+
+class _Inst:
+    generation = 1
+
+
+class _Conn:
+    id = 1
+
+
+def test_standby_roles_promote_the_longest_up_standby_and_demote_it() -> None:
+    """MemberSet + StandbyRoles + Balancer, no lab: a standby is never picked
+    while an active member serves (except for a session pinned to it); with
+    no active member left the standby up longest serves every call, logged
+    once; an active member back in service (still catching up) demotes it."""
+    from hacli.engine.member import Member
+    from hacli.engine.members import MemberSet
+
+    clock = FakeClock()
+    log = _LogLines()
+    a, s1, s2 = Member("a", None, 1.0), Member("s1", None, 1.0), Member("s2", None, 1.0)
+    ms = MemberSet("g", [a, s1, s2], RecoveryPolicy(-1, 5, clock), log, clock,
+                   standby=("s1", "s2"))
+
+    def connect(m: Member, recovered: bool = False) -> None:
+        ms.mark_connected(m, _Inst(), _Conn(), recovered=recovered)  # type: ignore[arg-type]
+
+    def picks(n: int = 6, only: Member | None = None) -> set[str]:
+        got = set()
+        for _ in range(n):
+            m = ms.balancer.pick(frozenset(), only)
+            assert m is not None
+            ms.balancer.done(m, True)
+            got.add(m.serial)
+        return got
+
+    connect(s2)  # a standby answering first at start-up promotes nobody
+    clock.advance(1)
+    connect(s1)
+    connect(a)
+    ms.start_roles()
+    assert log.lines == []
+    assert picks() == {"a"} and s1.ops == s2.ops == 0
+    assert picks(2, only=s1) == {"s1"}  # a member slot's session still reaches it
+    assert [ms.roles.role_of(m) for m in (a, s1, s2)] == ["active", "standby", "standby"]
+
+    ms.mark_failed(a, px.DeviceError())
+    assert log.lines == [("a", "failed", "CKR_DEVICE_ERROR"), ("s2", "standby-promoted", None)]
+    assert picks() == {"s2"} and ms.roles.role_of(s2) == "promoted"
+    ms.mark_failed(s2, px.DeviceError())  # the promoted one fails: the next standby
+    assert log.lines[-1] == ("s1", "standby-promoted", None) and picks() == {"s1"}
+
+    connect(a, recovered=True)  # back, still synchronising: it serves, s1 steps back
+    assert log.lines[-2:] == [("a", "recovered", None), ("s1", "standby-demoted", None)]
+    assert picks() == {"a"} and ms.roles.promoted is None
+    assert [e for _, e, _ in log.lines].count("standby-promoted") == 2
+
+
+def test_a_group_without_standby_balances_over_every_member_as_before() -> None:
+    from hacli.engine.member import Member
+    from hacli.engine.members import MemberSet
+
+    clock = FakeClock()
+    ms = MemberSet("g", [Member("a", None, 1.0), Member("b", None, 1.0)],
+                   RecoveryPolicy(-1, 5, clock), _LogLines(), clock)
+    assert ms.roles.candidates == ms.members and ms.roles.reserve == ()
+    for m in ms.members:
+        ms.mark_connected(m, _Inst(), _Conn(), recovered=False)  # type: ignore[arg-type]
+    ms.start_roles()
+    ms.mark_failed(ms.members[0], px.DeviceError())
+    assert ms.roles.candidates == ms.members  # never recomputed
+
+
+def test_gave_up_is_logged_once_when_the_attempts_run_out() -> None:
+    """reconnAtt 2: the second failed attempt logs gave-up, once; an
+    administrator's attempt (not counted) neither spends nor logs it."""
+    from hacli.engine.member import Member
+    from hacli.engine.members import MemberSet
+
+    clock = FakeClock()
+    log = _LogLines()
+    policy = RecoveryPolicy(2, 5, clock)
+    a = Member("a", None, 1.0)
+    ms = MemberSet("g", [a], policy, log, clock)
+    ms.mark_failed(a, px.DeviceError())
+    ms.mark_attempt_failed(a, px.TokenNotPresent())
+    assert [e for _, e, _ in log.lines] == ["failed", "recovery-failed"]
+    ms.mark_attempt_failed(a, px.TokenNotPresent())
+    assert log.lines[-1] == ("a", "gave-up", "CKR_TOKEN_NOT_PRESENT")
+    assert policy.attempts_left("a") == 0
+    ms.mark_attempt_failed(a, px.TokenNotPresent(), counted=False)
+    assert log.lines[-1] == ("a", "recovery-failed", "CKR_TOKEN_NOT_PRESENT")
+    assert [e for _, e, _ in log.lines].count("gave-up") == 1
+    assert policy.state_of("a").attempts == 2

@@ -11,9 +11,11 @@ member is down.  The lab section (120-123) drives the failures from the menu.
 from __future__ import annotations
 
 import io
+import shutil
 import time
 
 import pytest
+from clihelpers import run
 from menuhelpers import CHOICE, Menu, Outcome, finish, spawn
 
 pytestmark = pytest.mark.lab
@@ -237,3 +239,29 @@ def test_ctrl_c_at_the_menu_quits_with_130(lab, tmp_path) -> None:
     child.sendintr()
     assert finish(child) == 130
     assert "Traceback" not in child.before and "Aborted" not in child.before
+
+
+def test_restore_offers_recovery_when_the_group_will_not_take_it_back(healthy_lab,
+                                                                       tmp_path) -> None:
+    """Issue 10: with automatic recovery off (reconnAtt 0), 122 no longer promises
+    that the group takes the member back; it says why not and offers the
+    administrator's recovery (the use case of `hagroup recover`).  Declined,
+    the member stays down; accepted, it serves again."""
+    lab = healthy_lab
+    m0, m1 = (m.serial for m in lab.members())
+    conf = tmp_path / "Chrystoki.conf"
+    shutil.copyfile(lab.conf_path, conf)
+    assert run("--conf", str(conf), "hagroup", "retry", "--count", "0").code == 0
+    menu = Menu(spawn(conf, tty=True, cwd=tmp_path))
+    lab_member(menu, 120, 2, "failed")
+    assert ha_status(menu)[m1] == "CKR_DEVICE_ERROR"
+    out = menu.run(122, "2", "n")
+    assert "Automatic recovery is off (reconnAtt 0)" in out.text, out.text
+    assert "Recover it into the HA group now (y/n) [n]:" in out.text
+    assert "takes it back" not in out.text and out.ckr == "CKR_OK"
+    assert ha_status(menu)[m1] == "CKR_TOKEN_NOT_PRESENT"  # not taken back by itself
+    out = menu.run(122, "2", "y")
+    assert f"HSM {m1} - recovered" in out.text and out.ckr == "CKR_OK", out.text
+    assert ha_status(menu) == {m0: "CKR_OK", m1: "CKR_OK",
+                               "status": "Doing great, no errors (CKR_OK)"}
+    assert menu.quit() == 0

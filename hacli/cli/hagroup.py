@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -12,7 +13,7 @@ from hacli.cli.pin import find_pin, pin_file_option, so_pin_file_option
 from hacli.conf import haedit
 from hacli.conf.model import HACONF, VT, load_config
 from hacli.conf.model_types import RECOVERY_MODES, GroupConf, HASettings, number_slots
-from hacli.errors import ExitStatus
+from hacli.errors import ExitStatus, UsageError
 
 if TYPE_CHECKING:
     from hacli.conf.document import Document
@@ -207,6 +208,7 @@ def _group_dict(g: Any) -> dict[str, Any]:
         "serial": g.serial,
         "synchronization": g.synchronize,
         "members": [{"serial": m} for m in g.members],
+        "standby": list(g.standby),
     }
 
 
@@ -294,6 +296,83 @@ def removemember(label: str, serial: str, as_json: bool) -> None:
             [f"Removed {serial} from {g.label}; members: {', '.join(g.members)}"])
 
 
+def _standby_list(g: GroupConf) -> str:
+    return ", ".join(g.standby) or "<none>"
+
+
+def _change_standby(edit: Callable[[Document, str, str], GroupConf], label: str, serial: str,
+                    as_json: bool, role: str) -> None:
+    ctx = app()
+    with ctx.edit() as doc:
+        g = edit(doc, label, serial)
+    _report(ctx.path, as_json, {"group": _group_dict(g)},
+            [f"{serial.strip()} is {role} member of {g.label}; standby members: "
+             f"{_standby_list(g)}"])
+
+
+@hagroup.command()
+@click.option("--group", "label", required=True, help="Group label.")
+@click.option("--serial", required=True, help="Serial number of the member to make standby.")
+@json_option
+def addstandby(label: str, serial: str, as_json: bool) -> None:
+    """Make a member of an HA group a standby member (VirtualTokenNNStandby).
+
+    A standby member receives every replicated object but serves no calls
+    while an active member serves; it steps in when no active member is left.
+    As in Luna, add it as a member first (hagroup addmember).
+    """
+    _change_standby(haedit.add_standby, label, serial, as_json, "a standby")
+
+
+@hagroup.command()
+@click.option("--group", "label", required=True, help="Group label.")
+@click.option("--serial", required=True, help="Serial number of the standby member.")
+@json_option
+def removestandby(label: str, serial: str, as_json: bool) -> None:
+    """Make a standby member of an HA group an active member again."""
+    _change_standby(haedit.remove_standby, label, serial, as_json, "an active")
+
+
+@hagroup.command()
+@click.option("--group", "label", required=True, help="Group label.")
+@click.option("--serial", help="Only this member (default: every member that is down).")
+@json_option
+def recover(label: str, serial: str | None, as_json: bool) -> int:
+    """Try to recover failed members now (lunacm's hagroup recover).
+
+    One attempt on each member that is down (or on --serial), also when the
+    automatic attempts (reconnAtt) are used up or automatic recovery is off.
+    A recovered member's attempt count starts afresh and "recovered" goes to
+    the HA log.  This command runs its own HA engine: it tells whether each
+    member serves now for any new process.  An application that keeps its
+    own engine running (the menu, a library user) recovers members through
+    that engine (the menu's 122; HAGroup.recover).  Exit 1 when a member is
+    still down.
+    """
+    from hacli.engine import Engine
+
+    ctx = app()
+    config = ctx.config()
+    try:
+        conf = config.group(label)
+    except KeyError:
+        raise UsageError(f"no HA group labelled {label!r} "
+                         f"(groups: {', '.join(g.label for g in config.groups) or 'none'})"
+                         ) from None
+    if serial is not None and serial not in conf.members:
+        raise UsageError(f"{serial} is not a member of {conf.label} "
+                         f"(members: {', '.join(conf.members)})")
+    with Engine(config, groups=[conf.label]) as engine:
+        results = engine.group(conf.label).recover(serial)
+    if as_json:
+        render.emit_json({"group": conf.label, "members": [r.as_dict() for r in results]})
+    else:
+        render.echo(f"HA group {conf.label}:")
+        for r in results:
+            render.echo(f"HSM {r.serial} - {r.describe()}")
+    return 0 if all(r.ok for r in results) else int(ExitStatus.FAILED)
+
+
 @hagroup.command()
 @click.option("--label", required=True, help="Label of the group to delete.")
 @json_option
@@ -366,6 +445,7 @@ def listgroups(no_probe: bool, pin_file: str | None, as_json: bool) -> None:
             ("Group Members", ", ".join(g.members)),
             *([("Needs sync", "yes" if True in sync else "no" if sync == {False} else "unknown")]
               if pin is not None else []),
+            ("Standby Members", _standby_list(g)),
         ])
         render.echo("")
         render.table(["#", "Member S/N", "Member Label", "Status"],

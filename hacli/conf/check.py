@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal, TypedDict
 from hacli.conf import spec
 from hacli.conf.document import Document
 from hacli.conf.model import (
+    GROUP_FIELDS,
     GROUP_KEY,
     HACONF,
     HASYNC,
@@ -113,7 +114,7 @@ def _known_keys(section: str, key: str) -> list[str]:
     nn = re.search(r"\d\d", key)
     n = nn.group(0) if nn else "00"
     if section.lower() == VT.lower():
-        known += [f"VirtualToken{n}{f}" for f in ("Label", "SN", "Members")]
+        known += [f"VirtualToken{n}{f}" for f in GROUP_FIELDS]
     if section.lower() == HACLI_SECTION:
         known += [f"Member{n}{f}" for f in ("Serial", "Library", "Environment")]
     return known
@@ -202,6 +203,11 @@ def _check_groups(doc: Document) -> list[Finding]:
             seen_labels[label.lower()] = n
         if not members:
             error(members_key, f"group {name} has no members ({members_key})", line)
+        standby_key = f"VirtualToken{n:02d}Standby"
+        for member in split_members(doc.get(VT, standby_key) or ""):
+            if member not in members:
+                error(standby_key, f"standby {member} is not a member of group {name}",
+                      doc.line_of(VT, standby_key) or line)
         for member in dict.fromkeys(members):
             if not valid_name(member, SERIAL_FORBIDDEN):
                 error(members_key, f"member {member!r} of group {name} is not a serial number",

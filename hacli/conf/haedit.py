@@ -10,11 +10,13 @@ file is written), so a refused command leaves the file untouched.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from hacli.conf import spec
 from hacli.conf.check import LABEL_FORBIDDEN, SERIAL_FORBIDDEN, valid_name
 from hacli.conf.model import (
+    GROUP_FIELDS,
     HACONF,
     HASYNC,
     VT,
@@ -103,7 +105,7 @@ def add_member(doc: Document, label: str, serial: str) -> GroupConf:
     serial = _check_serial(serial)
     members = (*group.members, serial)
     doc.set(VT, f"VirtualToken{group.index:02d}Members", ",".join(members))
-    return GroupConf(group.index, group.label, group.serial, members, group.synchronize)
+    return dataclasses.replace(group, members=members)
 
 
 def remove_member(doc: Document, label: str, serial: str) -> GroupConf:
@@ -116,8 +118,61 @@ def remove_member(doc: Document, label: str, serial: str) -> GroupConf:
     members = tuple(m for m in group.members if m != serial)
     if not members:
         raise UsageError(f"{serial} is the last member of {group.label}; use deletegroup")
+    standby = tuple(m for m in group.standby if m != serial)
+    if members == standby:
+        raise UsageError(f"{serial} is the last active member of {group.label}; "
+                         "remove a standby member first (hagroup removestandby)")
     doc.set(VT, f"VirtualToken{group.index:02d}Members", ",".join(members))
-    return GroupConf(group.index, group.label, group.serial, members, group.synchronize)
+    if standby != group.standby:  # a removed member is no standby either
+        _write_standby(doc, group.index, standby)
+    return dataclasses.replace(group, members=members, standby=standby)
+
+
+def _write_standby(doc: Document, index: int, standby: tuple[str, ...]) -> None:
+    key = f"VirtualToken{index:02d}Standby"
+    if standby:
+        doc.set(VT, key, ",".join(standby))
+    else:
+        doc.remove_key(VT, key)
+
+
+def add_standby(doc: Document, label: str, serial: str) -> GroupConf:
+    """``hagroup addstandby``: a member of the group becomes a standby member.
+
+    As in Luna, the serial must be a member already (``hagroup addmember``
+    first); it cannot be standby in two groups, and a group keeps at least one
+    active member.
+    """
+    group = find_group(doc, label)
+    serial = _check_serial(serial)
+    if serial in group.standby:
+        raise UsageError(f"{serial} is already a standby member of {group.label}")
+    other = next((g for g in load_groups(doc) if g.index != group.index and serial in g.standby),
+                 None)
+    if other is not None:
+        raise UsageError(f"{serial} is already a standby member of {other.label}")
+    if serial not in group.members:
+        raise UsageError(f"{serial} is not a member of {group.label} (members: "
+                         f"{', '.join(group.members)}); add it first with hagroup addmember")
+    if group.active == (serial,):
+        raise UsageError(f"{serial} is the last active member of {group.label}; "
+                         "a group keeps at least one")
+    standby = (*group.standby, serial)
+    _write_standby(doc, group.index, standby)
+    return dataclasses.replace(group, standby=standby)
+
+
+def remove_standby(doc: Document, label: str, serial: str) -> GroupConf:
+    """``hagroup removestandby``: a standby member becomes an active member again."""
+    group = find_group(doc, label)
+    serial = serial.strip()
+    if serial not in group.standby:
+        shown = ", ".join(group.standby) or "none"
+        raise UsageError(f"{serial} is not a standby member of {group.label} "
+                         f"(standby members: {shown})")
+    standby = tuple(m for m in group.standby if m != serial)
+    _write_standby(doc, group.index, standby)
+    return dataclasses.replace(group, standby=standby)
 
 
 def set_synchronize(doc: Document, label: str, enabled: bool) -> GroupConf:
@@ -130,13 +185,13 @@ def set_synchronize(doc: Document, label: str, enabled: bool) -> GroupConf:
 def delete_group(doc: Document, label: str) -> GroupConf:
     """``hagroup deletegroup``: keeps ``VirtualTokenNN`` numbering dense."""
     group = find_group(doc, label)
-    for field in ("Label", "SN", "Members"):
+    for field in GROUP_FIELDS:
         doc.remove_key(VT, f"VirtualToken{group.index:02d}{field}")
     if doc.has_section(HASYNC):
         doc.remove_key(HASYNC, group.label)
     # Renumber the groups above the deleted one; their values move, nothing else does.
     for n in [i for i in group_indexes(doc) if i > group.index]:
-        for field in ("Label", "SN", "Members"):
+        for field in GROUP_FIELDS:
             old = f"VirtualToken{n:02d}{field}"
             value = doc.get(VT, old)
             if value is not None:
@@ -146,10 +201,12 @@ def delete_group(doc: Document, label: str) -> GroupConf:
 
 __all__ = [
     "add_member",
+    "add_standby",
     "create_group",
     "delete_group",
     "find_group",
     "remove_member",
+    "remove_standby",
     "set_retry",
     "set_setting",
     "set_synchronize",

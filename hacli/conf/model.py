@@ -34,7 +34,10 @@ HASYNC = "HASynchronize"
 HACONF = "HAConfiguration"
 CLIENT = "LunaSA Client"
 
-GROUP_KEY = re.compile(r"^VirtualToken(\d\d)(Label|SN|Members)$", re.IGNORECASE)
+#: The keys of one group, ``VirtualTokenNN<field>``; ``Standby`` lists the
+#: standby members (comma-separated, like ``Members``).
+GROUP_FIELDS = ("Label", "SN", "Members", "Standby")
+GROUP_KEY = re.compile(rf"^VirtualToken(\d\d)({'|'.join(GROUP_FIELDS)})$", re.IGNORECASE)
 MEMBER_KEY = re.compile(r"^Member(\d\d)(Serial|Library|Environment)$", re.IGNORECASE)
 
 
@@ -91,7 +94,16 @@ def load_groups(doc: Document) -> tuple[GroupConf, ...]:
         serial = (doc.get(VT, f"VirtualToken{n:02d}SN") or "").strip()
         if not serial and members:
             serial = "1" + members[0]
-        groups.append(GroupConf(n, label, serial, members, sync_enabled(doc, label)))
+        standby_key = f"VirtualToken{n:02d}Standby"
+        standby = split_members(doc.get(VT, standby_key) or "")
+        strays = [s for s in standby if s not in members]
+        if strays:
+            raise ConfValueError(
+                f"{_where(doc, VT, standby_key)}: [{VT}] {standby_key}: standby "
+                f"{', '.join(strays)} is not a member of {label} (VirtualToken{n:02d}Members)"
+            )
+        groups.append(GroupConf(n, label, serial, members, sync_enabled(doc, label),
+                                tuple(dict.fromkeys(standby))))
     return tuple(groups)
 
 

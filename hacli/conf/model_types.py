@@ -40,13 +40,24 @@ class HASettings:
 
 @dataclass(frozen=True)
 class GroupConf:
-    """One HA group: a ``VirtualTokenNN*`` entry plus its ``HASynchronize`` flag."""
+    """One HA group: a ``VirtualTokenNN*`` entry plus its ``HASynchronize`` flag.
+
+    ``standby`` (``VirtualTokenNNStandby``) names the members that receive every
+    replicated object but serve calls only while no other member does; each is
+    also in ``members``.
+    """
 
     index: int
     label: str
     serial: str
     members: tuple[str, ...]
     synchronize: bool = False
+    standby: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        """The members that are not standby (they serve calls)."""
+        return tuple(m for m in self.members if m not in self.standby)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,12 @@
 Calls in flight are counted per member (``Member.in_flight``); the pick counts
 the call in and :meth:`Balancer.done` counts it out (and counts a served
 operation, ``Member.ops``, for ``multitoken`` and status reports).
+
+The members balanced over are the group's standby roles' ``candidates``
+(:mod:`hacli.engine.standby`: every member, unless some are standby), a tuple
+precomputed on state changes, so the call path reads one attribute.  The
+``reserve`` (standbys not promoted) is asked only when no candidate can take
+the call.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Sequence, Set
 
 from hacli.engine.member import Member
 from hacli.engine.objects import VObject
+from hacli.engine.standby import StandbyRoles
 
 
 def _absent_from(vobjs: Sequence[VObject], serial: str, conn_id: int) -> bool:
@@ -23,16 +30,41 @@ def _absent_from(vobjs: Sequence[VObject], serial: str, conn_id: int) -> bool:
     return False
 
 
+def _least_busy(members: Sequence[Member], start: int, tried: Set[Member],
+                only: Member | None, vobjs: Sequence[VObject]) -> tuple[Member | None, int]:
+    """The least busy member that can take the call, looking from index
+    ``start`` round robin (an idle one at once), and its index."""
+    n = len(members)
+    best: Member | None = None
+    best_load = best_at = 0
+    for k in range(n):
+        at = (start + k) % n
+        m = members[at]
+        conn = m.conn
+        if not m.alive or conn is None or (only is not None and m is not only):
+            continue
+        if tried and m in tried:
+            continue
+        if vobjs and _absent_from(vobjs, m.serial, conn.id):
+            continue
+        if best is None or m.in_flight < best_load:
+            best, best_load, best_at = m, m.in_flight, at
+            if best_load == 0:
+                break
+    return best, best_at
+
+
 class Balancer:
     """Balancing over one group's members.
 
-    ``lock`` is the group's lock: the pick reads member state it guards.
+    ``lock`` is the group's lock: the pick reads member state it guards (and
+    the roles' tuples, which change under it).
     """
 
-    def __init__(self, members: Sequence[Member], lock: threading.RLock):
-        self._members = members
+    def __init__(self, roles: StandbyRoles, lock: threading.RLock):
+        self._roles = roles
         self._lock = lock
-        self._next = 0  # list index after the last pick
+        self._next = 0  # index in the candidates after the last pick
 
     def __repr__(self) -> str:
         return f"<Balancer next={self._next}>"
@@ -41,30 +73,19 @@ class Balancer:
              vobjs: Sequence[VObject] = ()) -> Member | None:
         """An alive member not in ``tried`` (``only``: that one) on which none
         of ``vobjs`` is known to be absent, counted in; None when there is none."""
-        members = self._members
-        n = len(members)
-        best: Member | None = None
-        best_load = best_at = 0
+        roles = self._roles
         with self._lock:
             # round-robin order from the member after the last pick; the first
-            # least busy one wins (so a tie goes round robin), an idle one at once
-            for k in range(n):
-                at = (self._next + k) % n
-                m = members[at]
-                conn = m.conn
-                if not m.alive or conn is None or (only is not None and m is not only):
-                    continue
-                if tried and m in tried:
-                    continue
-                if vobjs and _absent_from(vobjs, m.serial, conn.id):
-                    continue
-                if best is None or m.in_flight < best_load:
-                    best, best_load, best_at = m, m.in_flight, at
-                    if best_load == 0:
-                        break
+            # least busy one wins (so a tie goes round robin)
+            candidates = roles.candidates
+            best, at = _least_busy(candidates, self._next, tried, only, vobjs)
+            if best is not None:
+                self._next = (at + 1) % len(candidates)
+            elif roles.reserve:
+                # no candidate can take it: a standby does, rather than an error
+                best, _ = _least_busy(roles.reserve, 0, tried, only, vobjs)
             if best is None:
                 return None
-            self._next = (best_at + 1) % n
             best.in_flight += 1
             return best
 

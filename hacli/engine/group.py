@@ -4,7 +4,8 @@
 collaborators, each with a small interface and a module of its own:
 
 * ``members``      -- :class:`~hacli.engine.members.MemberSet`: the members, their
-  state machines, the balancer, a member going down (members.py)
+  state machines, the balancer, a member going down, standby roles (members.py,
+  standby.py)
 * ``recovery``     -- :class:`~hacli.engine.recovery.Recovery`: connecting members,
   the per-member recovery policy, the background thread (recovery.py)
 * ``login_state``  -- :class:`~hacli.engine.login.Login`: the user login, the PIN (login.py)
@@ -57,6 +58,7 @@ from hacli.engine.types import (
     GroupStatus,
     InventoryDiff,
     MemberStatus,
+    RecoveryResult,
     RecoveryState,
     SyncReport,
     TokenInfo,
@@ -85,7 +87,8 @@ class HAGroup:
         self.clock = clock
         self._ids = ids
         self.policy = RecoveryPolicy(settings.reconn_att, settings.auto_reconnect_interval, clock)
-        self.members_set = MemberSet(self.label, members, self.policy, log, clock)
+        self.members_set = MemberSet(self.label, members, self.policy, log, clock,
+                                     standby=conf.standby)
         self.members: tuple[Member, ...] = self.members_set.members
         self._objects = ObjectRegistry(self.members_set.lock, ids)
         self.login_state = Login(self.label, self.members_set)
@@ -122,8 +125,10 @@ class HAGroup:
 
     # -- life cycle --------------------------------------------------------
     def start(self) -> None:
-        """Connect every member; start the background recovery (activeEnhanced)."""
+        """Connect every member; start the background recovery (activeEnhanced);
+        then standby roles apply (a standby is promoted if no active member answered)."""
         self.recovery.start()
+        self.members_set.start_roles()
 
     def stop(self) -> None:
         """Stop background work (recovery thread, catch-ups)."""
@@ -157,9 +162,26 @@ class HAGroup:
         """The origin pseudo-code; run before every call through the group."""
         return self.recovery.tick()
 
+    def recover(self, serial: str | None = None) -> tuple[RecoveryResult, ...]:
+        """``hagroup recover``: try ``serial`` (or every member that is down) now,
+        also after its automatic attempts are used up; a result per member
+        (see :meth:`Recovery.recover`)."""
+        return self.recovery.recover(serial)
+
     def recover_now(self, serial: str | None = None) -> bool:
-        """Attempt recovery of one down member immediately (``hagroup recover``)."""
+        """Recover ``serial`` (or the member down longest) now; True when it serves."""
         return self.recovery.recover_now(serial)
+
+    @property
+    def standby(self) -> tuple[str, ...]:
+        """Serials of the standby members (``VirtualTokenNNStandby``)."""
+        return self.conf.standby
+
+    def role_of(self, serial: str) -> str:
+        """``active``, ``standby`` or ``promoted`` (a standby serving now)."""
+        m = self.members_set.get(serial)
+        with self.members_set.lock:
+            return self.members_set.roles.role_of(m)
 
     # -- login -------------------------------------------------------------
     @property
@@ -311,6 +333,7 @@ class HAGroup:
         recovery = {m.serial: self.recovery_state(m.serial) for m in self.members}
         now = self.clock()
         out = []
+        roles = self.members_set.roles
         with self.members_set.lock:
             for m in self.members:
                 if m.alive:
@@ -324,7 +347,8 @@ class HAGroup:
                     serial=m.serial, status=code, alive=m.alive, needs_sync=m.needs_sync,
                     last_error=m.last_error, ops=m.ops,
                     down_for=None if m.down_since is None or m.alive else now - m.down_since,
-                    recovery=None if m.alive else recovery[m.serial]))
+                    recovery=None if m.alive else recovery[m.serial],
+                    role=roles.role_of(m)))
             any_alive = any(m.alive for m in self.members)
         return GroupStatus(label=self.label, serial=self.serial,
                            status=CKR.OK if any_alive else CKR.DEVICE_ERROR,

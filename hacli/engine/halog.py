@@ -42,9 +42,12 @@ REMOVED = "removed"
 SYNCHRONIZED = "synchronized"
 STANDBY_PROMOTED = "standby-promoted"
 STANDBY_DEMOTED = "standby-demoted"
+#: A member's automatic recovery attempts (``reconnAtt``) are used up: nothing
+#: but an administrator's ``hagroup recover`` brings it back now.
+GAVE_UP = "gave-up"
 
 EVENTS = (FAILED, RECOVERY_FAILED, RECOVERED, ADDED, REMOVED, SYNCHRONIZED,
-          STANDBY_PROMOTED, STANDBY_DEMOTED)
+          STANDBY_PROMOTED, STANDBY_DEMOTED, GAVE_UP)
 
 #: Events that are a member's change of state: not logged twice in a row.
 DOWN, UP = "down", "up"

@@ -210,6 +210,8 @@ class Member:
         self.instance: ModuleInstance | None = None
         self.conn: Connection | None = None
         self.down_since: float | None = time.monotonic()
+        #: When it was last connected (the group's clock); None while down.
+        self.up_since: float | None = None
         #: True once a status report has shown CKR_DEVICE_ERROR for this failure.
         self.failure_reported = False
         self.last_error: str | None = None

@@ -13,15 +13,20 @@ service, being caught up in the background; it serves what it holds).  The
 attempt count and the time of the last attempt of a down member live in the
 recovery policy's record of that member (:mod:`hacli.engine.policy`).
 
+Which members serve calls is :class:`~hacli.engine.standby.StandbyRoles`'
+business (``roles``): told of every transition, it promotes a standby when no
+active member is left and demotes it when one is back; those changes are
+logged here too (``standby-promoted``/``standby-demoted``).
+
 Locking: ``lock`` guards member state and counters and is never held while
-calling into a member.
+calling into a member (nor while writing the HA log).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from hacli.engine import halog
@@ -31,6 +36,7 @@ from hacli.engine.exceptions import CKRError
 from hacli.engine.member import Connection, Member, MemberState
 from hacli.engine.module import ModuleInstance
 from hacli.engine.policy import Clock, RecoveryPolicy
+from hacli.engine.standby import NO_CHANGE, RoleChange, StandbyRoles
 
 T = TypeVar("T")
 
@@ -44,13 +50,15 @@ class MemberSet:
     """The members of one group and everything about their state."""
 
     def __init__(self, label: str, members: Sequence[Member], policy: RecoveryPolicy,
-                 log: halog.HALog | halog.NullLog, clock: Clock):
+                 log: halog.HALog | halog.NullLog, clock: Clock,
+                 standby: Collection[str] = ()):
         self.label = label
         self.members: tuple[Member, ...] = tuple(members)
         self.policy = policy
         self.clock = clock
         self.lock = threading.RLock()
-        self.balancer = Balancer(self.members, self.lock)
+        self.roles = StandbyRoles(self.members, standby)
+        self.balancer = Balancer(self.roles, self.lock)
         self._log = log
         self._listeners: list[FailureListener] = []
 
@@ -81,16 +89,35 @@ class MemberSet:
         return any(m.alive for m in self.members)
 
     # -- the state machine -------------------------------------------------
-    def transition(self, m: Member, state: MemberState, reason: str | None = None) -> None:
-        """Move ``m`` to ``state`` (lock held by the caller or taken here)."""
+    def transition(self, m: Member, state: MemberState,
+                   reason: str | None = None) -> tuple[RoleChange, ...]:
+        """Move ``m`` to ``state`` (lock held by the caller or taken here).
+
+        Returns the standby promotions/demotions it caused, for the caller to
+        log (:meth:`_log_roles`) once the lock is released.
+        """
         with self.lock:
             old = m.state
             m.state = state
             if reason is not None:
                 m.last_error = reason
+            changes = self.roles.update() if old is not state else NO_CHANGE
         if old is not state:
             LOG.debug("%s %s: %s -> %s%s", self.label, m.serial, old.value, state.value,
                       f" ({reason})" if reason else "")
+        return changes
+
+    def start_roles(self) -> None:
+        """The group's first connections are made: standby roles apply from now
+        on (a standby is promoted at once if no active member answered)."""
+        with self.lock:
+            changes = self.roles.start()
+        self._log_roles(changes)
+
+    def _log_roles(self, changes: tuple[RoleChange, ...]) -> None:
+        for change in changes:
+            LOG.info("%s %s: %s", self.label, change.serial, change.event)
+            self._log.event(self.label, change.serial, change.event, None)
 
     def mark_failed(self, m: Member, error: BaseException | str) -> None:
         """``m`` is down: out of balancing, its multi-part operations over, its
@@ -99,27 +126,39 @@ class MemberSet:
         with self.lock:
             if m.state is MemberState.DOWN and m.conn is None and m.last_error is not None:
                 return
-            self.transition(m, MemberState.DOWN, ckr)
+            changes = self.transition(m, MemberState.DOWN, ckr)
             m.conn = None
             m.down_since = self.clock()
+            m.up_since = None
             m.failure_reported = False
             m.failures += 1
             for listener in self._listeners:
                 listener(m)
         self.policy.member_down(m.serial)
         self._log.event(self.label, m.serial, halog.FAILED, ckr)
+        self._log_roles(changes)
 
     def mark_recovering(self, m: Member) -> None:
         """A recovery attempt on ``m`` begins (it still serves nothing)."""
-        self.transition(m, MemberState.RECOVERING)
+        self._log_roles(self.transition(m, MemberState.RECOVERING))
 
-    def mark_attempt_failed(self, m: Member, error: BaseException) -> None:
-        """A recovery attempt on ``m`` failed: down again, the policy counts it."""
+    def mark_attempt_failed(self, m: Member, error: BaseException, counted: bool = True) -> None:
+        """A recovery attempt on ``m`` failed: down again.
+
+        ``counted`` (an attempt of the policy): the policy counts it, and the
+        attempt that uses up the last one logs ``gave-up`` (once: no attempt
+        follows).  An administrator's attempt (:meth:`Recovery.recover`) is
+        not counted: it neither spends nor renews the automatic attempts.
+        """
         with self.lock:
             m.conn = None
-            self.transition(m, MemberState.DOWN, ckr_name(error))
-        self.policy.record(m.serial, False)
+            changes = self.transition(m, MemberState.DOWN, ckr_name(error))
+        if counted:
+            self.policy.record(m.serial, False)
         self._log.event(self.label, m.serial, halog.RECOVERY_FAILED, ckr_name(error))
+        if counted and self.policy.attempts_left(m.serial) == 0:
+            self._log.event(self.label, m.serial, halog.GAVE_UP, ckr_name(error))
+        self._log_roles(changes)
 
     def mark_connected(self, m: Member, instance: ModuleInstance, conn: Connection,
                        recovered: bool) -> None:
@@ -129,9 +168,11 @@ class MemberSet:
             m.instance = instance
             m.conn = conn
             m.down_since = None
+            m.up_since = self.clock()
             m.failure_reported = False
             m.last_error = None
-            self.transition(m, MemberState.SYNCHRONISING if recovered else MemberState.ALIVE)
+            changes = self.transition(
+                m, MemberState.SYNCHRONISING if recovered else MemberState.ALIVE)
         if recovered:
             m.recoveries += 1
             self.policy.record(m.serial, True)
@@ -140,12 +181,14 @@ class MemberSet:
             # back since another process logged it down (it came back unwatched)
             self._log.seen_up(self.label, m.serial)
         self.policy.member_up(m.serial)
+        self._log_roles(changes)
 
     def mark_caught_up(self, m: Member) -> None:
         """The catch-up after ``m``'s recovery is over (whatever it managed)."""
         with self.lock:
-            if m.state is MemberState.SYNCHRONISING:
-                self.transition(m, MemberState.ALIVE)
+            changes = (self.transition(m, MemberState.ALIVE)
+                       if m.state is MemberState.SYNCHRONISING else NO_CHANGE)
+        self._log_roles(changes)
 
     # -- calls whose failure is nobody's error ------------------------------
     def best_effort(self, m: Member, fn: Callable[..., T], *args: Any,

@@ -30,6 +30,7 @@ from hacli.engine.member import Member, open_connection
 from hacli.engine.members import MemberSet
 from hacli.engine.module import InstanceRegistry, module_key
 from hacli.engine.parallel import in_parallel
+from hacli.engine.types import RecoveryOutcome, RecoveryResult
 
 
 class Recovery:
@@ -154,15 +155,16 @@ class Recovery:
             with self._lock:
                 self._attempting.discard(str(serial))
 
-    def _recover(self, m: Member, catch_up_inline: bool = False) -> bool:
+    def _recover(self, m: Member, catch_up_inline: bool = False, counted: bool = True) -> bool:
         """One attempt on ``m``, recorded in the policy before anything else can
         mark the member down again (then it starts a fresh record).  Its catch-up
-        runs on a thread of its own, or here with ``catch_up_inline``."""
+        runs on a thread of its own, or here with ``catch_up_inline``.
+        ``counted``: a failure spends one of the policy's attempts."""
         self._members.mark_recovering(m)
         try:
             self._connect(m, clean=True)
         except Exception as e:
-            self._members.mark_attempt_failed(m, e)
+            self._members.mark_attempt_failed(m, e, counted=counted)
             return False
         if catch_up_inline:
             self._run_catch_up(m)
@@ -189,25 +191,45 @@ class Recovery:
             self._catch_up_threads.append(t)
         t.start()
 
+    def recover(self, serial: str | None = None) -> tuple[RecoveryResult, ...]:
+        """An administrator's recovery (``hagroup recover``): one attempt now on
+        ``serial``, or on every member that is down, whatever the policy says --
+        also when its attempts (``reconnAtt``) are used up or recovery is off.
+        Returns a result for ``serial``, or for every member (``IN_SERVICE``
+        for those that serve).
+
+        A success resets the member's attempt count and logs ``recovered``; a
+        failure logs ``recovery-failed`` but spends none of the automatic
+        attempts.  Each attempt waits for the member's catch-up, so a member
+        that fails during it is reported as failed.
+        """
+        targets = [self._members.get(serial)] if serial is not None else list(self._members)
+        return tuple(self._recover_by_hand(m) for m in targets)
+
     def recover_now(self, serial: str | None = None) -> bool:
-        """Attempt recovery of one down member immediately (``hagroup recover``)."""
-        down = self._members.policy.disconnected
-        target: object = serial
-        if target is None:
+        """:meth:`recover` of ``serial``, or of the member down longest; True
+        when it serves afterwards (False when none is down)."""
+        if serial is None:
+            down = self._members.policy.disconnected
             if not down:
                 return False
-            target = min(down.items(), key=lambda kv: kv[1])[0]
-        m = self._members.get(target)
+            serial = str(min(down.items(), key=lambda kv: kv[1])[0])
+        return self._recover_by_hand(self._members.get(serial)).ok
+
+    def _recover_by_hand(self, m: Member) -> RecoveryResult:
         if m.alive:
-            return True
+            return RecoveryResult(m.serial, RecoveryOutcome.IN_SERVICE)
         with self._lock:
             if m.serial in self._attempting:
-                return False  # an attempt is running on it right now
+                # an attempt is running on it right now
+                return RecoveryResult(m.serial, RecoveryOutcome.BUSY)
             self._attempting.add(m.serial)
         try:
-            # an administrator's command, not an application call: it may wait
-            # for the catch-up, and reports a member that failed during it
-            return self._recover(m, catch_up_inline=True) and m.alive
+            # not an application call: it may wait for the catch-up, and
+            # reports a member that failed during it
+            if self._recover(m, catch_up_inline=True, counted=False) and m.alive:
+                return RecoveryResult(m.serial, RecoveryOutcome.RECOVERED)
+            return RecoveryResult(m.serial, RecoveryOutcome.FAILED, m.last_error)
         finally:
             with self._lock:
                 self._attempting.discard(m.serial)

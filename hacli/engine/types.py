@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,6 +53,9 @@ class MemberStatus:
     ops: int = 0
     #: The recovery policy's record of a member that is down (None while it serves).
     recovery: RecoveryState | None = None
+    #: ``active``, ``standby`` (serves only when no active member does) or
+    #: ``promoted`` (a standby serving now); see hacli.engine.standby.
+    role: str = "active"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +83,45 @@ class GroupStatus:
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.label, "serial": self.serial, "status": self.status,
                 "members": [{"serial": m.serial, "status": m.status} for m in self.members]}
+
+
+class RecoveryOutcome(enum.StrEnum):
+    """What an administrator's recovery (``group.recover``) did for one member."""
+
+    #: It was down and serves again (logged ``recovered``; its count reset).
+    RECOVERED = "recovered"
+    #: It served already: nothing to recover.
+    IN_SERVICE = "in-service"
+    #: The attempt failed: it is still down (``RecoveryResult.ckr`` says why).
+    FAILED = "failed"
+    #: Another attempt on it was running at that moment: not tried again.
+    BUSY = "busy"
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    """One member's outcome of ``group.recover``."""
+
+    serial: str
+    outcome: RecoveryOutcome
+    #: Why it is still down (a ``CKR_*`` name), for FAILED.
+    ckr: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the member serves now."""
+        return self.outcome in (RecoveryOutcome.RECOVERED, RecoveryOutcome.IN_SERVICE)
+
+    def describe(self) -> str:
+        """One line for people: ``recovered``, ``still down (CKR_...)``, ..."""
+        if self.outcome is RecoveryOutcome.FAILED:
+            return f"still down ({self.ckr or CKR.DEVICE_ERROR})"
+        if self.outcome is RecoveryOutcome.BUSY:
+            return "a recovery attempt on it is running; try again"
+        return "in service" if self.outcome is RecoveryOutcome.IN_SERVICE else "recovered"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"serial": self.serial, "outcome": str(self.outcome), "ckr": self.ckr}
 
 
 @dataclass(frozen=True)
