@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "multitoken": ("hacli.cli.multitoken", "multitoken",
                    "Load an HA slot or one member, after Luna's multitoken."),
     "lab": ("hacli.cli.lab", "lab", "Member HSMs as processes, to crash, freeze and restore."),
+    "serve": ("hacli.cli.serve", "serve",
+              "Serve the HA slots to any PKCS#11 application (p11-kit's protocol)."),
 }
 
 

@@ -161,6 +161,7 @@ class Service:
         self._lock = threading.Lock()
         #: group label -> the connections logged in to it
         self._logins: dict[str, set[int]] = {}
+        self._mechanisms: dict[int, set[int]] = {}
 
     def slots(self) -> list[SlotInfo]:
         """The slots a client sees: the HA virtual slots, with --members the member slots too
@@ -172,6 +173,17 @@ class Service:
             if s.slot_id == slot_id:
                 return s
         raise fail(CKR.SLOT_ID_INVALID, operation)
+
+    def mechanisms(self, slot_id: int) -> set[int]:
+        """The mechanisms of a slot (asked once: a group's members do not change them)."""
+        with self._lock:
+            known = self._mechanisms.get(slot_id)
+        if known is None:
+            with self.engine.open_session(slot_id, rw=False) as vs:
+                known = {int(m) for m in vs.mechanisms()}
+            with self._lock:
+                self._mechanisms[slot_id] = known
+        return known
 
     def login(self, client: int, group: str, pin: str) -> None:
         """Log ``client`` in: the first login goes to the tokens, later ones are
@@ -331,18 +343,13 @@ class ClientState:
         w.space_string("", 16)
         return w
 
-    def _with_slot_session(self, slot_id: int, operation: str,
-                           fn: Callable[[VirtualSession], Any]) -> Any:
-        self.service.slot(slot_id, operation)
-        with self.service.engine.open_session(slot_id, rw=False) as vs:
-            return fn(vs)
 
     def c_get_mechanism_list(self, r: Reader) -> Writer:
         slot_id = r.ulong()
         room = r.ulong_buffer()
         r.done()
-        mechs = [int(m) for m in self._with_slot_session(
-            slot_id, "C_GetMechanismList", lambda vs: vs.mechanisms())]
+        self.service.slot(slot_id, "C_GetMechanismList")
+        mechs = sorted(self.service.mechanisms(slot_id))
         w = Writer(r.call_id)
         if room is None or room < len(mechs):
             w.ulong_array(None, len(mechs))
@@ -358,8 +365,11 @@ class ClientState:
             m = pkcs11.Mechanism(mech)
         except ValueError as e:
             raise fail(CKR.MECHANISM_INVALID, "C_GetMechanismInfo") from e
-        info = self._with_slot_session(slot_id, "C_GetMechanismInfo",
-                                       lambda vs: vs.mechanism_info(m))
+        self.service.slot(slot_id, "C_GetMechanismInfo")
+        if mech not in self.service.mechanisms(slot_id):
+            raise fail(CKR.MECHANISM_INVALID, "C_GetMechanismInfo")
+        with self.service.engine.open_session(slot_id, rw=False) as vs:
+            info = vs.mechanism_info(m)
         w = Writer(r.call_id)
         w.ulong(int(info.min_key_length))
         w.ulong(int(info.max_key_length))
@@ -506,9 +516,14 @@ class ClientState:
         keys = []
         for req in wanted:
             try:
-                keys.append(Attribute(req.type))
+                key = Attribute(req.type)
             except ValueError:
+                key = None
+            if key is None or key not in MAPPER.attribute_types:
+                # no python-pkcs11 codec for it, so no value can come through the engine
                 known[req.type] = CKR.ATTRIBUTE_TYPE_INVALID
+            else:
+                keys.append(key)
         values = vs.get_attributes(obj, keys) if keys else {}
         for key in keys:
             if key in values:
@@ -653,6 +668,15 @@ class ClientState:
         if kind in s.ops:
             raise fail(CKR.OPERATION_ACTIVE, fn)
         m, param = to_mechanism(mech, fn)
+        # the engine starts the operation at its first step; what PKCS#11 checks at
+        # init is checked here, so that a caller probing mechanisms gets its answer now
+        if int(m) not in self.service.mechanisms(s.slot_id):
+            raise fail(CKR.MECHANISM_INVALID, fn)
+        if key is not None:
+            try:
+                s.vs.group.vobject(key, fn)
+            except CKRError as e:
+                raise fail(CKR.KEY_HANDLE_INVALID, fn) from e
         s.ops[kind] = Operation(kind, key, m, param)
         return Writer(r.call_id)
 

@@ -471,7 +471,12 @@ class Writer:
     def byte_array(self, data: bytes | None, length: int = 0) -> None:
         """``data``; or, with None, only ``length`` (a length answer or BUFFER_TOO_SMALL)."""
         self._part("ay")
-        if data is None:
+        if data is None and length == 0:
+            # as p11-kit's server writes a NULL array of no length: valid, NULL
+            # (0.24.1 clients send a 0-length buffer as a length query)
+            self.buf.append(1)
+            self._u32(NULL_LENGTH)
+        elif data is None:
             self.buf.append(0)
             self._u32(length)
         else:
