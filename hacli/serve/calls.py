@@ -67,6 +67,10 @@ KEYGEN_TYPES = {pkcs11.Mechanism.AES_KEY_GEN: KeyType.AES,
                 pkcs11.Mechanism.GENERIC_SECRET_KEY_GEN: KeyType.GENERIC_SECRET}
 
 
+#: what an unavailable attribute answers (C_GetAttributeValue goes on with the others)
+UNAVAILABLE_CODES = (CKR.ATTRIBUTE_SENSITIVE, CKR.ATTRIBUTE_TYPE_INVALID)
+
+
 def rv_of(error: BaseException) -> int:
     """The CK_RV an exception from the engine or python-pkcs11 stands for."""
     code = CKR.get(ckr_name(error))
@@ -524,7 +528,12 @@ class ClientState:
                 known[req.type] = CKR.ATTRIBUTE_TYPE_INVALID
             else:
                 keys.append(key)
-        values = vs.get_attributes(obj, keys) if keys else {}
+        try:
+            values = vs.get_attributes(obj, keys) if keys else {}
+        except Exception as e:  # none of them available: each is asked below
+            if CKR.get(ckr_name(e)) not in UNAVAILABLE_CODES:
+                raise
+            values = {}
         for key in keys:
             if key in values:
                 known[int(key)] = to_native(key, values[key])
@@ -534,9 +543,10 @@ class ClientState:
                 known[int(key)] = to_native(key, vs.get_attribute(obj, key))
             except Exception as e:
                 code = CKR.get(ckr_name(e))
-                known[int(key)] = code if code in (CKR.ATTRIBUTE_SENSITIVE,
-                                                   CKR.ATTRIBUTE_TYPE_INVALID) \
-                    else CKR.ATTRIBUTE_TYPE_INVALID
+                if code not in UNAVAILABLE_CODES:
+                    raise
+                assert code is not None
+                known[int(key)] = code
         return known
 
     def c_set_attribute_value(self, r: Reader) -> Writer:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from hacli.serve.wire import ProtocolError
@@ -194,6 +194,8 @@ class Attr:
 
     type: int
     value: AttrValue
+    #: the ulValueLen that came with it (a length answer has a length, no value)
+    length: int = field(default=-1, compare=False)
 
 
 @dataclass
@@ -242,15 +244,16 @@ class Mechanism:
 class Reader:
     """Parses a request body in signature order; any mismatch is a :class:`ProtocolError`."""
 
-    def __init__(self, body: bytes, version: int = 1) -> None:
+    def __init__(self, body: bytes, version: int = 1, response: bool = False) -> None:
         self.data = body
         self.pos = 0
         self.version = version
         call_id = self._u32()
-        if call_id == 0 or call_id >= len(CALLS):
+        if (call_id == 0 and not response) or call_id >= len(CALLS):
             raise ProtocolError(f"bad call id {call_id}")
         self.call_id = call_id
-        self.name, self.signature, self.response = CALLS[call_id]
+        self.name, request_sig, response_sig = CALLS[call_id]
+        self.signature = response_sig if response else request_sig
         sig = self._bytes_or_null()
         if sig is None or sig.decode("latin-1") != self.signature:
             raise ProtocolError(f"{self.name}: signature does not match")
@@ -317,6 +320,17 @@ class Reader:
         n = self._u32()
         return None if n == 0 else n
 
+    def ulong_array(self) -> list[int] | int:
+        """An ``au`` (in a response): the values, or only their count when not valid."""
+        self._part("au")
+        valid = self._u8()
+        n = self._u32() if valid else None
+        if n is None:
+            return self._u32()
+        if n * 8 > len(self.data) - self.pos:
+            raise ProtocolError(f"count {n} past the end of the message")
+        return [self._u64() for _ in range(n)]
+
     def zero_string(self) -> bytes:
         self._part("z")
         return self._bytes_or_null() or b""
@@ -379,7 +393,7 @@ class Reader:
             value = self._bytes_or_null() or b""
             if vt is ValueType.DATE and len(value) not in (0, 8):
                 raise ProtocolError("a date of neither 0 nor 8 bytes")
-        return Attr(t, value)
+        return Attr(t, value, length)
 
     def mechanism(self) -> Mechanism | None:
         """An ``M``; None is the NULL mechanism (an init that cancels)."""
@@ -418,10 +432,12 @@ class Reader:
 
 
 class Writer:
-    """Builds a response body for one call (or the ERROR response)."""
+    """Builds a response body for one call (or the ERROR response); with
+    ``request=True`` a request body, as a client sends it (tests, probes)."""
 
-    def __init__(self, call_id: int) -> None:
-        self.name, _req, self.signature = CALLS[call_id]
+    def __init__(self, call_id: int, request: bool = False) -> None:
+        self.name, req, resp = CALLS[call_id]
+        self.signature = req if request else resp
         self._left = self.signature
         sig = self.signature.encode()
         self.buf = bytearray(call_id.to_bytes(4, "big") + len(sig).to_bytes(4, "big") + sig)
@@ -523,6 +539,38 @@ class Writer:
                 self._u64(_ULONG.unpack(raw[i:i + 8])[0])
         else:
             self._bytes(value if isinstance(value, bytes) else None)
+
+    # -- request-only parts (what a client writes) --------------------------------
+    def byte_buffer(self, room: int | None) -> None:
+        """``fy``: None = NULL buffer (a length query), 0 = an empty buffer."""
+        self._part("fy")
+        self._u32(0 if room is None else (NULL_LENGTH if room == 0 else room))
+
+    def ulong_buffer(self, room: int | None) -> None:
+        self._part("fu")
+        self._u32(room or 0)
+
+    def attribute_buffer(self, wanted: list[AttrRequest]) -> None:
+        """``fA`` without nested templates (as p11-kit 0.24 writes it)."""
+        self._part("fA")
+        self._u32(len(wanted))
+        for a in wanted:
+            self._u32(a.type)
+            self._u32(a.room)
+
+    def mechanism(self, mech: Mechanism | None) -> None:
+        """``M`` for a mechanism whose parameter is a byte array (or None)."""
+        self._part("M")
+        if mech is None:
+            self._u32(NULL_MECHANISM)
+            return
+        assert mech.type not in MECH_PARAMS and not isinstance(mech.param, tuple)
+        self._u32(mech.type)
+        self._bytes(mech.param)
+
+    def zero_string(self, data: bytes) -> None:
+        self._part("z")
+        self._bytes(data)
 
     def finish(self) -> bytes:
         assert not self._left, (self.name, self._left)

@@ -106,7 +106,9 @@ class Server:
             raise UsageError(f"--socket: cannot bind {self.path}: {e.strerror}") from e
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        # owner only; with --allow-uid others must be able to connect, and the
+        # peer credentials of every connection decide instead
+        os.chmod(self.path, 0o666 if self.allowed - {os.getuid()} else 0o600)
         sock.listen(64)
         self._listener = sock
 
