@@ -10,6 +10,7 @@ client where PKCS#11 semantics must be seen byte by byte.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import selectors
@@ -329,8 +330,32 @@ def test_get_attribute_value_follows_pkcs11_2_40(served: Served) -> None:
         w.ulong(session)
         w.mechanism(Mechanism(0x1080, None))  # CKM_AES_KEY_GEN
         w.attribute_array([(0x161, struct.pack("<Q", 32), 8),   # CKA_VALUE_LEN
-                           (0x003, b"serve-raw", 9)])
+                           (0x003, b"serve-raw", 9), (0x108, b"\x01", 1)])  # CKA_SIGN
         key = ok(c.call(w)).ulong()
+
+        # C_Sign: a length query and a too small buffer keep the operation and say the
+        # length (not valid + length: the client's CKR_OK / CKR_BUFFER_TOO_SMALL);
+        # a big enough buffer ends it
+        w = c.request("C_SignInit")
+        w.ulong(session)
+        w.mechanism(Mechanism(0x108A, None))  # CKM_AES_CMAC
+        w.ulong(key)
+        ok(c.call(w))
+        def sign(room: int | None) -> Reader:
+            w = c.request("C_Sign")
+            w.ulong(session)
+            w.byte_array(b"data to MAC")
+            w.byte_buffer(room)
+            return c.call(w)
+
+        length_only = b"\x00" + struct.pack(">I", 16)
+        assert ok(sign(None)).data.endswith(length_only)   # length query
+        assert ok(sign(4)).data.endswith(length_only)      # too small: kept
+        mac = ok(sign(16)).byte_array()
+        assert mac is not None and len(mac) == 16
+        r = sign(16)
+        answers = [r.name, r.ulong()]
+        assert answers == ["ERROR", 0x91]  # CKR_OPERATION_NOT_INITIALIZED: it was ended
 
         def get(wanted: list[AttrRequest]) -> tuple[list[tuple[int, int]], int]:
             w = c.request("C_GetAttributeValue")
@@ -404,9 +429,11 @@ def test_peer_credentials_are_checked(lab: Lab) -> None:
     run_dir = top / "run"
     run_dir.mkdir()
     run_dir.chmod(0o711)
-    s = start_serve(lab, run_dir, "--allow-uid", "4242")
+    s = start_serve(lab, run_dir, "--allow-uid", "4242", "--members", "--json-log")
     try:
         assert stat.S_IMODE(s.socket.stat().st_mode) == 0o666
+        listed = tool(s, "-L").stdout  # root is the owner here: admitted
+        assert listed.count("Member Slot") == 2 and "HA Virtual Card Slot" in listed
         probe = textwrap.dedent("""
             import os, socket, sys
             os.setgid(int(sys.argv[2])); os.setuid(int(sys.argv[2]))
@@ -425,6 +452,8 @@ def test_peer_credentials_are_checked(lab: Lab) -> None:
             answers[uid] = res.stdout.strip()
         assert answers == {4242: "b'\\x01'", 4343: "b''"}
     finally:
-        err = stop_serve(s)
+        err = stop_serve(s, signal.SIGINT)
         shutil.rmtree(top)
-    assert "uid 4343 refused" in err
+    events = [json.loads(line) for line in err.splitlines()]  # --json-log: JSON lines only
+    assert any(e["message"].endswith("uid 4343 refused: uid not allowed") for e in events)
+    assert {e["source"] for e in events} <= {"hacli.serve", "hacli.engine"}

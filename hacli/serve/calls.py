@@ -726,10 +726,10 @@ class ClientState:
             s.ops.pop(op.kind, None)  # an error ends the operation
             raise
         w = Writer(r.call_id)
-        if room is None:
+        if op.answer and (room is None or room < len(op.answer)):
+            # the length, no data: the client answers CKR_OK to a length query and
+            # CKR_BUFFER_TOO_SMALL to a buffer, with the length either way (as p11-kit)
             w.byte_array(None, len(op.answer))
-        elif room < len(op.answer):
-            raise CKRError(CKR.BUFFER_TOO_SMALL, r.name)  # the client keeps its length
         else:
             w.byte_array(op.answer)
             op.answer = None
