@@ -45,9 +45,11 @@ def setup_logging(as_json: bool) -> None:
 @click.option("--group", "groups", multiple=True, metavar="LABEL",
               help="Serve this HA group (repeatable; default: every group).")
 @click.option("--members", is_flag=True,
-              help="Also expose the member slots (as `hacli slots` marks them; HAOnly hides them).")
+              help="Also expose the member slots (\"Member Slot\", as in the menu; "
+                   "HAOnly hides them).")
 @click.option("--allow-uid", "allow_uids", multiple=True, type=click.IntRange(0),
-              metavar="UID", help="Also admit this user (repeatable; checked by SO_PEERCRED).")
+              metavar="UID", help="Also admit this user (repeatable; the socket becomes "
+                                  "0666 and SO_PEERCRED decides).")
 @click.option("--json-log", is_flag=True, help="Log JSON lines on stderr.")
 def serve(socket_path: str, groups: tuple[str, ...], members: bool,
           allow_uids: tuple[int, ...], json_log: bool) -> None:
