@@ -125,6 +125,18 @@ def to_mechanism(mech: Mechanism, operation: str) -> tuple[Any, Any]:
     raise fail(CKR.MECHANISM_PARAM_INVALID, operation)
 
 
+def generation(mech: Mechanism | None, table: dict[Any, KeyType],
+               operation: str) -> tuple[Any, KeyType]:
+    """(mechanism, key type) of a key generation mechanism hacli can replicate."""
+    if mech is None:
+        raise fail(CKR.MECHANISM_INVALID, operation)
+    m, _param = to_mechanism(mech, operation)
+    key_type = table.get(m)
+    if key_type is None:
+        raise fail(CKR.MECHANISM_INVALID, operation)
+    return m, key_type
+
+
 def library_version() -> tuple[int, int]:
     """hacli's version as a CK_VERSION (major, minor)."""
     parts = [int(x) if x.isdigit() else 0 for x in __version__.split(".")[:2]]
@@ -597,12 +609,7 @@ class ClientState:
         attrs = r.attribute_array()
         r.done()
         s = self._session(handle, "C_GenerateKey")
-        if mech is None:
-            raise fail(CKR.MECHANISM_INVALID, "C_GenerateKey")
-        m, _param = to_mechanism(mech, "C_GenerateKey")
-        key_type = KEYGEN_TYPES.get(m)
-        if key_type is None:
-            raise fail(CKR.MECHANISM_INVALID, "C_GenerateKey")
+        m, key_type = generation(mech, KEYGEN_TYPES, "C_GenerateKey")
         t = to_python(attrs, "C_GenerateKey")
         self._require_rw(s, t, "C_GenerateKey")
         length = t.pop(Attribute.VALUE_LEN, None)
@@ -620,12 +627,7 @@ class ClientState:
         priv_attrs = r.attribute_array()
         r.done()
         s = self._session(handle, "C_GenerateKeyPair")
-        if mech is None:
-            raise fail(CKR.MECHANISM_INVALID, "C_GenerateKeyPair")
-        m, _param = to_mechanism(mech, "C_GenerateKeyPair")
-        key_type = KEYPAIR_TYPES.get(m)
-        if key_type is None:
-            raise fail(CKR.MECHANISM_INVALID, "C_GenerateKeyPair")
+        m, key_type = generation(mech, KEYPAIR_TYPES, "C_GenerateKeyPair")
         pub = to_python(pub_attrs, "C_GenerateKeyPair")
         priv = to_python(priv_attrs, "C_GenerateKeyPair")
         token = bool(priv.pop(Attribute.TOKEN, False) or pub.get(Attribute.TOKEN, False))

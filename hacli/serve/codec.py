@@ -346,9 +346,13 @@ class Reader:
         self._part("fA")
         return self._attribute_buffer(0)
 
-    def _attribute_buffer(self, depth: int) -> list[AttrRequest]:
+    @staticmethod
+    def _nest(depth: int) -> None:
         if depth > MAX_DEPTH:
             raise ProtocolError("attribute templates nested too deep")
+
+    def _attribute_buffer(self, depth: int) -> list[AttrRequest]:
+        self._nest(depth)
         out = []
         for _ in range(self._count()):
             t, room = self._u32(), self._u32()
@@ -370,8 +374,7 @@ class Reader:
         return self._attributes(0)
 
     def _attributes(self, depth: int) -> list[Attr]:
-        if depth > MAX_DEPTH:
-            raise ProtocolError("attribute templates nested too deep")
+        self._nest(depth)
         return [self._attribute(depth) for _ in range(self._count())]
 
     def _attribute(self, depth: int) -> Attr:
