@@ -457,3 +457,96 @@ def test_peer_credentials_are_checked(lab: Lab) -> None:
     events = [json.loads(line) for line in err.splitlines()]  # --json-log: JSON lines only
     assert any(e["message"].endswith("uid 4343 refused: uid not allowed") for e in events)
     assert {e["source"] for e in events} <= {"hacli.serve", "hacli.engine"}
+
+
+def test_stop_lets_a_call_in_flight_finish(lab: Lab, tmp_path: Path) -> None:
+    """SIGTERM while a key pair is being generated: the call finishes and is
+    answered, then the connection ends, the socket goes, exit 0."""
+    s = start_serve(lab, tmp_path / "run")
+    c = RawClient(s.address)
+    try:
+        c.initialize()  # answered: the connection's thread is running
+        w = c.request("C_GetSlotList")
+        w.byte(1)
+        w.ulong_buffer(8)
+        slot = ok(c.call(w)).ulong_array()
+        assert isinstance(slot, list)
+        w = c.request("C_OpenSession")
+        w.ulong(slot[0])
+        w.ulong(0x6)
+        session = ok(c.call(w)).ulong()
+        w = c.request("C_Login")
+        w.ulong(session)
+        w.ulong(1)
+        w.byte_array(pin(lab).encode())
+        ok(c.call(w))
+        w = c.request("C_GenerateKeyPair")
+        w.ulong(session)
+        w.mechanism(Mechanism(0x0, None))  # CKM_RSA_PKCS_KEY_PAIR_GEN
+        w.attribute_array([(0x121, struct.pack("<Q", 2048), 8)])  # CKA_MODULUS_BITS
+        w.attribute_array([])
+        c.code += 1
+        c.sock.sendall(encode_frame(c.code, w.finish()))
+        s.proc.send_signal(signal.SIGTERM)  # the request is sent, not yet answered
+        frame = read_frame(c.sock)
+        assert frame is not None
+        r = ok(Reader(frame[1], c.version, response=True))
+        assert r.name == "C_GenerateKeyPair" and r.ulong() != r.ulong()
+        assert read_frame(c.sock) is None  # then the server hangs up
+    finally:
+        c.close()
+        stop_serve(s)
+
+
+def test_ha_status_beside_a_running_server(served: Served) -> None:
+    res = subprocess.run([HACLI, "--conf", str(served.lab.conf_path), "ha", "status", "--json"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode in (0, 3), res.stderr
+    assert json.loads(res.stdout)
+    assert "HA Virtual Card Slot" in tool(served, "-L").stdout
+
+
+KEYS_CLIENT = textwrap.dedent("""
+    import sys
+    import pkcs11
+    from pkcs11 import Attribute, KDF, KeyType, Mechanism, ObjectClass
+    lib = pkcs11.lib(sys.argv[1])
+    token = lib.get_token(token_label="labgroup")
+    block = bytes(16)
+    with token.open(user_pin=sys.argv[2], rw=True) as s:
+        # unwrap: an AES key value encrypted under an RSA key, unwrapped by its private half
+        value = bytes(range(32))
+        known = s.create_object({Attribute.CLASS: ObjectClass.SECRET_KEY,
+                                 Attribute.KEY_TYPE: KeyType.AES, Attribute.VALUE: value,
+                                 Attribute.ENCRYPT: True, Attribute.TOKEN: False})
+        pub, priv = s.generate_keypair(KeyType.RSA, 2048, store=False)
+        blob = pub.encrypt(value, mechanism=Mechanism.RSA_PKCS)
+        new = priv.unwrap_key(ObjectClass.SECRET_KEY, KeyType.AES, blob,
+                              mechanism=Mechanism.RSA_PKCS, template={Attribute.ENCRYPT: True})
+        ecb = Mechanism.AES_ECB
+        assert new.encrypt(block, mechanism=ecb) == known.encrypt(block, mechanism=ecb)
+        # derive: ECDH both ways gives the same AES key
+        a_pub, a_priv = s.generate_keypair(KeyType.EC, store=False,
+            public_template={Attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")},
+            capabilities=pkcs11.MechanismFlag.DERIVE)
+        b_pub, b_priv = s.generate_keypair(KeyType.EC, store=False,
+            public_template={Attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")},
+            capabilities=pkcs11.MechanismFlag.DERIVE)
+        def point(k):  # the raw point out of its DER OCTET STRING
+            raw = k[Attribute.EC_POINT]
+            return raw[2:] if raw[:2] == b"\\x04\\x41" else raw
+        k1 = a_priv.derive_key(KeyType.AES, 256, mechanism_param=(KDF.NULL, None, point(b_pub)),
+                               template={Attribute.ENCRYPT: True})
+        k2 = b_priv.derive_key(KeyType.AES, 256, mechanism_param=(KDF.NULL, None, point(a_pub)),
+                               template={Attribute.ENCRYPT: True})
+        assert k1.encrypt(block, mechanism=ecb) == k2.encrypt(block, mechanism=ecb)
+        print("ok", flush=True)
+""")
+
+
+def test_unwrap_and_derive_through_the_ha_slot(served: Served) -> None:
+    res = subprocess.run([sys.executable, "-c", KEYS_CLIENT, find_tools().p11kit_client,
+                          pin(served.lab)], env=served.env(), capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"

@@ -62,6 +62,8 @@ CRYPTOKI_VERSION = (2, 40)
 #: key pair generation mechanism -> key type (what the engine's generate_keypair takes)
 KEYPAIR_TYPES = {pkcs11.Mechanism.RSA_PKCS_KEY_PAIR_GEN: KeyType.RSA,
                  pkcs11.Mechanism.EC_KEY_PAIR_GEN: KeyType.EC}
+#: mechanisms whose parameter is CK_ECDH1_DERIVE_PARAMS
+ECDH_MECHANISMS = (int(pkcs11.Mechanism.ECDH1_DERIVE), int(pkcs11.Mechanism.ECDH1_COFACTOR_DERIVE))
 #: secret key generation mechanism -> key type
 KEYGEN_TYPES = {pkcs11.Mechanism.AES_KEY_GEN: KeyType.AES,
                 pkcs11.Mechanism.GENERIC_SECRET_KEY_GEN: KeyType.GENERIC_SECRET}
@@ -115,6 +117,8 @@ def to_mechanism(mech: Mechanism, operation: str) -> tuple[Any, Any]:
     if p is None or isinstance(p, bytes):
         return m, p or None
     try:
+        if mech.type in ECDH_MECHANISMS and isinstance(p[0], int):  # kdf, shared, public
+            return m, (pkcs11.KDF(p[0]), p[1], p[2])
         if len(p) == 3 and isinstance(p[0], int) and isinstance(p[1], int):  # PSS
             return m, (pkcs11.Mechanism(p[0]), pkcs11.MGF(p[1]), p[2])
         hash_, mgf = p[0], p[1]
@@ -166,6 +170,8 @@ class SessionState:
     rw: bool
     ops: dict[str, Operation] = field(default_factory=dict)
     found: list[int] | None = None
+    #: a wrapped key kept after a length query: ((mechanism, wrapping key, key), blob)
+    wrapped: tuple[tuple[int, int, int], bytes] | None = None
 
 
 class Service:
@@ -610,14 +616,12 @@ class ClientState:
         r.done()
         s = self._session(handle, "C_GenerateKey")
         m, key_type = generation(mech, KEYGEN_TYPES, "C_GenerateKey")
-        t = to_python(attrs, "C_GenerateKey")
-        self._require_rw(s, t, "C_GenerateKey")
+        t, args = self._new_key(attrs, "C_GenerateKey")
+        self._require_rw(s, {Attribute.TOKEN: args["token"]}, "C_GenerateKey")
         length = t.pop(Attribute.VALUE_LEN, None)
         w = Writer(r.call_id)
-        w.ulong(s.vs.generate_key(key_type, length * 8 if length else None,
-                                  label=t.pop(Attribute.LABEL, None), id=t.pop(Attribute.ID, None),
-                                  token=bool(t.pop(Attribute.TOKEN, False)), template=t,
-                                  mechanism=m))
+        w.ulong(s.vs.generate_key(key_type, length * 8 if length else None, template=t,
+                                  mechanism=m, **args))
         return w
 
     def c_generate_key_pair(self, r: Reader) -> Writer:
@@ -644,6 +648,81 @@ class ClientState:
         w = Writer(r.call_id)
         w.ulong(pub_h)
         w.ulong(priv_h)
+        return w
+
+    # -- wrap, unwrap, derive ---------------------------------------------------------
+    def c_wrap_key(self, r: Reader) -> Writer:
+        handle = r.ulong()
+        mech = r.mechanism()
+        wrapping = r.ulong()
+        key = r.ulong()
+        room = r.byte_buffer()
+        r.done()
+        s = self._session(handle, "C_WrapKey")
+        if mech is None:
+            raise fail(CKR.MECHANISM_INVALID, "C_WrapKey")
+        m, param = to_mechanism(mech, "C_WrapKey")
+        ident = (int(m), wrapping, key)
+        if s.wrapped is None or s.wrapped[0] != ident:
+            s.wrapped = (ident, s.vs.wrap_key(wrapping, key, m, param))
+        blob = s.wrapped[1]
+        w = Writer(r.call_id)
+        if room is None or room < len(blob):  # the length; the blob is kept for the next call
+            w.byte_array(None, len(blob))
+        else:
+            w.byte_array(blob)
+            s.wrapped = None
+        return w
+
+    @staticmethod
+    def _new_key(attrs: list[Attr], operation: str) -> tuple[dict[Any, Any], dict[str, Any]]:
+        """A template split into what the engine takes as arguments and the rest."""
+        t = to_python(attrs, operation)
+        args = {"label": t.pop(Attribute.LABEL, None), "id": t.pop(Attribute.ID, None),
+                "token": bool(t.pop(Attribute.TOKEN, False))}
+        return t, args
+
+    def c_unwrap_key(self, r: Reader) -> Writer:
+        handle = r.ulong()
+        mech = r.mechanism()
+        unwrapping = r.ulong()
+        blob = r.byte_array() or b""
+        attrs = r.attribute_array()
+        r.done()
+        s = self._session(handle, "C_UnwrapKey")
+        if mech is None:
+            raise fail(CKR.MECHANISM_INVALID, "C_UnwrapKey")
+        m, param = to_mechanism(mech, "C_UnwrapKey")
+        t, args = self._new_key(attrs, "C_UnwrapKey")
+        self._require_rw(s, {Attribute.TOKEN: args["token"]}, "C_UnwrapKey")
+        cls, key_type = t.pop(Attribute.CLASS, None), t.pop(Attribute.KEY_TYPE, None)
+        if cls is None or key_type is None:
+            raise fail(CKR.TEMPLATE_INCOMPLETE, "C_UnwrapKey")
+        w = Writer(r.call_id)
+        w.ulong(s.vs.unwrap_key(unwrapping, blob, cls, key_type, template=t, mechanism=m,
+                                mechanism_param=param, **args))
+        return w
+
+    def c_derive_key(self, r: Reader) -> Writer:
+        handle = r.ulong()
+        mech = r.mechanism()
+        base = r.ulong()
+        attrs = r.attribute_array()
+        r.done()
+        s = self._session(handle, "C_DeriveKey")
+        if mech is None:
+            raise fail(CKR.MECHANISM_INVALID, "C_DeriveKey")
+        m, param = to_mechanism(mech, "C_DeriveKey")
+        t, args = self._new_key(attrs, "C_DeriveKey")
+        self._require_rw(s, {Attribute.TOKEN: args["token"]}, "C_DeriveKey")
+        t.pop(Attribute.CLASS, None)  # a derived key is a secret key
+        key_type = t.pop(Attribute.KEY_TYPE, None)
+        length = t.pop(Attribute.VALUE_LEN, None)
+        if key_type is None or not length:
+            raise fail(CKR.TEMPLATE_INCOMPLETE, "C_DeriveKey")
+        w = Writer(r.call_id)
+        w.ulong(s.vs.derive_key(base, key_type, length * 8, mechanism=m, mechanism_param=param,
+                                template=t, **args))
         return w
 
     # -- random ----------------------------------------------------------------------
@@ -857,6 +936,9 @@ HANDLERS: dict[str, Callable[[ClientState, Reader], Writer]] = {
     "C_FindObjectsFinal": ClientState.c_find_objects_final,
     "C_GenerateKey": ClientState.c_generate_key,
     "C_GenerateKeyPair": ClientState.c_generate_key_pair,
+    "C_WrapKey": ClientState.c_wrap_key,
+    "C_UnwrapKey": ClientState.c_unwrap_key,
+    "C_DeriveKey": ClientState.c_derive_key,
     "C_GenerateRandom": ClientState.c_generate_random,
     "C_SeedRandom": ClientState.c_seed_random,
     "C_Verify": ClientState.c_verify,
