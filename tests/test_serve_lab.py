@@ -550,3 +550,55 @@ def test_unwrap_and_derive_through_the_ha_slot(served: Served) -> None:
                          timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+# -- GnuTLS and OpenSSL (Debian packages gnutls-bin, libengine-pkcs11-openssl) ----------
+def test_gnutls_p11tool_lists_tokens_and_objects(served: Served) -> None:
+    p = pin(served.lab)
+    tool(served, "--login", "--pin", p, "--keypairgen", "--key-type", "rsa:2048",
+         "--label", "serve-gnutls", "--id", "c1")
+    env = served.env()
+    tokens = subprocess.run(["p11tool", "--provider", SYSTEM_CLIENT, "--list-tokens"], env=env,
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "Label: labgroup" in tokens and "Manufacturer: hacli" in tokens
+    objects = subprocess.run(["p11tool", "--provider", SYSTEM_CLIENT, "--login", "--list-all",
+                              "pkcs11:token=labgroup"], env={**env, "GNUTLS_PIN": p},
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "object=serve-gnutls;type=private" in objects
+    assert "Private key (RSA-2048)" in objects
+
+
+OPENSSL_CNF = """\
+openssl_conf = openssl_init
+[openssl_init]
+engines = engine_section
+[engine_section]
+pkcs11 = pkcs11_section
+[pkcs11_section]
+engine_id = pkcs11
+dynamic_path = /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so
+MODULE_PATH = {module}
+init = 0
+"""
+
+
+def test_openssl_signs_through_the_pkcs11_engine(served: Served, tmp_path: Path) -> None:
+    """OpenSSL signs with the HA slot's key (libp11's engine); plain openssl checks the
+    signature against the public key read out of the slot."""
+    p = pin(served.lab)
+    tool(served, "--login", "--pin", p, "--keypairgen", "--key-type", "rsa:2048",
+         "--label", "serve-openssl", "--id", "d1")
+    cnf = tmp_path / "openssl.cnf"
+    cnf.write_text(OPENSSL_CNF.format(module=SYSTEM_CLIENT))
+    data, sig, pub = tmp_path / "data", tmp_path / "sig", tmp_path / "pub.der"
+    data.write_bytes(b"signed by openssl through hacli serve")
+    uri = f"pkcs11:token=labgroup;object=serve-openssl;type=private;pin-value={p}"
+    subprocess.run(["openssl", "dgst", "-sha256", "-engine", "pkcs11", "-keyform", "engine",
+                    "-sign", uri, "-out", str(sig), str(data)],
+                   env={**served.env(), "OPENSSL_CONF": str(cnf)}, capture_output=True,
+                   text=True, timeout=60, check=True)
+    tool(served, "--read-object", "--type", "pubkey", "--id", "d1", "-o", str(pub))
+    res = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(pub), "-keyform", "DER",
+                          "-signature", str(sig), str(data)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert res.stdout.strip() == "Verified OK", res.stderr
