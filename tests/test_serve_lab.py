@@ -602,3 +602,72 @@ def test_openssl_signs_through_the_pkcs11_engine(served: Served, tmp_path: Path)
                           "-signature", str(sig), str(data)], capture_output=True, text=True,
                          timeout=60, check=False)
     assert res.stdout.strip() == "Verified OK", res.stderr
+
+
+def test_logins_are_per_connection_and_a_wrong_pin_is_not_retried(served: Served) -> None:
+    """The first login goes to the tokens; a later client's PIN is compared with the
+    group's; a wrong one is CKR_PIN_INCORRECT and changes nothing."""
+    def session_of(c: RawClient) -> int:
+        c.initialize()
+        w = c.request("C_GetSlotList")
+        w.byte(1)
+        w.ulong_buffer(8)
+        slots = ok(c.call(w)).ulong_array()
+        assert isinstance(slots, list)
+        w = c.request("C_OpenSession")
+        w.ulong(slots[0])
+        w.ulong(0x6)
+        return ok(c.call(w)).ulong()
+
+    def login(c: RawClient, session: int, secret: str) -> int:
+        w = c.request("C_Login")
+        w.ulong(session)
+        w.ulong(1)
+        w.byte_array(secret.encode())
+        r = c.call(w)
+        return r.ulong() if r.name == "ERROR" else CKR_OK
+
+    def state(c: RawClient, session: int) -> int:
+        w = c.request("C_GetSessionInfo")
+        w.ulong(session)
+        r = ok(c.call(w))
+        r.ulong()
+        return r.ulong()
+
+    a, b = RawClient(served.address), RawClient(served.address)
+    try:
+        sa, sb = session_of(a), session_of(b)
+        right = pin(served.lab)
+        assert login(a, sa, right + "x") == 0xA0   # CKR_PIN_INCORRECT, from the tokens
+        assert login(a, sa, right) == CKR_OK
+        assert login(a, sa, right) == 0x100        # CKR_USER_ALREADY_LOGGED_IN
+        assert login(b, sb, "wrong") == 0xA0       # compared with the group's: no token asked
+        assert state(b, sb) == 2                   # CKS_RW_PUBLIC_SESSION
+        assert login(b, sb, right) == CKR_OK
+        assert state(b, sb) == 3                   # CKS_RW_USER_FUNCTIONS
+        w = b.request("C_Logout")
+        w.ulong(sb)
+        ok(b.call(w))
+        assert state(a, sa) == 3                   # a is still logged in
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_call_with_broken_arguments_drops_the_connection(served: Served) -> None:
+    c = RawClient(served.address)
+    try:
+        c.initialize()
+        w = c.request("C_GetSlotInfo")
+        body = w.buf[:]  # the call id and signature, but not its CK_SLOT_ID
+        c.sock.sendall(encode_frame(99, bytes(body)))
+        assert read_frame(c.sock) is None  # no answer: dropped
+    finally:
+        c.close()
+    d = RawClient(served.address)
+    try:
+        d.initialize()
+        w = d.request("C_GetInfo")
+        assert ok(d.call(w)).name == "C_GetInfo"
+    finally:
+        d.close()

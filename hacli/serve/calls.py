@@ -41,6 +41,7 @@ from hacli.serve.codec import (
     Writer,
     native_length,
 )
+from hacli.serve.wire import MAX_FRAME, ProtocolError
 
 if TYPE_CHECKING:
     from hacli.engine.engine import Engine
@@ -260,6 +261,8 @@ class ClientState:
             if not self.initialized and reader.name != "C_Initialize":
                 raise fail(CKR.CRYPTOKI_NOT_INITIALIZED, reader.name)
             return handler(self, reader).finish()
+        except ProtocolError:
+            raise  # garbage in the arguments: the server drops the connection
         except Exception as e:  # every failure is a CK_RV for the client, never a crash
             if not isinstance(e, CKRError | pkcs11.PKCS11Error):
                 LOG.debug("%s failed", reader.name, exc_info=True)
@@ -731,6 +734,8 @@ class ClientState:
         room = r.byte_buffer()
         r.done()
         s = self._session(handle, "C_GenerateRandom")
+        if room and room > MAX_FRAME:  # the answer must fit in a frame
+            raise fail(CKR.ARGUMENTS_BAD, "C_GenerateRandom")
         w = Writer(r.call_id)
         if not room:
             w.byte_array(None, 0) if room is None else w.byte_array(b"")
