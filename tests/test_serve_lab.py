@@ -420,6 +420,58 @@ def test_garbage_and_truncated_frames_drop_only_that_connection(served: Served) 
     tool(served, "-L")  # and new clients are served
 
 
+def _valid_requests(session: int) -> list[bytes]:
+    """Well-formed requests that reach the handlers (no login: a fuzzed PIN could
+    count against the tokens)."""
+    out = []
+    w = Writer(CALL_IDS["C_GetSlotInfo"], request=True)
+    w.ulong(3)
+    out.append(w.finish())
+    w = Writer(CALL_IDS["C_FindObjectsInit"], request=True)
+    w.ulong(session)
+    w.attribute_array([(0x000, struct.pack("<Q", 2), 8), (0x003, b"serve", 5),
+                       (0x001, b"\x01", 1), (0x110, b"20260101", 8)])
+    out.append(w.finish())
+    w = Writer(CALL_IDS["C_GetAttributeValue"], request=True)
+    w.ulong(session)
+    w.ulong(1)
+    w.attribute_buffer([AttrRequest(0x003, 0), AttrRequest(0x000, 8)])
+    out.append(w.finish())
+    w = Writer(CALL_IDS["C_DigestInit"], request=True)
+    w.ulong(session)
+    w.mechanism(Mechanism(0x250, None))
+    out.append(w.finish())
+    w = Writer(CALL_IDS["C_GenerateRandom"], request=True)
+    w.ulong(session)
+    w.byte_buffer(32)
+    out.append(w.finish())
+    return out
+
+
+def test_mutated_requests_are_answered_or_dropped(served: Served) -> None:
+    """Bit flips in well-formed requests, after a real C_Initialize and C_OpenSession:
+    each gets an answer (a CK_RV) or a hang-up, and the server serves on."""
+    rng = random.Random(11)
+    for i in range(30):
+        c = RawClient(served.address)
+        try:
+            c.initialize()
+            w = c.request("C_OpenSession")
+            w.ulong(3)
+            w.ulong(0x4)
+            session = ok(c.call(w)).ulong()
+            body = bytearray(rng.choice(_valid_requests(session)))
+            for _ in range(1 + i % 3):
+                body[rng.randrange(8, len(body))] ^= 1 << rng.randrange(8)
+            c.sock.sendall(encode_frame(7, bytes(body)))
+            frame = read_frame(c.sock)
+            if frame is not None:  # answered: a well-formed response of the call or ERROR
+                Reader(frame[1], c.version, response=True)
+        finally:
+            c.close()
+    assert "HA Virtual Card Slot" in tool(served, "-L").stdout
+
+
 def test_peer_credentials_are_checked(lab: Lab) -> None:
     """--allow-uid opens the socket to others (0666 in a 0711 directory), and the
     peer uid decides: an admitted uid is served, any other dropped unanswered."""
