@@ -119,7 +119,7 @@ def test_refuses_a_directory_others_can_write(lab: Lab, tmp_path: Path) -> None:
                           str(shared / "s.sock")], capture_output=True, text=True, timeout=60,
                          check=False)
     assert res.returncode == 2, res.stderr
-    lines = [x for x in res.stderr.splitlines() if x.strip() and not x.startswith("hacli serve:")]
+    lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: --socket: directory"), res.stderr
     assert not (shared / "s.sock").exists()
 
@@ -723,3 +723,14 @@ def test_a_call_with_broken_arguments_drops_the_connection(served: Served) -> No
         assert ok(d.call(w)).name == "C_GetInfo"
     finally:
         d.close()
+
+
+def test_a_live_socket_is_not_taken_over(served: Served) -> None:
+    res = subprocess.run([HACLI, "--conf", str(served.lab.conf_path), "serve", "--socket",
+                          str(served.socket)], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [f"Error: --socket: {served.socket} exists and is not a "
+                                       "stale socket (another server listening, or not a "
+                                       "socket)"]
+    assert "HA Virtual Card Slot" in tool(served, "-L").stdout  # the first one serves on

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 import click
@@ -63,7 +64,7 @@ def serve(socket_path: str, groups: tuple[str, ...], members: bool,
     """
     from hacli.engine import Engine
     from hacli.serve.calls import Service
-    from hacli.serve.server import Server
+    from hacli.serve.server import Server, check_socket_path
 
     config = app().config()
     known = [g.label for g in config.groups]
@@ -72,6 +73,8 @@ def serve(socket_path: str, groups: tuple[str, ...], members: bool,
     for label in groups:
         if label not in known:
             raise UsageError(f"--group: no HA group {label!r} (groups: {', '.join(known)})")
+    # bad input is refused before the engine starts (and logs): one Error line, nothing else
+    check_socket_path(Path(socket_path).absolute())
     setup_logging(json_log)
     with Engine(config, groups=list(groups) or None) as engine:
         server = Server(Service(engine, members=members), socket_path, allow_uids)

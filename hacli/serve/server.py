@@ -55,6 +55,17 @@ def check_directory(directory: Path) -> None:
                          f"{stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid})")
 
 
+def check_socket_path(path: Path) -> None:
+    """The socket can be made at ``path``: its directory is right, and nothing is
+    there but a stale socket (which is removed)."""
+    check_directory(path.parent)
+    if path.exists() or path.is_symlink():
+        if not _stale(path):
+            raise UsageError(f"--socket: {path} exists and is not a stale socket "
+                             "(another server listening, or not a socket)")
+        path.unlink()
+
+
 def _stale(path: Path) -> bool:
     """True when ``path`` is a socket nobody listens on (a crashed server's)."""
     if not path.is_socket():
@@ -91,12 +102,7 @@ class Server:
 
     def listen(self) -> None:
         """Create the socket (0600) and listen; errors are :class:`UsageError`."""
-        check_directory(self.path.parent)
-        if self.path.exists() or self.path.is_symlink():
-            if not _stale(self.path):
-                raise UsageError(f"--socket: {self.path} exists and is not a stale socket "
-                                 "(another server listening, or not a socket)")
-            self.path.unlink()
+        check_socket_path(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
