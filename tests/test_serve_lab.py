@@ -513,8 +513,14 @@ def test_peer_credentials_are_checked(lab: Lab) -> None:
 
 def test_stop_lets_a_call_in_flight_finish(lab: Lab, tmp_path: Path) -> None:
     """SIGTERM while a key pair is being generated: the call finishes and is
-    answered, then the connection ends, the socket goes, exit 0."""
-    s = start_serve(lab, tmp_path / "run")
+    answered, then the connection ends, the socket goes, exit 0.  (It starts over
+    a stale socket, as a crashed server leaves one: replaced.)"""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(run_dir / "hacli.sock"))
+    stale.close()
+    s = start_serve(lab, run_dir)
     c = RawClient(s.address)
     try:
         c.initialize()  # answered: the connection's thread is running
