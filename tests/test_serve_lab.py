@@ -299,6 +299,28 @@ class RawClient:
         w.byte_array(b"")
         assert self.call(w).name == "C_Initialize"
 
+    def open_session(self) -> int:
+        """C_Initialize, then a R/W session on the first slot listed."""
+        self.initialize()
+        w = self.request("C_GetSlotList")
+        w.byte(1)
+        w.ulong_buffer(8)
+        slots = ok(self.call(w)).ulong_array()
+        assert isinstance(slots, list) and slots
+        w = self.request("C_OpenSession")
+        w.ulong(slots[0])
+        w.ulong(0x6)
+        return ok(self.call(w)).ulong()
+
+    def login(self, session: int, secret: str) -> int:
+        """C_Login as the user: the CK_RV."""
+        w = self.request("C_Login")
+        w.ulong(session)
+        w.ulong(1)
+        w.byte_array(secret.encode())
+        r = self.call(w)
+        return r.ulong() if r.name == "ERROR" else CKR_OK
+
     def close(self) -> None:
         self.sock.close()
 
@@ -311,21 +333,8 @@ def ok(r: Reader) -> Reader:
 def test_get_attribute_value_follows_pkcs11_2_40(served: Served) -> None:
     c = RawClient(served.address)
     try:
-        c.initialize()
-        w = c.request("C_GetSlotList")
-        w.byte(1)
-        w.ulong_buffer(8)
-        slots = ok(c.call(w)).ulong_array()
-        assert isinstance(slots, list) and len(slots) == 1
-        w = c.request("C_OpenSession")
-        w.ulong(slots[0])
-        w.ulong(0x6)
-        session = ok(c.call(w)).ulong()
-        w = c.request("C_Login")
-        w.ulong(session)
-        w.ulong(1)
-        w.byte_array(pin(served.lab).encode())
-        ok(c.call(w))
+        session = c.open_session()
+        assert c.login(session, pin(served.lab)) == CKR_OK
         w = c.request("C_GenerateKey")
         w.ulong(session)
         w.mechanism(Mechanism(0x1080, None))  # CKM_AES_KEY_GEN
@@ -455,11 +464,7 @@ def test_mutated_requests_are_answered_or_dropped(served: Served) -> None:
     for i in range(30):
         c = RawClient(served.address)
         try:
-            c.initialize()
-            w = c.request("C_OpenSession")
-            w.ulong(3)
-            w.ulong(0x4)
-            session = ok(c.call(w)).ulong()
+            session = c.open_session()
             body = bytearray(rng.choice(_valid_requests(session)))
             for _ in range(1 + i % 3):
                 body[rng.randrange(8, len(body))] ^= 1 << rng.randrange(8)
@@ -523,21 +528,8 @@ def test_stop_lets_a_call_in_flight_finish(lab: Lab, tmp_path: Path) -> None:
     s = start_serve(lab, run_dir)
     c = RawClient(s.address)
     try:
-        c.initialize()  # answered: the connection's thread is running
-        w = c.request("C_GetSlotList")
-        w.byte(1)
-        w.ulong_buffer(8)
-        slot = ok(c.call(w)).ulong_array()
-        assert isinstance(slot, list)
-        w = c.request("C_OpenSession")
-        w.ulong(slot[0])
-        w.ulong(0x6)
-        session = ok(c.call(w)).ulong()
-        w = c.request("C_Login")
-        w.ulong(session)
-        w.ulong(1)
-        w.byte_array(pin(lab).encode())
-        ok(c.call(w))
+        session = c.open_session()  # answered: the connection's thread is running
+        assert c.login(session, pin(lab)) == CKR_OK
         w = c.request("C_GenerateKeyPair")
         w.ulong(session)
         w.mechanism(Mechanism(0x0, None))  # CKM_RSA_PKCS_KEY_PAIR_GEN
@@ -665,26 +657,6 @@ def test_openssl_signs_through_the_pkcs11_engine(served: Served, tmp_path: Path)
 def test_logins_are_per_connection_and_a_wrong_pin_is_not_retried(served: Served) -> None:
     """The first login goes to the tokens; a later client's PIN is compared with the
     group's; a wrong one is CKR_PIN_INCORRECT and changes nothing."""
-    def session_of(c: RawClient) -> int:
-        c.initialize()
-        w = c.request("C_GetSlotList")
-        w.byte(1)
-        w.ulong_buffer(8)
-        slots = ok(c.call(w)).ulong_array()
-        assert isinstance(slots, list)
-        w = c.request("C_OpenSession")
-        w.ulong(slots[0])
-        w.ulong(0x6)
-        return ok(c.call(w)).ulong()
-
-    def login(c: RawClient, session: int, secret: str) -> int:
-        w = c.request("C_Login")
-        w.ulong(session)
-        w.ulong(1)
-        w.byte_array(secret.encode())
-        r = c.call(w)
-        return r.ulong() if r.name == "ERROR" else CKR_OK
-
     def state(c: RawClient, session: int) -> int:
         w = c.request("C_GetSessionInfo")
         w.ulong(session)
@@ -694,14 +666,14 @@ def test_logins_are_per_connection_and_a_wrong_pin_is_not_retried(served: Served
 
     a, b = RawClient(served.address), RawClient(served.address)
     try:
-        sa, sb = session_of(a), session_of(b)
+        sa, sb = a.open_session(), b.open_session()
         right = pin(served.lab)
-        assert login(a, sa, right + "x") == 0xA0   # CKR_PIN_INCORRECT, from the tokens
-        assert login(a, sa, right) == CKR_OK
-        assert login(a, sa, right) == 0x100        # CKR_USER_ALREADY_LOGGED_IN
-        assert login(b, sb, "wrong") == 0xA0       # compared with the group's: no token asked
+        assert a.login(sa, right + "x") == 0xA0   # CKR_PIN_INCORRECT, from the tokens
+        assert a.login(sa, right) == CKR_OK
+        assert a.login(sa, right) == 0x100        # CKR_USER_ALREADY_LOGGED_IN
+        assert b.login(sb, "wrong") == 0xA0       # compared with the group's: no token asked
         assert state(b, sb) == 2                   # CKS_RW_PUBLIC_SESSION
-        assert login(b, sb, right) == CKR_OK
+        assert b.login(sb, right) == CKR_OK
         assert state(b, sb) == 3                   # CKS_RW_USER_FUNCTIONS
         w = b.request("C_Logout")
         w.ulong(sb)

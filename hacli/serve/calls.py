@@ -130,12 +130,17 @@ def to_mechanism(mech: Mechanism, operation: str) -> tuple[Any, Any]:
     raise fail(CKR.MECHANISM_PARAM_INVALID, operation)
 
 
+def required_mechanism(mech: Mechanism | None, operation: str) -> tuple[Any, Any]:
+    """:func:`to_mechanism` where a NULL mechanism is no answer (not an init that cancels)."""
+    if mech is None:
+        raise fail(CKR.MECHANISM_INVALID, operation)
+    return to_mechanism(mech, operation)
+
+
 def generation(mech: Mechanism | None, table: dict[Any, KeyType],
                operation: str) -> tuple[Any, KeyType]:
     """(mechanism, key type) of a key generation mechanism hacli can replicate."""
-    if mech is None:
-        raise fail(CKR.MECHANISM_INVALID, operation)
-    m, _param = to_mechanism(mech, operation)
+    m, _param = required_mechanism(mech, operation)
     key_type = table.get(m)
     if key_type is None:
         raise fail(CKR.MECHANISM_INVALID, operation)
@@ -619,8 +624,7 @@ class ClientState:
         r.done()
         s = self._session(handle, "C_GenerateKey")
         m, key_type = generation(mech, KEYGEN_TYPES, "C_GenerateKey")
-        t, args = self._new_key(attrs, "C_GenerateKey")
-        self._require_rw(s, {Attribute.TOKEN: args["token"]}, "C_GenerateKey")
+        t, args = self._new_key(s, attrs, "C_GenerateKey")
         length = t.pop(Attribute.VALUE_LEN, None)
         w = Writer(r.call_id)
         w.ulong(s.vs.generate_key(key_type, length * 8 if length else None, template=t,
@@ -662,9 +666,7 @@ class ClientState:
         room = r.byte_buffer()
         r.done()
         s = self._session(handle, "C_WrapKey")
-        if mech is None:
-            raise fail(CKR.MECHANISM_INVALID, "C_WrapKey")
-        m, param = to_mechanism(mech, "C_WrapKey")
+        m, param = required_mechanism(mech, "C_WrapKey")
         ident = (int(m), wrapping, key)
         if s.wrapped is None or s.wrapped[0] != ident:
             s.wrapped = (ident, s.vs.wrap_key(wrapping, key, m, param))
@@ -677,12 +679,14 @@ class ClientState:
             s.wrapped = None
         return w
 
-    @staticmethod
-    def _new_key(attrs: list[Attr], operation: str) -> tuple[dict[Any, Any], dict[str, Any]]:
-        """A template split into what the engine takes as arguments and the rest."""
+    def _new_key(self, s: SessionState, attrs: list[Attr],
+                 operation: str) -> tuple[dict[Any, Any], dict[str, Any]]:
+        """A new key's template split into what the engine takes as arguments and the
+        rest; a token key needs a R/W session."""
         t = to_python(attrs, operation)
         args = {"label": t.pop(Attribute.LABEL, None), "id": t.pop(Attribute.ID, None),
                 "token": bool(t.pop(Attribute.TOKEN, False))}
+        self._require_rw(s, {Attribute.TOKEN: args["token"]}, operation)
         return t, args
 
     def c_unwrap_key(self, r: Reader) -> Writer:
@@ -693,11 +697,8 @@ class ClientState:
         attrs = r.attribute_array()
         r.done()
         s = self._session(handle, "C_UnwrapKey")
-        if mech is None:
-            raise fail(CKR.MECHANISM_INVALID, "C_UnwrapKey")
-        m, param = to_mechanism(mech, "C_UnwrapKey")
-        t, args = self._new_key(attrs, "C_UnwrapKey")
-        self._require_rw(s, {Attribute.TOKEN: args["token"]}, "C_UnwrapKey")
+        m, param = required_mechanism(mech, "C_UnwrapKey")
+        t, args = self._new_key(s, attrs, "C_UnwrapKey")
         cls, key_type = t.pop(Attribute.CLASS, None), t.pop(Attribute.KEY_TYPE, None)
         if cls is None or key_type is None:
             raise fail(CKR.TEMPLATE_INCOMPLETE, "C_UnwrapKey")
@@ -713,11 +714,8 @@ class ClientState:
         attrs = r.attribute_array()
         r.done()
         s = self._session(handle, "C_DeriveKey")
-        if mech is None:
-            raise fail(CKR.MECHANISM_INVALID, "C_DeriveKey")
-        m, param = to_mechanism(mech, "C_DeriveKey")
-        t, args = self._new_key(attrs, "C_DeriveKey")
-        self._require_rw(s, {Attribute.TOKEN: args["token"]}, "C_DeriveKey")
+        m, param = required_mechanism(mech, "C_DeriveKey")
+        t, args = self._new_key(s, attrs, "C_DeriveKey")
         t.pop(Attribute.CLASS, None)  # a derived key is a secret key
         key_type = t.pop(Attribute.KEY_TYPE, None)
         length = t.pop(Attribute.VALUE_LEN, None)
