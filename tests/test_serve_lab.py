@@ -140,6 +140,8 @@ def test_pkcs11_tool_lists_the_ha_slot(served: Served, module: str) -> None:
     assert "HA Virtual Card Slot" in out
     assert "token label        : labgroup" in out
     assert "Member Slot" not in out  # only with --members
+    mechs = tool(served, "-M", module=path).stdout
+    assert "RSA-PKCS-KEY-PAIR-GEN, keySize={512,16384}, generate_key_pair" in mechs
 
 
 def test_pkcs11_tool_keypairgen_sign_verify(served: Served, tmp_path: Path) -> None:
@@ -491,6 +493,9 @@ def test_peer_credentials_are_checked(lab: Lab) -> None:
         assert stat.S_IMODE(s.socket.stat().st_mode) == 0o666
         listed = tool(s, "-L").stdout  # root is the owner here: admitted
         assert listed.count("Member Slot") == 2 and "HA Virtual Card Slot" in listed
+        # a member slot is that member's token, through the engine
+        on_member = tool(s, "--slot", "1", "--login", "--pin", pin(lab), "-O").stdout
+        assert "hacli-transport" in on_member
         probe = textwrap.dedent("""
             import os, socket, sys
             os.setgid(int(sys.argv[2])); os.setuid(int(sys.argv[2]))
