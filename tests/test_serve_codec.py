@@ -9,6 +9,7 @@ import struct
 
 import pytest
 
+from hacli.engine.ckr import CKR
 from hacli.serve.codec import (
     CALL_IDS,
     CALLS,
@@ -191,8 +192,8 @@ def test_writer_length_answers_and_errors() -> None:
     w = Writer(CALL_IDS["C_GetSlotList"])
     w.ulong_array(None, 3)
     assert w.finish()[-5:] == b"\x00" + U32.pack(3)
-    err = Writer.error(0x150)
-    assert err == U32.pack(0) + U32.pack(1) + b"u" + U64.pack(0x150)
+    err = Writer.error(CKR.BUFFER_TOO_SMALL.rv)
+    assert err == U32.pack(0) + U32.pack(1) + b"u" + U64.pack(0x150)  # the number on the wire
     w = Writer(CALL_IDS["C_GetSlotInfo"])
     w.space_string("HA", 64)
     assert w.buf[-64:] == b"HA".ljust(64)

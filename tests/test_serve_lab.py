@@ -30,14 +30,18 @@ from pathlib import Path
 import pytest
 from clihelpers import HACLI
 
+from hacli.engine.ckr import CKR
 from hacli.lab import Lab, find_tools
 from hacli.serve.codec import CALL_IDS, AttrRequest, Mechanism, Reader, Writer
 from hacli.serve.wire import encode_frame, read_frame
 
 SYSTEM_CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 HANDSHAKE = b"PRIVATE-GNOME-KEYRING-PKCS11-PROTOCOL-V-1"
-CKR_OK, CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID = 0, 0x11, 0x12
-CKR_BUFFER_TOO_SMALL, CKR_FUNCTION_NOT_SUPPORTED = 0x150, 0x54
+# the CK_RV numbers of hacli's one table
+CKR_OK, CKR_ATTRIBUTE_SENSITIVE = CKR.OK.rv, CKR.ATTRIBUTE_SENSITIVE.rv
+CKR_ATTRIBUTE_TYPE_INVALID = CKR.ATTRIBUTE_TYPE_INVALID.rv
+CKR_BUFFER_TOO_SMALL = CKR.BUFFER_TOO_SMALL.rv
+CKR_FUNCTION_NOT_SUPPORTED = CKR.FUNCTION_NOT_SUPPORTED.rv
 
 
 @dataclass
@@ -366,7 +370,7 @@ def test_get_attribute_value_follows_pkcs11_2_40(served: Served) -> None:
         assert mac is not None and len(mac) == 16
         r = sign(16)
         answers = [r.name, r.ulong()]
-        assert answers == ["ERROR", 0x91]  # CKR_OPERATION_NOT_INITIALIZED: it was ended
+        assert answers == ["ERROR", CKR.OPERATION_NOT_INITIALIZED.rv]  # it was ended
 
         def get(wanted: list[AttrRequest]) -> tuple[list[tuple[int, int]], int]:
             w = c.request("C_GetAttributeValue")
@@ -673,10 +677,10 @@ def test_logins_are_per_connection_and_a_wrong_pin_is_not_retried(served: Served
     try:
         sa, sb = a.open_session(), b.open_session()
         right = pin(served.lab)
-        assert a.login(sa, right + "x") == 0xA0   # CKR_PIN_INCORRECT, from the tokens
+        assert a.login(sa, right + "x") == CKR.PIN_INCORRECT.rv  # from the tokens
         assert a.login(sa, right) == CKR_OK
-        assert a.login(sa, right) == 0x100        # CKR_USER_ALREADY_LOGGED_IN
-        assert b.login(sb, "wrong") == 0xA0       # compared with the group's: no token asked
+        assert a.login(sa, right) == CKR.USER_ALREADY_LOGGED_IN.rv
+        assert b.login(sb, "wrong") == CKR.PIN_INCORRECT.rv  # compared with the group's
         assert state(b, sb) == 2                   # CKS_RW_PUBLIC_SESSION
         assert b.login(sb, right) == CKR_OK
         assert state(b, sb) == 3                   # CKS_RW_USER_FUNCTIONS
