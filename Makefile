@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := softhsm2 p11-kit opensc
+DEB_PACKAGES := softhsm2 p11-kit opensc gnutls-bin libengine-pkcs11-openssl
 # The lab's own p11-kit (0.25.5 + hacli's RPC patch; see docs/lab.md).
 P11KIT_PREFIX := $(CURDIR)/$(VENV)/p11-kit
 P11KIT_STAMP := $(P11KIT_PREFIX)/.hacli-build-stamp

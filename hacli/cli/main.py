@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "encrypt": ("hacli.cli.tokens", "encrypt", "Encrypt a file with a key on a slot."),
     "decrypt": ("hacli.cli.tokens", "decrypt", "Decrypt a file with a key on a slot."),
     "random": ("hacli.cli.tokens", "random", "Random bytes from a slot's token."),
+    "serve": ("hacli.cli.serve", "serve",
+              "Serve the HA slots to any PKCS#11 application (p11-kit's protocol)."),
 }
 
 
