@@ -454,4 +454,4 @@ def test_a_standby_that_is_no_member_is_reported(tmp_path: Path) -> None:
     assert "unknown HA key" not in res.out
     res = run("--conf", str(conf), "hagroup", "listgroups")
     assert_one_error_line(res, res.code if res.code in (1, 2) else -1)  # a malformed group
-    assert "VirtualToken00Standby" in res.err and "42" in res.err
+    assert "standby 42 is not a member of group myHAgroup" in res.err

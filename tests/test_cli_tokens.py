@@ -276,6 +276,7 @@ def test_bad_input_writes_nothing(tlab: Lab, keys: dict[str, str], tmp_path: Pat
     out.write_bytes(b"old")  # an existing --out stays as it was
     bad_pin = tmp_path / "bad-pin"
     bad_pin.write_text("not-the-pin\n")
+    bad_pin.chmod(0o600)  # owner-only: no mode warning besides the one Error line
     sign = ("sign", "--in", str(data), "--out", str(out))
     cases = [
         (1, "CKR_PIN_INCORRECT", (*sign, "--key", "t-rsa", "-m", "SHA256-RSA-PKCS",

@@ -404,6 +404,9 @@ class _LogLines:
         self.lines.append((serial, event, ckr))
         return event
 
+    def seen_up(self, group: str, member: str) -> str:
+        return ""
+
 
 class _Inst:
     generation = 1

@@ -11,7 +11,6 @@ from hacli.cli import render
 from hacli.cli.context import app, json_option
 from hacli.cli.pin import pin_file_option, resolve_pin
 from hacli.conf.model import load_config
-from hacli.conf.model_types import HACLI_SECTION
 from hacli.errors import ExitStatus, HacliError
 
 if TYPE_CHECKING:
@@ -51,7 +50,7 @@ def multitoken(mode: str, slot: str, label: str | None, threads: int, seconds: f
     config = load_config(doc, str(ctx.path))
     if not config.groups:
         raise click.ClickException(f"no HA groups are configured in {ctx.path}")
-    pin = resolve_pin(pin_file, doc.get(HACLI_SECTION, "LabDir"))
+    pin = resolve_pin(pin_file, config.lab_dir)
     with Engine(config, groups=[label] if label else None) as engine:
         group = engine.group(label)
         target: HATarget | DirectTarget

@@ -109,14 +109,13 @@ class Startup:
     @classmethod
     def read(cls) -> Startup:
         from hacli.conf.model import load_config
-        from hacli.conf.model_types import HACLI_SECTION
 
         ctx = app()
         doc = ctx.load()
         config = load_config(doc, str(ctx.path))
         if not config.groups:
             raise UsageError(f"no HA groups are configured in {ctx.path}")
-        return cls(config, doc.get(HACLI_SECTION, "LabDir"))
+        return cls(config, config.lab_dir)
 
     def pin(self, pin_file: str | None, login: Login) -> str | None:
         """The PIN ``login`` calls for (the one use of the PIN sources here)."""
