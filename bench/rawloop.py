@@ -75,12 +75,14 @@ class RawMember:
     :param env: environment the copy is loaded with (``P11_KIT_SERVER_ADDRESS``).
     :param serial: the member token's serial.
     :param pin: the user PIN (one login for the connection's sessions).
+    :param label: find the token by this label instead (``hacli serve``'s HA
+        slot: its serial is the group's virtual one).
     """
 
     _copies = itertools.count(1)
 
     def __init__(self, library: str, env: Mapping[str, str], workdir: Path, serial: str,
-                 pin: str):
+                 pin: str, label: str | None = None):
         copy = workdir / f"raw{next(self._copies)}-{os.path.basename(library)}"
         shutil.copy2(library, copy)
         saved = {k: os.environ.get(k) for k in env}
@@ -94,8 +96,9 @@ class RawMember:
                 else:
                     os.environ[k] = v
             copy.unlink()
-        self.serial = serial
-        self.token = self.lib.get_token(token_serial=serial.encode())
+        self.serial = serial or str(label)
+        self.token = (self.lib.get_token(token_label=label) if label is not None
+                      else self.lib.get_token(token_serial=serial.encode()))
         self._login = self.token.open(user_pin=pin)
         self.mechanisms = set(self.token.slot.get_mechanisms())
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from enginehelpers import FakeClock, codes, make_engines, wait_for
-from pkcs11 import KeyType, Mechanism
+from pkcs11 import Attribute, KeyType, Mechanism
 
 from hacli.cli.menu.actions.lab import comeback
 from hacli.engine import CKRError, Engine, RecoveryOutcome
@@ -98,6 +98,62 @@ def test_group_down_means_device_error_for_every_call(healthy_lab, engine_factor
         assert wait_for(lambda: served(s) and all(m.alive for m in g.members), timeout=10)
 
 
+def _waiting_for_a_member(thread) -> bool:  # type: ignore[no-untyped-def]
+    """True while ``thread`` is blocked reading a Unix socket (a member's answer)."""
+    try:
+        wchan = Path(f"/proc/self/task/{thread.native_id}/wchan").read_text()
+    except OSError:
+        return False
+    return wchan == "unix_stream_read_generic"
+
+
+def test_a_key_read_on_a_frozen_member_does_not_hold_up_a_healthy_one(
+        healthy_lab, engine_factory) -> None:
+    """Soak finding: python-pkcs11 reads a key's type lazily, on its first
+    use, through ``functools.cached_property``, which before Python 3.12
+    computes under one lock for every key object of every member.  A first
+    use of a key on a frozen member held that lock; a call on the healthy
+    member needing the type of a key it had not used yet waited behind it
+    past its deadline, and the watchdog cut the healthy member too: the
+    group went down with a member running."""
+    import threading
+
+    lab = healthy_lab
+    m0, m1 = (m.serial for m in lab.members())
+    engine = engine_factory(lab, interval=60, timeout_ms=2000)
+    g = engine.group()
+    iv = bytes(16)
+    with g.open_session() as s:
+        s.login(lab.pin())
+        k0, k1 = (s.generate_key(KeyType.AES, 256, label=f"lazy-type-{i}") for i in range(2))
+        on0, on1 = g.open_session(member=m0), g.open_session(member=m1)
+        # each member's connection knows its key (found once) but has not
+        # read its type yet: the next encryption reads it from the token
+        for vs, key in ((on0, k0), (on1, k1)):
+            vs.get_attribute(key, Attribute.LABEL)
+        lab.hang(m0)
+
+        def first_use_on_the_frozen_member() -> None:
+            with contextlib.suppress(CKRError):  # its timeout: CKR_DEVICE_ERROR
+                on0.encrypt(k0, b"x" * 16, mechanism=Mechanism.AES_CBC_PAD, mechanism_param=iv)
+
+        stuck = threading.Thread(target=first_use_on_the_frozen_member, daemon=True)
+        try:
+            stuck.start()
+            assert wait_for(lambda: _waiting_for_a_member(stuck), timeout=5)
+            t = time.monotonic()
+            assert len(on1.encrypt(k1, b"x" * 16, mechanism=Mechanism.AES_CBC_PAD,
+                                   mechanism_param=iv)) == 32
+            assert time.monotonic() - t < 1.0  # not behind the frozen member's read
+            stuck.join(10)
+            assert not stuck.is_alive()
+            assert g.members[1].alive and not g.members[0].alive
+        finally:
+            lab.restore(m0)
+            on0.close()
+            on1.close()
+
+
 def test_two_frozen_members_cost_one_call_less_than_two_timeouts(healthy_lab3,
                                                                  engine_factory) -> None:
     lab = healthy_lab3
@@ -120,6 +176,29 @@ def test_two_frozen_members_cost_one_call_less_than_two_timeouts(healthy_lab3,
         finally:
             lab.restore(m0)
             lab.restore(m1)
+
+
+def test_a_retry_on_a_running_member_is_not_cut_at_its_shorter_budget(
+        healthy_lab, engine_factory) -> None:
+    """A failover retry gets a shorter budget than the command timeout, so
+    that two frozen members cost a call less than two timeouts.  Past that
+    budget the member is cut only if its server is stopped: a running member
+    that is merely slow (a long key generation, a machine short of CPU) is
+    never cut before its ReceiveTimeout (soak finding under load: a healthy
+    member cut 0.75 s into a retry)."""
+    lab = healthy_lab
+    engine = engine_factory(lab, interval=60, timeout_ms=2000)
+    member = engine.group().members[1]
+    assert member.conn is not None
+    instance = member.conn.instance
+
+    def long_request(conn):  # type: ignore[no-untyped-def]
+        # still working when the watchdog looks past the budget
+        assert wait_for(lambda: instance._spared is not None, timeout=5)
+        return conn.work.generate_random(64)
+
+    assert len(member.run(long_request, operation="C_GenerateKeyPair", timeout=0.25)) == 8
+    assert not instance.abandoned and member.alive
 
 
 def test_a_retry_does_not_wait_behind_another_call_stuck_on_a_frozen_member(

@@ -31,6 +31,7 @@ from hacli.engine.group import HAGroup
 from hacli.engine.halog import EVENTS as HA_LOG_EVENTS
 from hacli.engine.halog import HALog
 from hacli.engine.member import TRANSPORT_LABEL, Member, MemberState
+from hacli.engine.p11compat import unlock_cached_properties
 from hacli.engine.policy import RecoveryPolicy
 from hacli.engine.session import VirtualSession
 from hacli.engine.transport import provision_transport_key
@@ -87,3 +88,7 @@ __all__ = [
     "is_member_failure",
     "provision_transport_key",
 ]
+
+# Before any key object is read: python-pkcs11's lazily read key attributes
+# must not share one process-wide lock across members (see p11compat).
+unlock_cached_properties()

@@ -44,7 +44,9 @@ def retry_budget(timeout: float, elapsed: float) -> float:
     The call as a whole keeps to the command timeout, except that a retry
     always gets a quarter of it (at least 0.25 s): a healthy member answers in
     milliseconds, so two frozen members cost a call at most 1.5 timeouts, not
-    two, and a third, healthy member still serves it.
+    two, and a third, healthy member still serves it.  Past the budget a
+    member is cut only if its server is seen stopped; one that runs keeps the
+    call to its full timeout (see :meth:`ModuleInstance.call`).
     """
     return max(timeout - elapsed, min(timeout, max(0.25, timeout / 4.0)))
 

@@ -240,12 +240,14 @@ class Member:
 
     def run(self, fn: Callable[..., T], *args: Any, operation: str = "",
             timeout: float | None = None, wait_behind: bool = True) -> T:
-        """Run ``fn(conn, *args)`` on this member's worker, bounded by the command timeout."""
+        """Run ``fn(conn, *args)`` in this member's module, bounded by the command
+        timeout (``timeout``: a shorter budget, see :meth:`ModuleInstance.call`)."""
         conn = self.conn
         if conn is None or not conn.instance.usable:
             raise ModuleUnavailable(self.serial)
         return conn.instance.call(fn, conn, *args, timeout=timeout or self.timeout,
-                                  operation=operation, wait_behind=wait_behind)
+                                  operation=operation, wait_behind=wait_behind,
+                                  full_timeout=self.timeout)
 
 
 __all__ = ["MAPPER", "SERVING_STATES", "TRANSPORT_ID", "TRANSPORT_LABEL", "Connection",

@@ -65,6 +65,7 @@ import queue
 import re
 import shutil
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -355,6 +356,25 @@ def _peer_path(sock: socket.socket) -> str | None:
     return peer if isinstance(peer, str) else None
 
 
+def _peer_pid(inodes: Iterable[int]) -> int | None:
+    """The pid of the process at the other end of the first of these sockets
+    that tells (``SO_PEERCRED``: the server that listened); None if none does."""
+    wanted = set(inodes)
+    for ino, fd in _socket_inodes().items():
+        if ino not in wanted:
+            continue
+        sock = _borrow(fd, ino)
+        if sock is None:
+            continue
+        with sock, contextlib.suppress(OSError):
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+            pid = struct.unpack("3i", creds)[0]
+            if pid > 0:
+                return int(pid)
+    return None
+
+
 def _sockets_to(path: str, inodes: Iterable[int] | None = None) -> dict[int, int]:
     """inode -> fd of this process's unix sockets connected to ``path``
     (only among ``inodes`` when given)."""
@@ -627,6 +647,15 @@ class ModuleInstance:
         self._call_lock = threading.Lock()
         #: monotonic deadline of the direct call running now (read by the watchdog)
         self._deadline: float | None = None
+        #: the member's whole command timeout, for a call given less (a
+        #: failover retry): past ``_deadline`` the call is cut only if the
+        #: member's server is seen stopped, else at this one
+        self._hard_deadline: float | None = None
+        #: the ``_deadline`` the watchdog found past with the server running
+        #: (watchdog thread only)
+        self._spared: float | None = None
+        #: pid of the member's server process (``SO_PEERCRED``), if known
+        self._server_pid: int | None = None
         #: the command timeout last asked for (bounds clean-up run on the worker)
         self._timeout_hint = HELPER_TIMEOUT
         #: True: calls run on the caller's thread (see the class docstring)
@@ -715,7 +744,8 @@ class ModuleInstance:
                 task.future.set_exception(exc)
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float,
-             operation: str = "", wait_behind: bool = True) -> T:
+             operation: str = "", wait_behind: bool = True,
+             full_timeout: float | None = None) -> T:
         """Run ``fn(*args)`` in the module, bounded by ``timeout`` s of its run.
 
         Direct instances run it on the calling thread under the call lock
@@ -728,6 +758,13 @@ class ModuleInstance:
         exceeds the timeout,
         :class:`ModuleUnavailable` when the instance is already abandoned or
         closed, else whatever ``fn`` raised.
+
+        ``full_timeout`` (the member's command timeout, when ``timeout`` is a
+        failover retry's shorter budget): a direct call past ``timeout`` is cut
+        only when the member's server process is seen stopped; one that is
+        merely slow (a long key generation, a starved machine) runs on to
+        ``full_timeout``.  A healthy member is never cut before its
+        ``ReceiveTimeout``.
         """
         if not self.direct:
             return self._call_on_worker(fn, args, timeout, operation)
@@ -743,7 +780,10 @@ class ModuleInstance:
             if self.abandoned or self._finalized:
                 raise ModuleUnavailable(self.name)
             self._timeout_hint = timeout
-            self._deadline = time.monotonic() + timeout
+            now = time.monotonic()
+            if full_timeout is not None and full_timeout > timeout:
+                self._hard_deadline = now + full_timeout
+            self._deadline = now + timeout
             try:
                 return fn(*args)
             except BaseException as e:
@@ -753,6 +793,7 @@ class ModuleInstance:
                 raise
             finally:
                 self._deadline = None
+                self._hard_deadline = None
         finally:
             lock.release()
 
@@ -777,10 +818,34 @@ class ModuleInstance:
                 return True
 
     def check_deadline(self, now: float) -> None:
-        """Watchdog: abandon the instance if its running call is past its deadline."""
+        """Watchdog: abandon the instance if its running call is past its deadline
+        (a retry's shorter one only while the member's server is stopped)."""
         deadline = self._deadline
-        if deadline is not None and now >= deadline:
-            self._expire(deadline)
+        if deadline is None or now < deadline:
+            return
+        hard = self._hard_deadline
+        if hard is not None and now < hard:
+            if self._spared == deadline:
+                return
+            if not self._server_stopped():
+                self._spared = deadline
+                return
+        self._expire(deadline)
+
+    def _server_stopped(self) -> bool:
+        """True when the member's server process is stopped (``SIGSTOP``: its
+        state ``T``), so it cannot answer whatever the timeout; False when it
+        runs, or when hacli cannot tell (a server in another PID namespace)."""
+        pid = self._server_pid
+        if pid is None:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return False
+        fields = stat[stat.rindex(b")") + 2:].split()
+        return bool(fields) and fields[0] in (b"T", b"t")
 
     def _expire(self, deadline: float) -> None:
         """Abandon (if the call with ``deadline`` is still running) and cut."""
@@ -874,6 +939,7 @@ class ModuleInstance:
             for ino in mine:
                 _SOCKET_OWNERS[ino] = self.number
         self._sockets = mine
+        self._server_pid = _peer_pid(mine)
 
     def _forget_sockets(self) -> None:
         with _SOCKET_LOCK:
@@ -881,6 +947,7 @@ class ModuleInstance:
                 if _SOCKET_OWNERS.get(ino) == self.number:
                     del _SOCKET_OWNERS[ino]
         self._sockets = frozenset()
+        self._server_pid = None
 
     def cut_transport(self) -> int:
         """Shut down this instance's connections to its member's server, so a
