@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := softhsm2 p11-kit opensc gnutls-bin libengine-pkcs11-openssl
+DEB_PACKAGES := softhsm2 p11-kit opensc gnutls-bin libengine-pkcs11-openssl openjdk-17-jre-headless
 # The lab's own p11-kit (0.25.5 + hacli's RPC patch; see docs/lab.md).
 P11KIT_PREFIX := $(CURDIR)/$(VENV)/p11-kit
 P11KIT_STAMP := $(P11KIT_PREFIX)/.hacli-build-stamp
@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/startup.py
 	$(PY) bench/ha_bench.py $(BENCH_ARGS)
 	$(PY) bench/ha_logic.py
+	$(PY) bench/serve_bench.py
 
 soak: install
 	$(PY) -m pytest -q -m soak tests/test_soak.py

@@ -663,6 +663,34 @@ def test_openssl_signs_through_the_pkcs11_engine(served: Served, tmp_path: Path)
     assert res.stdout.strip() == "Verified OK", res.stderr
 
 
+def test_java_makes_and_lists_a_key_through_sunpkcs11(served: Served, tmp_path: Path) -> None:
+    """Java's own PKCS#11 provider (SunPKCS11, as docs/serve.md configures it)
+    generates an AES key on the HA slot with keytool and lists it; the key
+    exists on every member (replicated, as any key made through the slot)."""
+    cfg = tmp_path / "hacli-pkcs11.cfg"
+    cfg.write_text(f"name = hacli\nlibrary = {SYSTEM_CLIENT}\nslotListIndex = 0\n")
+    env = {**served.env(), "HACLI_TEST_STOREPASS": pin(served.lab)}
+    store = ["-keystore", "NONE", "-storetype", "PKCS11",
+             "-providerClass", "sun.security.pkcs11.SunPKCS11", "-providerArg", str(cfg),
+             "-storepass:env", "HACLI_TEST_STOREPASS"]
+
+    def keytool(*args: str) -> str:
+        res = subprocess.run(["keytool", *args, *store], env=env, capture_output=True,
+                             text=True, timeout=120, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res.stdout
+
+    keytool("-genseckey", "-alias", "serve-java", "-keyalg", "AES", "-keysize", "256")
+    assert "serve-java, SecretKeyEntry" in keytool("-list")
+    for m in served.lab.members():  # straight through each member's own p11-kit server
+        listed = subprocess.run(
+            ["pkcs11-tool", "--module", find_tools().p11kit_client, "--login", "--pin",
+             pin(served.lab), "-O", "--type", "secrkey", "--label", "serve-java"],
+            env={**os.environ, "P11_KIT_SERVER_ADDRESS": m.address}, capture_output=True,
+            text=True, timeout=60, check=False)
+        assert "serve-java" in listed.stdout, (m.serial, listed.stdout + listed.stderr)
+
+
 def test_logins_are_per_connection_and_a_wrong_pin_is_not_retried(served: Served) -> None:
     """The first login goes to the tokens; a later client's PIN is compared with the
     group's; a wrong one is CKR_PIN_INCORRECT and changes nothing."""
