@@ -663,10 +663,19 @@ def test_openssl_signs_through_the_pkcs11_engine(served: Served, tmp_path: Path)
     assert res.stdout.strip() == "Verified OK", res.stderr
 
 
-def test_java_makes_and_lists_a_key_through_sunpkcs11(served: Served, tmp_path: Path) -> None:
+def test_java_makes_and_lists_a_key_through_sunpkcs11(healthy_lab: Lab, tmp_path: Path) -> None:
     """Java's own PKCS#11 provider (SunPKCS11, as docs/serve.md configures it)
     generates an AES key on the HA slot with keytool and lists it; the key
-    exists on every member (replicated, as any key made through the slot)."""
+    exists on every member (replicated, as any key made through the slot).
+    A server of its own: every member in service when it starts."""
+    served = start_serve(healthy_lab, tmp_path / "run")
+    try:
+        _java_through(served, tmp_path)
+    finally:
+        stop_serve(served)
+
+
+def _java_through(served: Served, tmp_path: Path) -> None:
     cfg = tmp_path / "hacli-pkcs11.cfg"
     cfg.write_text(f"name = hacli\nlibrary = {SYSTEM_CLIENT}\nslotListIndex = 0\n")
     env = {**served.env(), "HACLI_TEST_STOREPASS": pin(served.lab)}
