@@ -23,7 +23,7 @@ import pytest
 from enginehelpers import lab_config, make_engines, wait_for
 from pkcs11 import KeyType, Mechanism
 
-from hacli.engine import CKRError, Engine
+from hacli.engine import Engine
 from hacli.engine.exceptions import CallTimeout
 from hacli.engine.module import OWNER_FILE, InstanceRegistry, process_start_time
 from hacli.lab import find_tools
@@ -104,9 +104,8 @@ def test_no_thread_outlives_close_after_freeze_mid_operation(healthy_lab,
         helpers = [t for t in instance.threads() if t.name.startswith("hacli-op-")]
         assert len(helpers) == on.count(victim)
         lab.hang(victim)
-        with pytest.raises(CKRError) as exc:
-            sessions[0].sign_update(b"stuck")
-        assert exc.value.ckr == "CKR_DEVICE_ERROR"
+        sessions[0].sign_update(b"stuck")  # times out, then replayed on the other member
+        assert sessions[0].active_operations()["sign"] != victim
         assert instance.abandoned
         # its transport is cut: the worker and the parked helpers end now,
         # while the member is still frozen

@@ -168,9 +168,10 @@ class Operations:
         if journal is None:
             self._lost(op, operation, failed, None, _MEMBER_FAILED)
         if not journal.replayable:
+            why = (f"its input passed MultipartJournalBytes ({journal.limit} bytes)"
+                   if journal.limit else "MultipartJournalBytes is 0 (no journal)")
             self._lost(op, operation, failed, halog.MULTIPART_JOURNAL_FULL,
-                       f"its input passed MultipartJournalBytes ({journal.limit} bytes), "
-                       "so it cannot be replayed on another member")
+                       f"{why}, so it cannot be replayed on another member")
         fn = multipart.FUNCTIONS[op.kind][0]
         try:
             new = self._place(fn, op.kind, op.vobj, op.mechanism, op.param, None)
