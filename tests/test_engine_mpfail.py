@@ -207,3 +207,33 @@ def test_find_resumes_after_member_failure(healthy_lab, engine_factory) -> None:
         assert sorted(found) == sorted(made)  # nothing twice, nothing lost
         assert {h: s.get_attribute(h, Attribute.LABEL) for h in found} == made
         assert not next(m for m in g.members if m.serial == searched).alive
+
+
+def test_replay_with_other_output_is_refused(healthy_lab, engine_factory, tmp_path) -> None:
+    """A member taking over that produces other bytes than the caller already
+    has (here: the record of them altered, as members holding different keys
+    would show it) ends the operation: CKR_DEVICE_ERROR, never a mixed stream."""
+    lab = healthy_lab
+    engine = engine_factory(lab)
+    g = engine.group()
+    with g.open_session() as s:
+        s.login(lab.pin())
+        aes = s.generate_key(KeyType.AES, 128, label="mpfail-mismatch", token=True)
+        try:
+            s.encrypt_init(aes, mechanism=Mechanism.AES_ECB)
+            serving = s.active_operations()["encrypt"]
+            assert len(s.encrypt_update(bytes(32))) == 32
+            op = s._ops.get("encrypt")
+            assert op is not None and op.journal is not None and op.journal.outputs
+            op.journal.outputs[0] = bytes(32)  # not what AES gives for zeros
+            lab.fail(serving)
+            with pytest.raises(CKRError) as exc:
+                s.encrypt_update(bytes(16))
+            assert exc.value.ckr == "CKR_DEVICE_ERROR"
+            assert "other output" in str(exc.value)
+            assert "encrypt" not in s.active_operations()
+        finally:
+            lab.restore(serving)
+            assert g.recover_now(serving)
+            s.destroy_object(aes)
+    assert events(tmp_path, "multipart-replay-mismatch") == [f"{serving} CKR_DEVICE_ERROR"]

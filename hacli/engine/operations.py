@@ -209,7 +209,9 @@ class Operations:
     def _lost(self, op: MultiPart, operation: str, member: Member, event: str | None,
               detail: str, cause: BaseException | None = None) -> NoReturn:
         """The operation cannot go on: ``CKR_DEVICE_ERROR`` (``event``, why,
-        to the HA log)."""
+        to the HA log).  Where it still runs (a mismatch on a member that
+        serves) it is ended there first."""
+        self.abort(op)
         with self._members.lock:
             op.dead = CKR.DEVICE_ERROR
         if event is not None:
