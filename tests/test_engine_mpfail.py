@@ -59,22 +59,27 @@ def test_crash_mid_1mib_sign_is_invisible(healthy_lab, engine_factory, tmp_path)
         pub, priv = s.generate_keypair(KeyType.RSA, 2048, label="mpfail-rsa")
         data = os.urandom(MiB)  # exactly the default journal bound
         chunks = pieces(data, 4096)
+        expected = s.sign(priv, data, mechanism=SIGN)  # PKCS#1 v1.5: deterministic
         s.sign_init(priv, mechanism=SIGN)
         s.digest_init()
+        s.verify_init(pub, mechanism=SIGN)
         serving = s.active_operations()["sign"]
         for c in chunks[:128]:
             s.sign_update(c)
             s.digest_update(c)
+            s.verify_update(c)
         lab.fail(serving)
         clock.advance(2.0)  # the crash is 2 s old: a recovery attempt is due, and fails
         for c in chunks[128:]:
             s.sign_update(c)
             s.digest_update(c)
-        assert s.active_operations()["sign"] != serving
+            s.verify_update(c)
+        assert serving not in s.active_operations().values()
         signature = s.sign_final()
+        assert signature == expected
+        assert s.verify_final(signature) is True
         assert s.digest_final() == hashlib.sha256(data).digest()
         assert s.verify(pub, data, signature, mechanism=SIGN)
-        assert signature == s.sign(priv, data, mechanism=SIGN)  # PKCS#1 v1.5: deterministic
         assert s.active_operations() == {}
     assert f"{serving} -" in events(tmp_path, "multipart-replayed")
     assert not events(tmp_path, "multipart-journal-full")
