@@ -8,7 +8,7 @@ DEB_PACKAGES := softhsm2 p11-kit opensc gnutls-bin libengine-pkcs11-openssl open
 P11KIT_PREFIX := $(CURDIR)/$(VENV)/p11-kit
 P11KIT_STAMP := $(P11KIT_PREFIX)/.hacli-build-stamp
 
-.PHONY: test demo install deps p11kit lint bench soak completions clean
+.PHONY: test demo install deps p11kit lint bench bench-journal soak completions clean
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -44,12 +44,18 @@ lint: install
 	$(VENV)/bin/ruff check hacli tests bench scripts
 	$(VENV)/bin/mypy hacli
 
-# BENCH_ARGS go to ha_bench.py, e.g. BENCH_ARGS="--seconds 0.3 --rounds 2 --json bench.json"
+# BENCH_ARGS go to ha_bench.py, e.g. BENCH_ARGS="--seconds 0.3 --rounds 2 --json bench.json";
+# JOURNAL_BENCH_ARGS to mp_journal.py, e.g. JOURNAL_BENCH_ARGS="--rounds 2 --sequences 3"
 bench: install
 	$(PY) bench/startup.py
 	$(PY) bench/ha_bench.py $(BENCH_ARGS)
 	$(PY) bench/ha_logic.py
 	$(PY) bench/serve_bench.py
+	$(PY) bench/mp_journal.py $(JOURNAL_BENCH_ARGS)
+
+# the multi-part replay journal's cost alone (A/B: journal on, off)
+bench-journal: install
+	$(PY) bench/mp_journal.py $(JOURNAL_BENCH_ARGS)
 
 soak: install
 	$(PY) -m pytest -q -m soak tests/test_soak.py

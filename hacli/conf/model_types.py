@@ -18,7 +18,8 @@ RECOVERY_MODES = ("activeBasic", "activeEnhanced")
 
 @dataclass(frozen=True)
 class HASettings:
-    """Global HA settings (``HAConfiguration``, ``VirtualToken``, ``LunaSA Client``)."""
+    """Global HA settings (``HAConfiguration``, ``VirtualToken``, ``LunaSA Client``,
+    and the engine settings of hacli's own section)."""
 
     #: ``reconnAtt``: -1 = retry forever, 0 = auto-recovery off, 1..500 attempts.
     reconn_att: int = -1
@@ -36,6 +37,9 @@ class HASettings:
     recovery_mode: str = "activeBasic"
     #: ``ReceiveTimeout`` (``LunaSA Client``), milliseconds: the command timeout.
     receive_timeout_ms: int = 20_000
+    #: ``MultipartJournalBytes`` (hacli's section): the input a multi-part
+    #: operation keeps to be replayed on another member; 0 = no replay.
+    multipart_journal_bytes: int = 1_048_576
 
 
 @dataclass(frozen=True)

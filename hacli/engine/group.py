@@ -100,7 +100,8 @@ class HAGroup:
                                  self.change_journal)
         self.sync = Synchronisation(conf, self.members_set, self._objects, self.replicas,
                                     self.login_state, log, clock, self.policy.interval)
-        self.operations = Operations(self.members_set, self.executor, self.recovery_tick)
+        self.operations = Operations(self.label, self.members_set, self.executor,
+                                     self.recovery_tick, log, settings.multipart_journal_bytes)
         self.recovery = Recovery(
             self.label, self.members_set, registry=registry, all_members=all_members,
             pin=self.login_state.pin, timeout=self.timeout,

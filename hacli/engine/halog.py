@@ -45,9 +45,20 @@ STANDBY_DEMOTED = "standby-demoted"
 #: A member's automatic recovery attempts (``reconnAtt``) are used up: nothing
 #: but an administrator's ``hagroup recover`` brings it back now.
 GAVE_UP = "gave-up"
+#: A multi-part operation of a member that failed was replayed on another
+#: member from its journal (the member field is the one that failed).
+MULTIPART_REPLAYED = "multipart-replayed"
+#: ... could not be: its input had passed ``MultipartJournalBytes``.
+MULTIPART_JOURNAL_FULL = "multipart-journal-full"
+#: ... could not be: no member could take it over (or they kept failing).
+MULTIPART_REPLAY_FAILED = "multipart-replay-failed"
+#: ... could not be: the member taking over produced other output (encrypt,
+#: decrypt) than the application had already received.
+MULTIPART_REPLAY_MISMATCH = "multipart-replay-mismatch"
 
 EVENTS = (FAILED, RECOVERY_FAILED, RECOVERED, ADDED, REMOVED, SYNCHRONIZED,
-          STANDBY_PROMOTED, STANDBY_DEMOTED, GAVE_UP)
+          STANDBY_PROMOTED, STANDBY_DEMOTED, GAVE_UP, MULTIPART_REPLAYED,
+          MULTIPART_JOURNAL_FULL, MULTIPART_REPLAY_FAILED, MULTIPART_REPLAY_MISMATCH)
 
 #: Events that are a member's change of state: not logged twice in a row.
 DOWN, UP = "down", "up"
