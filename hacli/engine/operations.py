@@ -16,6 +16,7 @@ fails, and they end their operations through :meth:`Operations.member_failed`.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -99,6 +100,7 @@ class Operations:
                 raise ModuleUnavailable(m.serial, "connection replaced")
             return action(op)
 
+        started = time.monotonic()
         try:
             result = m.run(task, operation=operation)
             ok = True
@@ -112,7 +114,7 @@ class Operations:
                                detail=_MEMBER_FAILED) from e
             raise request_error(e, operation, m.serial) from e
         finally:
-            self._members.balancer.done(m, ok)
+            self._members.balancer.done(m, ok, operation, time.monotonic() - started)
 
     def abort(self, op: MultiPart) -> None:
         """End ``op`` early on its member (never raises)."""
