@@ -95,7 +95,10 @@ class LiveView:
         tables: list[Any] = []
         for g in self._snap["groups"]:
             t = Table(title=f"HA group {g['serial']} ({g['label']})", title_justify="left")
-            for col in ("Member", "State", "In flight", "Ops/s", "Since failure",
+            # a serial is never cut short: the other columns wrap first
+            t.add_column("Member", no_wrap=True,
+                         min_width=max((len(m["serial"]) for m in g["members"]), default=6))
+            for col in ("State", "In flight", "Ops/s", "Since failure",
                         "Attempts used", "Attempts left", "Next attempt"):
                 t.add_column(col)
             for m in g["members"]:

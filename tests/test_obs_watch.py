@@ -1,0 +1,169 @@
+"""``ha status --watch`` in a real pty and through a pipe, and a running
+``hacli serve`` observed from outside: its metrics endpoint scraped with a real
+HTTP client (urllib) and its status socket watched, while real clients call
+through p11-kit-client and a lab member is crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import signal
+import stat
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pexpect
+import pytest
+from clihelpers import HACLI
+from test_obs_lab import samples, value
+from test_serve_lab import python_client, start_serve, stop_serve, wait_log
+
+from hacli.lab import Lab
+
+pytestmark = pytest.mark.lab
+
+
+class Watcher:
+    """``hacli ARGS`` with its stdout read line by line in a thread (a
+    selector on a buffered pipe would miss lines already read ahead)."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([HACLI, *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def next_line(self, want: str, timeout: float = 60) -> str:
+        """The next line matching the regex ``want``."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if re.search(want, line):
+                return line
+        raise AssertionError(f"no line matching {want!r}")
+
+    def interrupt(self) -> str:
+        """Ctrl-C: exit 130, no traceback; returns stderr."""
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(timeout=60) == 130
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read()
+        assert "Traceback" not in err
+        return err
+
+
+def test_watch_through_a_pipe_prints_a_line_per_state_change(healthy_lab: Lab) -> None:
+    m0, m1 = (m.serial for m in healthy_lab.members())
+    w = Watcher("--conf", str(healthy_lab.conf_path), "ha", "status", "--watch",
+                "--interval", "0.2")
+    try:
+        label = healthy_lab.group_label
+        w.next_line(rf"Z {label} {m0} - -> alive$")
+        w.next_line(rf"Z {label} {m1} - -> alive$")
+        healthy_lab.fail(m0)
+        w.next_line(rf"Z {label} {m0} alive -> down CKR_\w+$")
+    finally:
+        err = w.interrupt()
+    assert err.strip() == "", err
+
+
+def test_watch_in_a_pty_shows_the_live_view(healthy_lab: Lab) -> None:
+    m0, m1 = (m.serial for m in healthy_lab.members())
+    child = pexpect.spawn(HACLI, ["--conf", str(healthy_lab.conf_path), "ha", "status",
+                                  "--watch", "--interval", "0.2"],
+                          encoding="utf-8", timeout=20, dimensions=(40, 200))
+    try:
+        child.expect(rf"{m1}[^\n]*alive")
+        child.expect_exact("Ops/s")
+        healthy_lab.fail(m1)
+        child.expect(rf"{m1}[^\n]*down")  # the view redrawn with the member down
+        child.expect_exact(m0)
+    finally:
+        child.sendintr()
+        child.expect(pexpect.EOF)
+        child.close()
+    assert child.exitstatus == 130
+    assert "Traceback" not in (child.before or "")
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain")
+        return samples(r.read().decode())
+
+
+def test_a_running_serve_is_scraped_and_watched(healthy_lab: Lab, tmp_path: Path) -> None:
+    lab = healthy_lab
+    m0, m1 = (m.serial for m in lab.members())
+    label = lab.group_label
+    s = start_serve(lab, tmp_path / "run", "--metrics-port", "0")
+    status = s.socket.with_name(s.socket.name + ".status")
+    w = None
+    try:
+        url = wait_log(s, "metrics at").split("metrics at ")[1].strip()
+        assert url.startswith("http://127.0.0.1:")  # loopback by default
+        assert stat.S_IMODE(status.stat().st_mode) == 0o600
+        w = Watcher("ha", "status", "--watch", "--json", "--socket", str(status),
+                    "--interval", "0.2")
+        first = json.loads(w.next_line(m0))
+        assert (first["group"], first["from"], first["to"]) == (label, None, "alive")
+
+        def total(found: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+                  name: str) -> float:
+            return sum(v for (n, _), v in found.items() if n == name)
+
+        before = scrape(url)
+        client = python_client(s, 3)
+        _out, err = client.communicate(timeout=120)
+        assert client.returncode == 0, err
+        after = scrape(url)
+        assert total(after, "hacli_calls_total") > total(before, "hacli_calls_total")
+        assert (total(after, "hacli_call_duration_seconds_count")
+                == total(after, "hacli_calls_total"))
+        assert value(after, "hacli_member_up", group=label, member=m0) == 1
+
+        lab.fail(m0)
+        client = python_client(s, 3)  # its calls meet the dead member and fail over
+        _out, err = client.communicate(timeout=120)
+        assert client.returncode == 0, err
+        down = json.loads(w.next_line(rf'"member": "{m0}".*"to": "down"'))
+        assert down["from"] == "alive" and down["reason"].startswith("CKR_")
+        crashed = scrape(url)
+        assert value(crashed, "hacli_member_up", group=label, member=m0) == 0
+        assert value(crashed, "hacli_member_up", group=label, member=m1) == 1
+        assert value(crashed, "hacli_member_failures_total", group=label, member=m0) == 1
+        assert value(crashed, "hacli_member_state_seconds", group=label, member=m0,
+                     state="down") >= 0
+    finally:
+        if w is not None:
+            w.interrupt()
+        lab.restore(m0)
+        stop_serve(s)
+    assert not status.exists()  # removed with the main socket
+
+
+def test_watching_a_serve_that_stops_ends_with_one_error_line(lab: Lab,
+                                                              tmp_path: Path) -> None:
+    s = start_serve(lab, tmp_path / "run")
+    status = s.socket.with_name(s.socket.name + ".status")
+    w = Watcher("ha", "status", "--watch", "--socket", str(status), "--interval", "0.2")
+    w.next_line(r" -> alive$")
+    stop_serve(s)
+    assert w.proc.wait(timeout=60) == 1
+    assert w.proc.stderr is not None
+    assert w.proc.stderr.read().splitlines() == [
+        "Error: the status socket closed: hacli serve stopped"]
