@@ -75,7 +75,7 @@ def metrics_endpoint(port: int | None, address: str, source: Source) -> Iterator
 @contextlib.contextmanager
 def status_socket(engine: Engine, path: Path) -> Iterator[None]:
     """The status socket ``PATH.status`` for the block."""
-    from hacli.metrics.watch import StatusServer
+    from hacli.serve.status import StatusServer
 
     watchers = StatusServer(engine, path)
     watchers.start()
@@ -117,9 +117,9 @@ def serve(socket_path: str, groups: tuple[str, ...], members: bool,
     PATH.status`; --metrics-port serves Prometheus metrics.
     """
     from hacli.engine import Engine
-    from hacli.metrics.watch import status_path
     from hacli.serve.calls import Service
     from hacli.serve.server import Server, check_socket_path
+    from hacli.serve.status import status_path
 
     config = app().config()
     known = [g.label for g in config.groups]
