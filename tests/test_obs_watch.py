@@ -7,6 +7,7 @@ through p11-kit-client and a lab member is crashed.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import signal
@@ -84,12 +85,16 @@ def test_watch_in_a_pty_shows_the_live_view(healthy_lab: Lab) -> None:
     m0, m1 = (m.serial for m in healthy_lab.members())
     child = pexpect.spawn(HACLI, ["--conf", str(healthy_lab.conf_path), "ha", "status",
                                   "--watch", "--interval", "0.2"],
-                          encoding="utf-8", timeout=20, dimensions=(40, 200))
+                          encoding="utf-8", timeout=20, dimensions=(40, 200),
+                          # the pty's size, not one inherited from the test run
+                          env={k: v for k, v in os.environ.items()
+                               if k not in ("COLUMNS", "LINES")})
     try:
         child.expect(rf"{m1}[^\n]*alive")
         child.expect_exact("Ops/s")
         healthy_lab.fail(m1)
-        child.expect(rf"{m1}[^\n]*down")  # the view redrawn with the member down
+        # the view redrawn with the member down: recovery attempts, unlimited (reconnAtt -1)
+        child.expect(rf"{m1}[^\n]*down[^\n]*unlimited")
         child.expect_exact(m0)
     finally:
         child.sendintr()

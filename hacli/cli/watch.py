@@ -79,7 +79,10 @@ class LiveView:
             for g in self._snap["groups"]:
                 for m in g["members"]:
                     if g["label"] == msg["group"] and m["serial"] == msg["member"]:
+                        if msg["to"] == "down" and m["alive"]:
+                            m["last_failure"] = msg["time"]
                         m.update(state=msg["to"], since=msg["time"],
+                                 alive=msg["to"] in ("alive", "synchronising"),
                                  attempts_used=msg["attempts_used"],
                                  attempts_left=msg["attempts_left"],
                                  next_attempt=msg["next_attempt"])

@@ -46,6 +46,9 @@ class StatusServer:
         self.path = path
         self._changes: queue.SimpleQueue[StateChange] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
+        # the listener writes under a group's lock: a full pipe must not block it
+        # (the thread reads every queued change at the next wake-up anyway)
+        os.set_blocking(self._wake_w, False)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
