@@ -78,7 +78,7 @@ def test_watch_through_a_pipe_prints_a_line_per_state_change(healthy_lab: Lab) -
         w.next_line(rf"Z {label} {m0} alive -> down CKR_\w+$")
     finally:
         err = w.interrupt()
-    assert err.strip() == "", err
+    assert err.strip() == "", err  # click ends a Ctrl-C with a newline on stderr
 
 
 def test_watch_in_a_pty_shows_the_live_view(healthy_lab: Lab) -> None:
