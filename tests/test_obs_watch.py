@@ -165,7 +165,8 @@ def test_watching_a_serve_that_stops_ends_with_one_error_line(lab: Lab,
                                                               tmp_path: Path) -> None:
     s = start_serve(lab, tmp_path / "run")
     status = s.socket.with_name(s.socket.name + ".status")
-    w = Watcher("ha", "status", "--watch", "--socket", str(status), "--interval", "0.2")
+    assert status.exists()  # found beside the serve's own socket, given here
+    w = Watcher("ha", "status", "--watch", "--socket", str(s.socket), "--interval", "0.2")
     w.next_line(r" -> alive$")
     stop_serve(s)
     assert w.proc.wait(timeout=60) == 1

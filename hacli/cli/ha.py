@@ -206,7 +206,7 @@ def ha() -> None:
               metavar="S", help="With --watch: seconds between refreshes.")
 @click.option("--socket", "socket_path", type=click.Path(dir_okay=False), metavar="PATH",
               help="With --watch: watch a running `hacli serve` through its status "
-                   "socket (the serve's --socket PATH plus .status).")
+                   "socket PATH.status (the serve's --socket PATH works too).")
 @click.option("--prometheus", is_flag=True,
               help="Print the Prometheus text format (for node-exporter's textfile "
                    "collector) instead of the table.")
@@ -232,8 +232,11 @@ def status(label: str | None, as_json: bool, watch: bool, interval: float,
             raise UsageError("--group: with --socket the serve decides what is watched")
         from hacli.cli.watch import watch as run_watch
         from hacli.metrics.watch import SocketFeed
+        from hacli.serve.status import status_path
 
-        run_watch(SocketFeed(socket_path), interval, as_json)
+        # the serve's own --socket PATH will do too: its status socket is beside it
+        beside = status_path(Path(socket_path))
+        run_watch(SocketFeed(beside if beside.exists() else socket_path), interval, as_json)
         return int(ExitStatus.OK)
     from hacli.engine import Engine
 
