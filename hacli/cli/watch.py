@@ -19,8 +19,13 @@ from typing import Any, Protocol
 
 import click
 
+from hacli.engine.member import SERVING_STATES, MemberState
 from hacli.errors import HacliError
 from hacli.metrics.watch import CHANGE, END, SNAPSHOT, Message, epoch, initial_changes
+
+#: The member states as the messages spell them (hacli.engine.member's table).
+ALIVE, DOWN = MemberState.ALIVE.value, MemberState.DOWN.value
+SERVING = frozenset(s.value for s in SERVING_STATES)
 
 
 class Feed(Protocol):
@@ -36,7 +41,7 @@ class Feed(Protocol):
 def change_line(msg: Message) -> str:
     """A change as one text line: time, group, member, ``from -> to``, reason."""
     old = msg["from"] or "-"
-    reason = f" {msg['reason']}" if msg["reason"] and msg["to"] == "down" else ""
+    reason = f" {msg['reason']}" if msg["reason"] and msg["to"] == DOWN else ""
     return f"{msg['time']} {msg['group']} {msg['member']} {old} -> {msg['to']}{reason}"
 
 
@@ -79,10 +84,10 @@ class LiveView:
             for g in self._snap["groups"]:
                 for m in g["members"]:
                     if g["label"] == msg["group"] and m["serial"] == msg["member"]:
-                        if msg["to"] == "down" and m["alive"]:
+                        if msg["to"] == DOWN and m["alive"]:
                             m["last_failure"] = msg["time"]
                         m.update(state=msg["to"], since=msg["time"],
-                                 alive=msg["to"] in ("alive", "synchronising"),
+                                 alive=msg["to"] in SERVING,
                                  attempts_used=msg["attempts_used"],
                                  attempts_left=msg["attempts_left"],
                                  next_attempt=msg["next_attempt"])
@@ -107,11 +112,11 @@ class LiveView:
             for m in g["members"]:
                 last = epoch(m["last_failure"])
                 nxt = epoch(m["next_attempt"])
-                down = not m["alive"] and m["state"] != "synchronising"
+                down = not m["alive"]
                 left = m["attempts_left"]
                 t.add_row(
                     m["serial"],
-                    Text(m["state"], style="green" if m["state"] == "alive" else "red"),
+                    Text(m["state"], style="green" if m["state"] == ALIVE else "red"),
                     str(m["in_flight"]),
                     f"{self._rates.get((g['label'], m['serial']), 0.0):.1f}",
                     _ago(None if last is None else now - last),
