@@ -66,7 +66,8 @@ def metrics_endpoint(port: int | None, address: str, source: Source) -> Iterator
         raise UsageError(f"--metrics-port: cannot listen on {address} port {port}: "
                          f"{reason}") from e
     try:
-        yield f"http://{address}:{http.server_port}/metrics"
+        host = f"[{address}]" if ":" in address else address  # an IPv6 address
+        yield f"http://{host}:{http.server_port}/metrics"
     finally:
         http.shutdown()
         http.server_close()
