@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from enginehelpers import make_engines, wait_for
 from pkcs11 import KeyType, Mechanism
 from prometheus_client.parser import text_string_to_metric_families
 
+from hacli.cli.serve import metrics_endpoint
 from hacli.conf.model import load_settings
 from hacli.conf.store import load as load_file
 from hacli.engine import CKRError, Engine
@@ -152,6 +154,22 @@ def test_ha_status_prometheus_prints_the_exposition(lab: Lab) -> None:
 ])
 def test_bad_watch_and_prometheus_options(lab: Lab, args: list[str]) -> None:
     assert_one_error_line(run("--conf", str(lab.conf_path), *args), 2)
+
+
+def test_metrics_address_needs_a_port(lab: Lab, tmp_path: Path) -> None:
+    res = run("--conf", str(lab.conf_path), "serve", "--socket", str(tmp_path / "s.sock"),
+              "--metrics-address", "0.0.0.0")
+    assert_one_error_line(res, 2)
+    assert "--metrics-address needs --metrics-port" in res.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_metrics_endpoint_on_ipv6_loopback() -> None:
+    with metrics_endpoint(0, "::1", list) as url:
+        assert url is not None and url.startswith("http://[::1]:")
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.status == 200
+            assert "# TYPE hacli_member_up gauge" in r.read().decode()
 
 
 def test_metrics_port_in_use_is_one_error_line(lab: Lab, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -122,6 +123,18 @@ def test_a_running_serve_is_scraped_and_watched(healthy_lab: Lab, tmp_path: Path
         url = wait_log(s, "metrics at").split("metrics at ")[1].strip()
         assert url.startswith("http://127.0.0.1:")  # loopback by default
         assert stat.S_IMODE(status.stat().st_mode) == 0o600
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.settimeout(30)
+            raw.connect(str(status))
+            lines = raw.makefile("rb")
+            snap = json.loads(lines.readline())  # a snapshot on connect
+            assert snap["type"] == "snapshot" and snap["time"].endswith("Z")
+            (group,) = snap["groups"]
+            assert group["label"] == label
+            assert [m["serial"] for m in group["members"]] == [m0, m1]
+            assert {m["state"] for m in group["members"]} == {"alive"}
+            raw.sendall(b"\n")  # and another for every line the watcher writes
+            assert json.loads(lines.readline())["type"] == "snapshot"
         w = Watcher("ha", "status", "--watch", "--json", "--socket", str(status),
                     "--interval", "0.2")
         first = json.loads(w.next_line(m0))
