@@ -186,3 +186,37 @@ def test_watching_a_serve_that_stops_ends_with_one_error_line(lab: Lab,
     assert w.proc.stderr is not None
     assert w.proc.stderr.read().splitlines() == [
         "Error: the status socket closed: hacli serve stopped"]
+
+
+def test_live_view_ops_per_second_and_changes() -> None:
+    """The view's arithmetic on messages as a serve sends them: operations per
+    second from two snapshots' call counts, a change line applied at once."""
+    from rich.console import Console
+
+    from hacli.cli.watch import LiveView
+
+    def snap(calls: int) -> dict[str, object]:
+        member = {"serial": "m0", "state": "alive", "alive": True, "in_flight": 2,
+                  "calls": calls, "errors": 0, "failures": 0, "recoveries": 0,
+                  "failovers": 0, "gave_ups": 0, "since": "2026-01-01T00:00:00.000Z",
+                  "last_failure": None, "last_error": None, "attempts_used": None,
+                  "attempts_left": None, "next_attempt": None}
+        return {"type": "snapshot", "time": "2026-01-01T00:00:00.000Z",
+                "groups": [{"label": "g", "serial": "1m0", "members": [member]}]}
+
+    def shown(view: LiveView) -> str:
+        console = Console(width=200, record=True, color_system=None)
+        console.print(view.render())
+        return console.export_text()
+
+    view = LiveView()
+    view.update(snap(0))
+    assert re.search(r"m0\s+│ alive │ 2\s+│ 0\.0 ", shown(view))
+    view.update(snap(10))  # 10 calls since the last snapshot
+    found = re.search(r"m0\s+│ alive │ 2\s+│ ([\d.]+) ", shown(view))
+    assert found and float(found.group(1)) > 0
+    view.update({"type": "change", "time": "2026-01-01T00:00:01.000Z", "group": "g",
+                 "member": "m0", "from": "alive", "to": "down", "reason": "CKR_DEVICE_ERROR",
+                 "attempts_used": 0, "attempts_left": 3, "next_attempt": None})
+    assert re.search(r"m0\s+│ down\s+│ 2\s+│ [\d.]+\s+│ \d+[smh]\S*\s+│ 0\s+│ 3\s+│ -",
+                     shown(view))
