@@ -163,8 +163,13 @@ def test_haonly_recoverymode_halog(tmp_path: Path) -> None:
     res = run(*c, "halog", "--enable", "--path", "/var/log/ha", "--maxlength", "4096")
     assert res.code == 0, res.err
     shown = json.loads(run(*c, "halog", "--show", "--json").out)
-    assert shown == {"ha_log": True, "ha_log_path": "/var/log/ha", "log_len": 4096}
+    assert shown == {"ha_log": True, "ha_log_path": "/var/log/ha", "log_len": 4096,
+                     "ha_log_format": "text"}
+    assert run(*c, "halog", "--format", "json").code == 0
+    assert "haLogFormat = json;" in conf.read_text()
+    assert "HA log format: json" in run(*c, "halog", "--show").out
     before = conf.read_bytes()
+    assert_one_error_line(run(*c, "halog", "--format", "xml"), 2)
     assert_one_error_line(run(*c, "halog", "--maxlength", "10"), 2)
     assert_one_error_line(run(*c, "haonly", "--enable", "--disable"), 2)
     assert_one_error_line(run(*c, "recoverymode", "--mode", "lazy"), 2)

@@ -117,6 +117,7 @@ def load_settings(doc: Document) -> HASettings:
         ha_log_enabled=typed(doc, HACONF, "haLogStatus") == "enabled",
         ha_log_path=log_path,
         log_len=typed_int(doc, HACONF, "logLen"),
+        ha_log_format=str(typed(doc, HACLI_SECTION, "haLogFormat")),
         recovery_mode=str(typed(doc, VT, "VirtualTokenActiveRecovery")),
         receive_timeout_ms=typed_int(doc, CLIENT, "ReceiveTimeout"),
         multipart_journal_bytes=typed_int(doc, HACLI_SECTION, "MultipartJournalBytes"),

@@ -33,6 +33,8 @@ class HASettings:
     ha_log_path: str | None = None
     #: ``logLen``: rotate the HA log past this many bytes.
     log_len: int = 100_000_000
+    #: ``haLogFormat`` (hacli's section): ``text`` (Luna's lines) or ``json``.
+    ha_log_format: str = "text"
     #: ``VirtualTokenActiveRecovery``.
     recovery_mode: str = "activeBasic"
     #: ``ReceiveTimeout`` (``LunaSA Client``), milliseconds: the command timeout.

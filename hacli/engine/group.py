@@ -53,6 +53,7 @@ from hacli.engine.recovery import Recovery
 from hacli.engine.replicas import Replicas
 from hacli.engine.replication import ident_of
 from hacli.engine.session import VirtualSession
+from hacli.engine.stats import MemberMetrics
 from hacli.engine.sync import Synchronisation
 from hacli.engine.types import (
     GroupStatus,
@@ -392,6 +393,10 @@ class HAGroup:
         """Operations served per member (for ``multitoken``)."""
         with self.members_set.lock:
             return {m.serial: m.ops for m in self.members}
+
+    def metrics(self) -> tuple[MemberMetrics, ...]:
+        """Every member's counters and state now (for metrics and ``--watch``)."""
+        return self.members_set.metrics()
 
     def member_states(self) -> dict[str, MemberState]:
         with self.members_set.lock:

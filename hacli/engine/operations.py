@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -145,6 +146,7 @@ class Operations:
                 raise ModuleUnavailable(m.serial, "connection replaced")
             return action(op)
 
+        started = time.monotonic()
         try:
             result = m.run(task, operation=operation)
             ok = True
@@ -159,7 +161,7 @@ class Operations:
                 raise
             raise request_error(e, operation, m.serial) from e
         finally:
-            self._members.balancer.done(m, ok)
+            self._members.balancer.done(m, ok, operation, time.monotonic() - started)
 
     def _replay(self, op: MultiPart, operation: str, failed: Member) -> None:
         """``op``'s member ``failed``: begin it again on a member that serves

@@ -172,6 +172,22 @@ class _Link:
             t.join()
 
 
+def bind_owner_only(path: Path) -> socket.socket:
+    """A unix stream socket bound at ``path``, created mode 0600 (under a 0177
+    umask, so it is never wider, not even for a moment); errors are
+    :class:`UsageError`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"--socket: cannot bind {path}: {e.strerror or e}") from e
+    finally:
+        os.umask(old)
+    return sock
+
+
 class Server:
     """Serves a :class:`Service` on a unix socket until :meth:`stop`."""
 
@@ -195,15 +211,7 @@ class Server:
     def listen(self) -> None:
         """Create the socket (0600) and listen; errors are :class:`UsageError`."""
         check_socket_path(self.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(str(self.path))
-        except OSError as e:
-            sock.close()
-            raise UsageError(f"--socket: cannot bind {self.path}: {e.strerror}") from e
-        finally:
-            os.umask(old)
+        sock = bind_owner_only(self.path)
         # owner only; with --allow-uid others must be able to connect, and the
         # peer credentials of every connection decide instead
         os.chmod(self.path, 0o666 if self.allowed - {os.getuid()} else 0o600)
