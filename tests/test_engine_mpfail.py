@@ -242,3 +242,45 @@ def test_replay_with_other_output_is_refused(healthy_lab, engine_factory, tmp_pa
             assert g.recover_now(serving)
             s.destroy_object(aes)
     assert events(tmp_path, "multipart-replay-mismatch") == [f"{serving} CKR_DEVICE_ERROR"]
+
+
+def test_a_step_whose_operation_was_aborted_meanwhile_moves_on(healthy_lab, engine_factory,
+                                                               monkeypatch) -> None:
+    """Soak finding: a step checked that its member served, then another call
+    marked that member down and the abort queued for its operation ran first;
+    the step met an ended operation and the application got a RuntimeError
+    ("multi-part operation already ended").  The step now takes it as the
+    member's failure: the operation moves to the other member."""
+    import pkcs11
+
+    lab = healthy_lab
+    engine = engine_factory(lab)
+    g = engine.group()
+    iv = bytes(range(16))
+    plain = os.urandom(16 * 64)
+    with g.open_session() as s:
+        s.login(lab.pin())
+        aes = s.generate_key(KeyType.AES, 256, label="mpfail-race")
+        cipher = s.encrypt(aes, plain, mechanism=Mechanism.AES_CBC, mechanism_param=iv)
+        s.decrypt_init(aes, mechanism=Mechanism.AES_CBC, mechanism_param=iv)
+        out = [s.decrypt_update(cipher[:256])]
+        serving = g.members_set.get(s.active_operations()["decrypt"])
+        assert serving.conn is not None
+        instance = serving.conn.instance
+        driver = s._ops._ops["decrypt"].driver  # the operation's helper on that member
+        op_driver_done = []
+        real_call = instance.call
+
+        def call_after_the_member_was_marked_down(fn, *args, **kw):  # type: ignore[no-untyped-def]
+            # between the step's check and its call: another call marks the
+            # member down, and its abort of the operation runs first
+            monkeypatch.setattr(instance, "call", real_call)
+            g.members_set.mark_failed(serving, pkcs11.DeviceError())
+            op_driver_done.append(driver.join(5))
+            return real_call(fn, *args, **kw)
+
+        monkeypatch.setattr(instance, "call", call_after_the_member_was_marked_down)
+        out.append(s.decrypt_update(cipher[256:]))
+        out.append(s.decrypt_final())
+        assert op_driver_done == [True] and b"".join(out) == plain
+        assert s.active_operations() == {}

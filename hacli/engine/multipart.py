@@ -210,7 +210,7 @@ class StepDriver:
         with self._cond:
             if self._done:
                 self._raise_if_failed()
-                raise RuntimeError("multi-part operation already ended")
+                raise OperationEnded("multi-part operation already ended")
             self._inbox = (kind, chunk)
             self._cond.notify_all()
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -249,6 +249,12 @@ class StepDriver:
             with self._cond:
                 self._error = None
                 self._out = []
+
+
+class OperationEnded(RuntimeError):
+    """A step reached a helper whose operation had ended: aborted meanwhile,
+    because its member was marked down by another call (see
+    :meth:`hacli.engine.operations.Operations.member_failed`)."""
 
 
 # ---------------------------------------------------------------------------
@@ -458,6 +464,6 @@ def body_for(kind: str, target: Any, mechanism: Any, param: Any,
     raise ValueError(f"unknown operation kind {kind!r}")
 
 
-__all__ = ["FUNCTIONS", "KINDS", "MultiPart", "StepDriver", "body_for", "drop_session",
-           "feed", "feed_raw", "finish", "give_back", "key_on", "signature_length",
+__all__ = ["FUNCTIONS", "KINDS", "MultiPart", "OperationEnded", "StepDriver", "body_for",
+           "drop_session", "feed", "feed_raw", "finish", "give_back", "key_on", "signature_length",
            "take_session"]

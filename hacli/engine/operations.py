@@ -157,6 +157,10 @@ class Operations:
                 with self._members.lock:
                     op.dead = CKR.DEVICE_ERROR
                 raise _MemberLost(m) from e
+            if isinstance(e, multipart.OperationEnded) and op.dead is not None:
+                # another call marked the member down after this step set
+                # out, and its abort ended the operation first (soak finding)
+                raise _MemberLost(m) from e
             if isinstance(e, ReplayMismatch):
                 raise
             raise request_error(e, operation, m.serial) from e
