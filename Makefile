@@ -61,6 +61,7 @@ soak: install
 	$(PY) -m pytest -q -m soak tests/test_soak.py
 	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-60} --mode activeBasic
 	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-60} --mode activeEnhanced
+	$(PY) bench/confsoak.py --runs $${CONFSOAK_RUNS:-1000} --concurrency 16
 
 completions: install
 	$(PY) scripts/gen_completions.py
