@@ -236,30 +236,46 @@ def parse_int(text: str, low: int, high: int) -> int:
     return value
 
 
-def existing_file(text: str) -> Path:
+def _path(text: str) -> Path:
+    """``text`` as a path, ``~`` and ``~user`` expanded."""
     if not text:
         raise BadAnswer("Enter a file name.")
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise BadAnswer(f"No such file: {text}")
-    if not path.is_file():
-        raise BadAnswer(f"Not a regular file: {text}")
+    if "\0" in text:  # the system cannot even look such a name up
+        raise BadAnswer("A file name cannot contain a NUL character.")
     try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user of no such user, or no home directory
+        raise BadAnswer(f"Cannot find the home directory in {text}") from None
+
+
+def _cannot(verb: str, text: str, e: OSError) -> BadAnswer:
+    """A file the system refuses to look at (name too long, no permission): ask again."""
+    return BadAnswer(f"Cannot {verb} {text}: {e.strerror or e}")
+
+
+def existing_file(text: str) -> Path:
+    path = _path(text)
+    try:
+        if not path.exists():
+            raise BadAnswer(f"No such file: {text}")
+        if not path.is_file():
+            raise BadAnswer(f"Not a regular file: {text}")
         with path.open("rb"):
             pass
     except OSError as e:
-        raise BadAnswer(f"Cannot read {text}: {e.strerror}") from None
+        raise _cannot("read", text, e) from None
     return path
 
 
 def writable_file(text: str) -> Path:
-    if not text:
-        raise BadAnswer("Enter a file name.")
-    path = Path(text).expanduser()
-    if path.is_dir():
-        raise BadAnswer(f"{text} is a directory; enter a file name.")
-    if not path.parent.is_dir():
-        raise BadAnswer(f"No such directory: {path.parent}")
+    path = _path(text)
+    try:
+        if path.is_dir():
+            raise BadAnswer(f"{text} is a directory; enter a file name.")
+        if not path.parent.is_dir():
+            raise BadAnswer(f"No such directory: {path.parent}")
+    except OSError as e:
+        raise _cannot("write", text, e) from None
     return path
 
 
