@@ -18,8 +18,12 @@ other run makes, so every change can be looked for afterwards:
   ``VirtualTokenNN`` allows.
 
 A random ``--kill-fraction`` of the runs gets SIGKILL at a random moment of
-its life (most land while it loads, checks or writes the file).  Exit 0 is an
-acknowledgement.  The checks:
+its life: from start-up to a little past how long runs take at the moment.
+Exit 0 is an acknowledgement.  The report counts the killed runs whose change
+was in place all the same (killed between the rename and the exit) and those
+that were caught writing (their temporary file was seen: a lower bound, as
+the next writer removes it).  Both windows are short, so most kills land
+before the write.  The checks:
 
 * after every run ends (killed or not) the file parses and its HA model
   validates (:func:`hacli.conf.model.load_config`);
@@ -42,6 +46,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,6 +86,8 @@ class Run:
     kill_after: float | None = None  # seconds; None: let it finish
     code: int | None = None  # exit status; negative: killed by that signal
     stderr: str = ""
+    seconds: float = 0.0  # how long it ran
+    left_temporary: bool = False  # killed while writing: its temporary file was there
 
     @property
     def killed(self) -> bool:
@@ -133,13 +140,17 @@ class Scheduler:
         self.kill_fraction = kill_fraction
         self.lock = threading.Lock()
         self.deletable: list[str] = []  # acknowledged creations no deletion was started for
+        self.durations: list[float] = []  # of the last runs that were not killed
 
     def next(self, index: int) -> Run:
         with self.lock:
             run = self._plan_run(index)
             if self.rng.random() < self.kill_fraction:
-                # hacli takes ~0.1-0.3 s here: most kills land inside the run
-                run.kill_after = self.rng.uniform(0.0, 0.3)
+                # Anywhere from start-up to a little past a typical run's end (how
+                # long a run takes depends on the machine's load): most kills land
+                # while the run loads, checks or writes the file.
+                typical = statistics.median(self.durations) if self.durations else 0.3
+                run.kill_after = self.rng.uniform(0.1, 1.2) * typical
             return run
 
     def _plan_run(self, index: int) -> Run:
@@ -175,13 +186,16 @@ class Scheduler:
         return run
 
     def finished(self, run: Run) -> None:
-        if run.kind == "create" and run.acknowledged:
-            with self.lock:
+        with self.lock:
+            if run.kind == "create" and run.acknowledged:
                 self.deletable.append(run.target)
+            if not run.killed:
+                self.durations = [*self.durations[-31:], run.seconds]
 
 
-def execute(run: Run, env: dict[str, str]) -> None:
+def execute(run: Run, conf: Path, env: dict[str, str]) -> None:
     """Start the run, SIGKILL it after ``kill_after`` if it is still going, reap it."""
+    start = time.monotonic()
     proc = subprocess.Popen([HACLI, *run.args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                             text=True)
@@ -191,7 +205,11 @@ def execute(run: Run, env: dict[str, str]) -> None:
                 proc.wait(timeout=run.kill_after)
             except subprocess.TimeoutExpired:
                 proc.kill()  # SIGKILL
+                proc.wait()
+                # the next writer removes it: seen or not is a race, so a lower bound
+                run.left_temporary = any(f"-{proc.pid}-" in name for name in temporaries(conf))
         _, run.stderr = proc.communicate(timeout=RUN_TIMEOUT)
+        run.seconds = time.monotonic() - start
     except subprocess.TimeoutExpired:
         proc.kill()
         _, run.stderr = proc.communicate()
@@ -266,6 +284,20 @@ def verify(doc: Document, plan: Plan, runs: list[Run]) -> list[str]:
     return problems
 
 
+def killed_landed(doc: Document, plan: Plan) -> int:
+    """How many killed runs had made their change before the kill (the others
+    died before their write): a soak whose kills all land on one side of the
+    write proves less."""
+    groups = {g.label: g for g in load_config(doc).groups}
+    members = {m for g in groups.values() for m in g.members}
+    landed = [label in groups for label, r in plan.created.items()
+              if r.killed and label not in plan.deleting]
+    landed += [doc.get(SOAK_SECTION, key) is not None for key, r in plan.sets.items() if r.killed]
+    landed += [serial in members for serial, r in plan.added.items() if r.killed]
+    landed += [label not in groups for label, r in plan.deleting.items() if r.killed]
+    return sum(landed)
+
+
 def _added_to(run: Run) -> str:
     return run.args[run.args.index("-g") + 1]
 
@@ -285,6 +317,8 @@ class Report:
     seconds: float
     acknowledged: int
     killed: int
+    killed_after_write: int
+    killed_while_writing: int
     by_kind: dict[str, int]
     checks_between_runs: int
     problems: list[str]
@@ -309,7 +343,7 @@ def soak(workdir: Path, runs: int, concurrency: int, kill_fraction: float, seed:
     def one(index: int) -> None:
         nonlocal checks
         run = scheduler.next(index)
-        execute(run, env)
+        execute(run, conf, env)
         scheduler.finished(run)
         problem = file_problem(conf)
         with done_lock:
@@ -326,9 +360,11 @@ def soak(workdir: Path, runs: int, concurrency: int, kill_fraction: float, seed:
         for future in [pool.submit(one, i) for i in range(runs)]:
             future.result()
     seconds = time.monotonic() - start
+    landed = 0
     try:
         doc = store.load(conf)
         problems += verify(doc, plan, done)
+        landed = killed_landed(doc, plan)
     except ConfError as e:
         problems.append(f"the final file is broken: {e}")
     # One last ordinary write clears what killed writers left behind.
@@ -342,7 +378,8 @@ def soak(workdir: Path, runs: int, concurrency: int, kill_fraction: float, seed:
     for run in done:
         kinds[run.kind] = kinds.get(run.kind, 0) + 1
     return Report(runs, concurrency, seed, round(seconds, 1),
-                  sum(r.acknowledged for r in done), sum(r.killed for r in done), kinds,
+                  sum(r.acknowledged for r in done), sum(r.killed for r in done), landed,
+                  sum(r.left_temporary for r in done), kinds,
                   checks, problems)
 
 
@@ -373,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.by_kind.items()))
         print(f"confsoak: {report.runs} runs ({kinds}), {report.concurrency} at a time, "
               f"seed {report.seed}, {report.seconds} s")
-        print(f"  acknowledged {report.acknowledged}, killed {report.killed}, "
+        print(f"  acknowledged {report.acknowledged}, killed {report.killed} "
+              f"({report.killed_after_write} after their change was in place, at least "
+              f"{report.killed_while_writing} in the middle of writing it), "
               f"file checked {report.checks_between_runs} times between runs")
         for problem in report.problems:
             print(f"  PROBLEM: {problem}")
