@@ -149,7 +149,10 @@ def timeline(lab: Lab, config: HAConfig, pin: str, state_dir: Path, seconds: flo
             def work() -> None:
                 calls: list[tuple[float, float, bool]] = []
                 with target.worker() as o:
-                    ready.wait()
+                    try:
+                        ready.wait()
+                    except threading.BrokenBarrierError:
+                        return  # another worker got no session: the main thread says so
                     while (t0 := time.perf_counter()) < deadline:
                         try:
                             prepared.op(o)
@@ -163,7 +166,7 @@ def timeline(lab: Lab, config: HAConfig, pin: str, state_dir: Path, seconds: flo
             pool = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
             for t in pool:
                 t.start()
-            ready.wait()
+            ready.wait(timeout=60)  # BrokenBarrierError when a worker could not start
             members = [m.serial for m in group.members]
             plan = [(CRASH_AT, f"crash {members[0]}", lambda: lab.fail(members[0])),
                     (FREEZE_AT, f"freeze {members[1]}", lambda: lab.hang(members[1])),
