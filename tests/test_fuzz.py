@@ -114,12 +114,13 @@ def test_an_edit_is_refused_or_reads_back(text: str, path: str | None, section: 
 # -- the menu's answers -----------------------------------------------------------
 
 #: what people (and line noise) type: digits, signs, hex, blanks, control and
-#: wide characters, paths, a known PIN
-PIN = "4711-secret"
+#: wide characters, paths, the known PINs and other spellings of the numeric one
+PIN, NUMERIC_PIN = "4711-secret", "4711"
 _ANSWER = st.lists(st.sampled_from([
     "0", "1", "7", "99", "-", "+", "_", "0x", "0b", "ff", "e3", " ", "\t", ":", "y", "n",
     "yes", "\x00", "\x1b[A", "~", "~nosuchuser", "/", "..", "/tmp", "/dev/null",
     "/etc/passwd", "٣", "①", "x" * 300, "9" * 5000, PIN, "é",
+    NUMERIC_PIN, "47", "11", "4_711", "0x1267", "٤٧١١", "04711",
 ]) | st.text(max_size=4), max_size=6).map("".join)
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "int": lambda text: prompts.parse_int(text, 1, 10),
@@ -149,10 +150,21 @@ def test_file_names_the_system_refuses_are_asked_again(parser: Callable[[str], A
         parser(answer)
 
 
+@pytest.mark.parametrize("answer", ["4_711", "0x1267", "٤٧١١"])
+def test_another_spelling_of_a_numeric_pin_is_never_shown(answer: str) -> None:
+    # found by the fuzzing below: "4_711" at a number prompt was echoed, and its
+    # message quoted 4711, the PIN
+    p, out = _prompter([answer])
+    with pytest.raises(prompts.Quit):
+        p.ask_int("Slot", 1, 3)
+    assert out.getvalue() == ("Slot: <hidden>\n<hidden> is out of range; enter a number "
+                              "from 1 to 3.\nSlot: \n")
+
+
 def _prompter(answers: list[str]) -> tuple[prompts.Prompter, io.StringIO]:
     out = io.StringIO()
     p = prompts.Prompter(io.StringIO("".join(a + "\n" for a in answers)), out)
-    p.hide(PIN)
+    p.hide(PIN, NUMERIC_PIN)
     return p, out
 
 
@@ -178,7 +190,7 @@ def test_prompts_answer_ask_again_or_quit_and_never_show_the_pin(
     p, out = _prompter(answers)
     with contextlib.suppress(prompts.Quit):
         _PROMPTS[prompt](p)
-    assert PIN not in out.getvalue()
+    assert PIN not in out.getvalue() and NUMERIC_PIN not in out.getvalue()
 
 
 # -- the RPC server's frame reader and decoder --------------------------------------

@@ -23,7 +23,6 @@ terminal itself.
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import re
 import sys
@@ -79,12 +78,16 @@ class Prompter:
         text = answer.strip()
         if not text:
             return set()
+        # the number a prompt would read it as: `1_234`, `0x4d2` and `١٢٣٤` are
+        # all 1234, which a number prompt's message would quote
+        number = _number(text)
         found = {pin for pin in self._pins
-                 if text == pin or (len(pin) >= MIN_INNER and pin in answer)}
+                 if text == pin or (len(pin) >= MIN_INNER and pin in answer)
+                 or (number is not None and pin == str(number))}
         if found:
             found.add(text)
-            with contextlib.suppress(ValueError):
-                found.add(str(int(text, 0) if text.lower().startswith("0x") else int(text)))
+            if number is not None:
+                found.add(str(number))
         return found
 
     # -- output ------------------------------------------------------------
@@ -225,12 +228,18 @@ def redact(text: str, pins: set[str]) -> str:
 
 
 # -- parsers (pure; each raises BadAnswer with the message to show) --------------
-def parse_int(text: str, low: int, high: int) -> int:
+def _number(text: str) -> int | None:
+    """``text`` as a number prompt reads it (decimal, or hex after ``0x``); None if not one."""
     try:
-        value = int(text, 0) if text.lower().startswith("0x") else int(text)
+        return int(text, 0) if text.lower().startswith("0x") else int(text)
     except ValueError:
-        raise BadAnswer(f"'{text}' is not a number; enter a number from {low} to {high}.") \
-            from None
+        return None
+
+
+def parse_int(text: str, low: int, high: int) -> int:
+    value = _number(text)
+    if value is None:
+        raise BadAnswer(f"'{text}' is not a number; enter a number from {low} to {high}.")
     if not low <= value <= high:
         raise BadAnswer(f"{value} is out of range; enter a number from {low} to {high}.")
     return value
