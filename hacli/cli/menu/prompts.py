@@ -73,7 +73,8 @@ class Prompter:
 
         They are the PINs found and the answer itself; an answer equal to a PIN
         also hides the number it stands for (``0123456`` -> ``123456``), as a
-        number prompt's message would quote it.
+        number prompt's message would quote it, and an answer that stands for
+        a numeric PIN is one (``4_711``, ``0x1267`` for the PIN ``4711``).
         """
         text = answer.strip()
         if not text:
