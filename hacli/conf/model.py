@@ -38,6 +38,8 @@ CLIENT = "LunaSA Client"
 #: standby members (comma-separated, like ``Members``).
 GROUP_FIELDS = ("Label", "SN", "Members", "Standby")
 GROUP_KEY = re.compile(rf"^VirtualToken(\d\d)({'|'.join(GROUP_FIELDS)})$", re.IGNORECASE)
+#: ``NN`` has two digits: VirtualToken00 .. VirtualToken99
+MAX_GROUP_INDEX = 99
 MEMBER_KEY = re.compile(r"^Member(\d\d)(Serial|Library|Environment)$", re.IGNORECASE)
 
 
