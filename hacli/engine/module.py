@@ -356,13 +356,11 @@ def _peer_path(sock: socket.socket) -> str | None:
     return peer if isinstance(peer, str) else None
 
 
-def _peer_pid(inodes: Iterable[int]) -> int | None:
+def _peer_pid(sockets: Mapping[int, int]) -> int | None:
     """The pid of the process at the other end of the first of these sockets
-    that tells (``SO_PEERCRED``: the server that listened); None if none does."""
-    wanted = set(inodes)
-    for ino, fd in _socket_inodes().items():
-        if ino not in wanted:
-            continue
+    (inode -> fd) that tells (``SO_PEERCRED``: the server that listened); None
+    if none does."""
+    for ino, fd in sockets.items():
         sock = _borrow(fd, ino)
         if sock is None:
             continue
@@ -931,7 +929,8 @@ class ModuleInstance:
         if path is None or before is None:
             return
         new = [ino for ino in _socket_inodes() if ino not in before]
-        mine = frozenset(_sockets_to(path, new)) if new else frozenset()
+        connected = _sockets_to(path, new) if new else {}
+        mine = frozenset(connected)
         with _SOCKET_LOCK:
             for ino in self._sockets:
                 if _SOCKET_OWNERS.get(ino) == self.number:
@@ -939,7 +938,7 @@ class ModuleInstance:
             for ino in mine:
                 _SOCKET_OWNERS[ino] = self.number
         self._sockets = mine
-        self._server_pid = _peer_pid(mine)
+        self._server_pid = _peer_pid(connected)
 
     def _forget_sockets(self) -> None:
         with _SOCKET_LOCK:

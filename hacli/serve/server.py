@@ -80,6 +80,11 @@ def _stale(path: Path) -> bool:
     return False
 
 
+def dropped(e: ProtocolError | OSError) -> str:
+    """Why a connection ended, for its log line."""
+    return f"dropped: {e.strerror or e}" if isinstance(e, OSError) else f"dropped: {e}"
+
+
 #: Calls of one connection served at once: p11-kit's client sends the calls of
 #: its threads over one socket without waiting for each other's answers (each
 #: frame carries a code its answer repeats), so a client's threads reach
@@ -117,8 +122,7 @@ class _Link:
         try:
             self._take_turns()
         except (ProtocolError, OSError) as e:
-            self._close(f"dropped: {e.strerror or e}" if isinstance(e, OSError)
-                        else f"dropped: {e}")
+            self._close(dropped(e))
 
     def _take_turns(self) -> None:
         while True:
@@ -262,10 +266,8 @@ class Server:
         try:
             link.version = negotiate(conn)
             link.serve()
-        except ProtocolError as e:
-            link.why = f"dropped: {e}"
-        except OSError as e:
-            link.why = f"dropped: {e.strerror or e}"
+        except (ProtocolError, OSError) as e:
+            link.why = dropped(e)
         finally:
             link.end()
             try:
