@@ -499,6 +499,18 @@ def test_a_new_brace_file_never_starts_with_an_ini_header() -> None:
     assert doc.dumps() == b""
 
 
+@pytest.mark.parametrize("syntax", ["brace", "ini"])
+@pytest.mark.parametrize(("section", "key"), [("\ufeff", "K"), ("Misc\ufeff", "K"),
+                                              ("Misc", "\ufeffK")])
+def test_a_name_never_holds_a_byte_order_mark(syntax: str, section: str, key: str) -> None:
+    # found by tests/test_fuzz.py: a new file's first header `\ufeff = {` read
+    # back with the mark taken as the file's BOM, and no longer parsed
+    doc = Document.new(syntax)
+    with pytest.raises(ConfValueError, match="byte-order mark"):
+        doc.set(section, key, "v")
+    assert doc.dumps() == b""
+
+
 def test_semicolons_are_fine_in_ini_values() -> None:
     doc = Document.new("ini")
     doc.set("Misc", "Path", "C:\\a;C:\\b")

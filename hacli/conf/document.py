@@ -537,8 +537,16 @@ class Document:
         if text != text.strip():
             raise ConfValueError(f"{what} {text!r} has leading or trailing blanks")
 
+    @classmethod
+    def _check_name(cls, what: str, name: str) -> None:
+        cls._check_text(what, name)
+        if "\ufeff" in name:
+            # first in the file it would read back as the byte-order mark, and
+            # the name would lose it (found by fuzzing)
+            raise ConfValueError(f"{what} {name!r} contains a byte-order mark (U+FEFF)")
+
     def _check_key(self, key: str) -> None:
-        self._check_text("key", key)
+        self._check_name("key", key)
         if not key or "=" in key:
             raise ConfValueError(f"invalid key {key!r} (empty or contains '=')")
 
@@ -550,7 +558,7 @@ class Document:
             )
 
     def _check_section(self, section: str) -> None:
-        self._check_text("section name", section)
+        self._check_name("section name", section)
         forbidden = "={}" if self.syntax == "brace" else "[]"
         if not section or any(c in section for c in forbidden):
             raise ConfValueError(

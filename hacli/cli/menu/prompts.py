@@ -72,16 +72,16 @@ class Prompter:
         """The spellings to hide when ``answer`` is or holds a known PIN (empty: none).
 
         They are the PINs found and the answer itself; an answer equal to a PIN
-        also hides the number it stands for (``0123456`` -> ``123456``), as a
-        number prompt's message would quote it, and an answer that stands for
-        a numeric PIN is one (``4_711``, ``0x1267`` for the PIN ``4711``).
+        also hides the number it stands for (``0123456`` -> ``123456``), and an
+        answer that stands for a numeric PIN is one (``4_711``, ``0x1267`` and
+        ``٤٧١١`` for the PIN ``4711``).
         """
         text = answer.strip()
         if not text:
             return set()
-        # the number a prompt would read it as: `1_234`, `0x4d2` and `١٢٣٤` are
-        # all 1234, which a number prompt's message would quote
-        number = _number(text)
+        # a spelling of a numeric PIN is the PIN: `4_711`, `0x1267` and `٤٧١١`
+        # all stand for 4711
+        number = _stands_for(text)
         found = {pin for pin in self._pins
                  if text == pin or (len(pin) >= MIN_INNER and pin in answer)
                  or (number is not None and pin == str(number))}
@@ -229,20 +229,34 @@ def redact(text: str, pins: set[str]) -> str:
 
 
 # -- parsers (pure; each raises BadAnswer with the message to show) --------------
+#: What a number prompt takes: ASCII decimal digits, or hex after ``0x``
+#: (not Python's wider ``int()``, which also reads ``4_711`` and ``٤٧١١``)
+_NUMBER = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]+", re.ASCII)
+
+
 def _number(text: str) -> int | None:
     """``text`` as a number prompt reads it (decimal, or hex after ``0x``); None if not one."""
+    if not _NUMBER.fullmatch(text):
+        return None
+    return int(text, 16) if text[:2].lower() == "0x" else int(text)
+
+
+def _stands_for(text: str) -> int | None:
+    """The number ``text`` could be taken for by anyone's reading (``int()``'s wide one)."""
     try:
-        return int(text, 0) if text.lower().startswith("0x") else int(text)
+        return int(text, 0) if text[:2].lower() == "0x" else int(text)
     except ValueError:
         return None
 
 
 def parse_int(text: str, low: int, high: int) -> int:
+    """A number from ``low`` to ``high``; the messages quote the answer as typed
+    (never a re-formatted value, which could spell a PIN the answer does not)."""
     value = _number(text)
     if value is None:
         raise BadAnswer(f"'{text}' is not a number; enter a number from {low} to {high}.")
     if not low <= value <= high:
-        raise BadAnswer(f"{value} is out of range; enter a number from {low} to {high}.")
+        raise BadAnswer(f"{text} is out of range; enter a number from {low} to {high}.")
     return value
 
 
