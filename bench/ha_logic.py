@@ -98,7 +98,7 @@ def measure(config: Any, pin: str, calls: int, rounds: int) -> dict[str, dict[st
             m.run(lambda c, m=m: group._objects.resolve(m, c, vobj), operation="C_FindObjects")
             _cid, handle = vobj.real[m.serial]
             saved.append((conn, conn.work, handle, conn.objects[handle]))
-            conn.work = StubWork()
+            conn.lane.work = StubWork()  # lane 0: the one calls of one thread use
             conn.objects[handle] = StubKey(handle)
         stub_work, stub_key = StubWork(), StubKey(0)
         cases = {
@@ -120,7 +120,7 @@ def measure(config: Any, pin: str, calls: int, rounds: int) -> dict[str, dict[st
                 out[name] = {"ha_us": ha_us, "stub_us": stub_us, "logic_us": ha_us - stub_us}
         finally:
             for conn, work, handle, obj in saved:
-                conn.work = work
+                conn.lane.work = work
                 conn.objects[handle] = obj
             s.close()
     return out

@@ -16,14 +16,16 @@ from hacli.lab.procs import wait_until
 
 def lab_config(lab: Any, log_dir: Path, *, interval: int = 1, timeout_ms: int = 2000,
                reconn: int = -1, mode: str = "activeBasic", ha_only: bool = False,
-               synchronize: bool = False, standby: tuple[str, ...] = ()) -> HAConfig:
+               synchronize: bool = False, standby: tuple[str, ...] = (),
+               concurrency: int = HASettings.member_concurrency) -> HAConfig:
     """The lab's group as an HAConfig, as the lab's Chrystoki.conf has it (members
     behind the lab's own p11-kit build, which carries AES key wrap)."""
     ms = lab.members()
     return HAConfig(
         settings=HASettings(reconn_att=reconn, auto_reconnect_interval=interval,
                             receive_timeout_ms=timeout_ms, ha_log_enabled=True,
-                            ha_log_path=str(log_dir), recovery_mode=mode, ha_only=ha_only),
+                            ha_log_path=str(log_dir), recovery_mode=mode, ha_only=ha_only,
+                            member_concurrency=concurrency),
         groups=(GroupConf(0, lab.group_label, lab.group_serial, tuple(m.serial for m in ms),
                           synchronize=synchronize, standby=standby),),
         members={m.serial: MemberLocation(m.serial, lab.client_library, dict(m.env)) for m in ms},

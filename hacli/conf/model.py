@@ -119,6 +119,7 @@ def load_settings(doc: Document) -> HASettings:
         log_len=typed_int(doc, HACONF, "logLen"),
         recovery_mode=str(typed(doc, VT, "VirtualTokenActiveRecovery")),
         receive_timeout_ms=typed_int(doc, CLIENT, "ReceiveTimeout"),
+        member_concurrency=typed_int(doc, HACLI_SECTION, "MemberConcurrency"),
     )
 
 

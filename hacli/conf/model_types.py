@@ -18,7 +18,8 @@ RECOVERY_MODES = ("activeBasic", "activeEnhanced")
 
 @dataclass(frozen=True)
 class HASettings:
-    """Global HA settings (``HAConfiguration``, ``VirtualToken``, ``LunaSA Client``)."""
+    """Global HA settings (``HAConfiguration``, ``VirtualToken``, ``LunaSA Client``,
+    and hacli's own engine settings from ``hacli``)."""
 
     #: ``reconnAtt``: -1 = retry forever, 0 = auto-recovery off, 1..500 attempts.
     reconn_att: int = -1
@@ -36,6 +37,9 @@ class HASettings:
     recovery_mode: str = "activeBasic"
     #: ``ReceiveTimeout`` (``LunaSA Client``), milliseconds: the command timeout.
     receive_timeout_ms: int = 20_000
+    #: ``MemberConcurrency`` (``hacli``): calls at once per member connection
+    #: where the module is thread-safe (1 = one at a time).
+    member_concurrency: int = 4
 
 
 @dataclass(frozen=True)
