@@ -3,12 +3,12 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := softhsm2 p11-kit opensc gnutls-bin libengine-pkcs11-openssl
+DEB_PACKAGES := softhsm2 p11-kit opensc gnutls-bin libengine-pkcs11-openssl openjdk-17-jre-headless
 # The lab's own p11-kit (0.25.5 + hacli's RPC patch; see docs/lab.md).
 P11KIT_PREFIX := $(CURDIR)/$(VENV)/p11-kit
 P11KIT_STAMP := $(P11KIT_PREFIX)/.hacli-build-stamp
 
-.PHONY: test demo install deps p11kit lint bench soak completions clean
+.PHONY: test demo install deps p11kit lint bench bench-journal soak completions clean
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -44,16 +44,32 @@ lint: install
 	$(VENV)/bin/ruff check hacli tests bench scripts
 	$(VENV)/bin/mypy hacli
 
-# BENCH_ARGS go to ha_bench.py, e.g. BENCH_ARGS="--seconds 0.3 --rounds 2 --json bench.json"
-bench: install
+# The bench extra (matplotlib, for the pictures) goes into .venv only for `make bench`.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# BENCH_ARGS go to ha_bench.py, e.g. BENCH_ARGS="--seconds 0.3 --rounds 2 --json bench.json";
+# JOURNAL_BENCH_ARGS to mp_journal.py, e.g. JOURNAL_BENCH_ARGS="--rounds 2 --sequences 3";
+# PICTURES_ARGS to pictures.py, e.g. PICTURES_ARGS="--seconds 1 --timeline 20"
+bench: install $(BENCH_STAMP)
 	$(PY) bench/startup.py
 	$(PY) bench/ha_bench.py $(BENCH_ARGS)
 	$(PY) bench/ha_logic.py
+	$(PY) bench/serve_bench.py
+	$(PY) bench/mp_journal.py $(JOURNAL_BENCH_ARGS)
+	$(PY) bench/pictures.py $(PICTURES_ARGS)
+
+# the multi-part replay journal's cost alone (A/B: journal on, off)
+bench-journal: install
+	$(PY) bench/mp_journal.py $(JOURNAL_BENCH_ARGS)
 
 soak: install
 	$(PY) -m pytest -q -m soak tests/test_soak.py
 	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-60} --mode activeBasic
 	$(PY) bench/soak.py --seconds $${SOAK_SECONDS:-60} --mode activeEnhanced
+	$(PY) bench/confsoak.py --runs $${CONFSOAK_RUNS:-1000} --concurrency 16
 
 completions: install
 	$(PY) scripts/gen_completions.py

@@ -31,6 +31,14 @@ Every result is checked by something other than the call that made it:
   before the run (RFC 3394 over one wrapping key's ECB, the wrapped value
   known to the host) is unwrapped into a session key whose ECB ciphertext must
   equal that of a key created from the same value; then destroyed;
+* multi-part sequences, which survive a member's failure by being replayed
+  on another member from their journal (``MultipartJournalBytes``): an RSA
+  ``SHA256_RSA_PKCS`` sign of up to 64 KiB in random chunks
+  (``C_SignInit``/``Update``/``Final``), verified on the host; and, when the
+  slot offers ``CKM_AES_CBC_PAD``, a multi-part encrypt of up to 32 KiB whose
+  ciphertext must equal a single-part ``C_Encrypt`` with the same IV, then a
+  multi-part decrypt of it that must give the data back (no byte repeated or
+  lost across a replay).  Every step is a call of its own for the loss count;
 * ``C_Digest`` SHA-256/SHA-512 compared with hashlib; ``C_GenerateRandom``
   length;
 * key life cycles: session AES keys (generate, round trip, destroy), token AES

@@ -437,9 +437,11 @@ class Worker(threading.Thread):
         self.ops: list[tuple[Callable[[Any], None], float]] = [
             (self.rsa_sign, 3), (self.ec_sign, 2), (self.aes_round_trip, 3),
             (self.digest, 2), (self.random_bytes, 2), (self.session_key, 1), (self.token_key, 1),
-            (self.token_keypair, 0.3)]
+            (self.token_keypair, 0.3), (self.mp_sign, 1)]
         if fx.wrap is not None:
             self.ops.append((self.unwrap, 1))
+        if fx.aes_mech == Mechanism.AES_CBC_PAD:
+            self.ops.append((self.mp_aes_cbc, 1))
 
     def call(self, op: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         t0 = now()
@@ -495,6 +497,50 @@ class Worker(threading.Thread):
             bad = sig[:-1] + bytes([sig[-1] ^ 1])
             ok = self.call("C_Verify rsa", s.verify, fx.rsa_pub, data, bad, mechanism=mech)
             self.check(ok is False, "C_Verify", "tampered RSA signature accepted")
+
+    def chunks(self, data: bytes, most: int = 8192) -> list[bytes]:
+        """``data`` cut at random places (some chunks empty, most not)."""
+        out, at = [], 0
+        while at < len(data):
+            n = self.rng.randint(0, most)
+            out.append(data[at:at + n])
+            at += n
+        return out
+
+    def mp_sign(self, s: Any) -> None:
+        """Multi-part RSA sign (C_SignInit, updates, C_SignFinal) of up to 64 KiB,
+        verified on the host: a member failing in the middle must not show
+        (the operation is replayed on another member from its journal)."""
+        fx = self.soak.fixed
+        data = self.data(64 * 1024)
+        self.call("C_SignInit mp", s.sign_init, fx.rsa_priv, mechanism=Mechanism.SHA256_RSA_PKCS)
+        for chunk in self.chunks(data):
+            self.call("C_SignUpdate mp", s.sign_update, chunk)
+        sig = self.call("C_SignFinal mp", s.sign_final)
+        self.check(rsa_pkcs1_sha256_verify(fx.rsa_n, fx.rsa_e, data, sig), "C_SignFinal mp",
+                   "multi-part RSA signature does not verify on the host")
+
+    def mp_aes_cbc(self, s: Any) -> None:
+        """Multi-part AES-CBC-PAD encrypt, then decrypt, in random chunks: the
+        ciphertext must equal a single-part C_Encrypt's with the same IV (CBC
+        is deterministic), the plaintext the data; no byte twice or lost
+        across a replay."""
+        fx = self.soak.fixed
+        data, iv = self.data(32 * 1024), os.urandom(16)
+        mech = Mechanism.AES_CBC_PAD
+        self.call("C_EncryptInit mp", s.encrypt_init, fx.aes, mechanism=mech, mechanism_param=iv)
+        ct = b"".join([self.call("C_EncryptUpdate mp", s.encrypt_update, c)
+                       for c in self.chunks(data, 4096)])
+        ct += self.call("C_EncryptFinal mp", s.encrypt_final)
+        one = self.call("C_Encrypt mp-ref", s.encrypt, fx.aes, data, mechanism=mech,
+                        mechanism_param=iv)
+        self.check(ct == one, "C_EncryptFinal mp",
+                   "multi-part AES-CBC ciphertext differs from the single-part one")
+        self.call("C_DecryptInit mp", s.decrypt_init, fx.aes, mechanism=mech, mechanism_param=iv)
+        pt = b"".join([self.call("C_DecryptUpdate mp", s.decrypt_update, c)
+                       for c in self.chunks(ct, 4096)])
+        pt += self.call("C_DecryptFinal mp", s.decrypt_final)
+        self.check(pt == data, "C_DecryptFinal mp", "multi-part AES-CBC round trip gave other data")
 
     def ec_sign(self, s: Any) -> None:
         fx = self.soak.fixed

@@ -165,6 +165,8 @@ def test_installed_hacli_conf(tmp_path: Path) -> None:
         (["HASynchronize", "nosuchgroup", "1"], "unknown group 'nosuchgroup'"),
         (["hacli", "Member00Serial", "599447001"], "needs both Member00Serial and"),
         (["LunaSA Client", "ReceiveTimeout", "5"], "an integer 100..3600000"),
+        (["hacli", "MultipartJournalBytes", "1073741825"], "an integer 0..1073741824"),
+        (["hacli", "MultipartJournalBytes", "1MiB"], "an integer 0..1073741824"),
     ],
 )
 def test_conf_set_applies_the_checks_readers_apply(tmp_path: Path, args: list[str],

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from clihelpers import EXAMPLE, assert_one_error_line, run, run_process
 
+from hacli.conf import haedit, store
+
 NO_HACONF = EXAMPLE.read_bytes()
 assert b"HAConfiguration" not in NO_HACONF
 
@@ -151,6 +153,21 @@ def test_group_errors_exit_2_and_change_nothing(tmp_path: Path, args: list[str],
     assert conf.read_bytes() == NO_HACONF
 
 
+def test_creategroup_past_virtualtoken99_says_why(tmp_path: Path) -> None:
+    # found by the configuration soak's design: the 101st group used to be
+    # refused as "unknown HA key 'VirtualToken100Label'; did you mean VirtualToken10Label?"
+    conf = write(tmp_path, NO_HACONF)
+    with store.edit(conf) as doc:
+        for n in range(1, 100):
+            haedit.create_group(doc, f"g{n}", [str(5000 + n)])
+    before = conf.read_bytes()
+    res = run("--conf", str(conf), "hagroup", "creategroup", "--label", "one-too-many",
+              "--members", "9999", "--no-transport-key")
+    assert_one_error_line(res, 2)
+    assert "VirtualToken99 is taken" in res.err and "at most 100 groups" in res.err
+    assert conf.read_bytes() == before
+
+
 def test_haonly_recoverymode_halog(tmp_path: Path) -> None:
     conf = write(tmp_path, NO_HACONF)
     c = ["--conf", str(conf), "hagroup"]
@@ -163,8 +180,13 @@ def test_haonly_recoverymode_halog(tmp_path: Path) -> None:
     res = run(*c, "halog", "--enable", "--path", "/var/log/ha", "--maxlength", "4096")
     assert res.code == 0, res.err
     shown = json.loads(run(*c, "halog", "--show", "--json").out)
-    assert shown == {"ha_log": True, "ha_log_path": "/var/log/ha", "log_len": 4096}
+    assert shown == {"ha_log": True, "ha_log_path": "/var/log/ha", "log_len": 4096,
+                     "ha_log_format": "text"}
+    assert run(*c, "halog", "--format", "json").code == 0
+    assert "haLogFormat = json;" in conf.read_text()
+    assert "HA log format: json" in run(*c, "halog", "--show").out
     before = conf.read_bytes()
+    assert_one_error_line(run(*c, "halog", "--format", "xml"), 2)
     assert_one_error_line(run(*c, "halog", "--maxlength", "10"), 2)
     assert_one_error_line(run(*c, "haonly", "--enable", "--disable"), 2)
     assert_one_error_line(run(*c, "recoverymode", "--mode", "lazy"), 2)

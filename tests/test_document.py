@@ -477,6 +477,7 @@ def test_copy_is_independent() -> None:
         ("ini", "New]", "K", "v", "section name"),
         ("ini", "", "K", "v", "section name"),
         ("brace", "#New", "K", "v", "section name"),
+        ("brace", "[New", "K", "v", "cannot start with '['"),
     ],
 )
 def test_unrepresentable_values_are_refused(
@@ -487,6 +488,15 @@ def test_unrepresentable_values_are_refused(
     with pytest.raises(ConfValueError, match=re.escape(fragment)):
         doc.set(section, key, value)
     assert doc.dumps() == data
+
+
+def test_a_new_brace_file_never_starts_with_an_ini_header() -> None:
+    # found by tests/test_fuzz.py: `[ = {` as the first header made the file
+    # read as a malformed crystoki.ini, so it no longer parsed
+    doc = Document.new("brace")
+    with pytest.raises(ConfValueError, match="cannot start with"):
+        doc.set("[", "{", "")
+    assert doc.dumps() == b""
 
 
 def test_semicolons_are_fine_in_ini_values() -> None:

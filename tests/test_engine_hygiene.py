@@ -23,7 +23,7 @@ import pytest
 from enginehelpers import lab_config, make_engines, wait_for
 from pkcs11 import KeyType, Mechanism
 
-from hacli.engine import CKRError, Engine
+from hacli.engine import Engine
 from hacli.engine.exceptions import CallTimeout
 from hacli.engine.module import OWNER_FILE, InstanceRegistry, process_start_time
 from hacli.lab import find_tools
@@ -75,6 +75,9 @@ def test_freeze_and_kill_chaos_exits_clean(healthy_lab, tmp_path: Path) -> None:
         assert word not in proc.stderr, proc.stderr
     result = json.loads(report)
     assert result["timeouts"] == 50  # every cycle met its frozen member
+    # and its operation went on on the other member (replayed), but where the
+    # loaded machine made that member miss the short timeout as well
+    assert result["moved"] + result["lost"] == 50 and result["moved"] >= 25, result
     assert [t for t in result["threads"] if t.startswith("hacli")] == [], result
     assert engine_dirs(tmpdir) == []
     # modules are never unloaded, but finalized copies are reused: no growth
@@ -104,9 +107,8 @@ def test_no_thread_outlives_close_after_freeze_mid_operation(healthy_lab,
         helpers = [t for t in instance.threads() if t.name.startswith("hacli-op-")]
         assert len(helpers) == on.count(victim)
         lab.hang(victim)
-        with pytest.raises(CKRError) as exc:
-            sessions[0].sign_update(b"stuck")
-        assert exc.value.ckr == "CKR_DEVICE_ERROR"
+        sessions[0].sign_update(b"stuck")  # times out, then replayed on the other member
+        assert sessions[0].active_operations()["sign"] != victim
         assert instance.abandoned
         # its transport is cut: the worker and the parked helpers end now,
         # while the member is still frozen

@@ -334,6 +334,28 @@ def test_a_half_made_key_left_by_a_cut_creation_is_removed_by_sync(
     destroy_on_each_member(lab, tmp_path, "admin-made")  # the lab is shared by the tests
 
 
+def test_half_made_keys_on_two_cut_members_are_both_removed(healthy_lab, tmp_path) -> None:
+    """Soak finding (after multi-part sequences joined its mix): two members
+    killed during two creations each came back with a half-made object, and
+    the two look alike, so each was taken for the other's copy and neither
+    was removed.  Members whose own failure cut a creation are no evidence."""
+    lab = healthy_lab
+    m0, m1 = lab.members()
+    for m in (m0, m1):
+        aes_key_on_member_only(lab, m.label, [])
+    with Engine(lab_config(lab, tmp_path / "a")) as engine:
+        g = engine.group()
+        with g.open_session() as s:
+            s.login(lab.pin())
+            for m in (m0, m1):
+                g.members_set.get(m.serial).creation_cut = True
+            report = g.synchronize()
+            assert sorted(d[0] for d in report.destroys) == sorted([m0.serial, m1.serial])
+            assert not report.conflicts, report
+            assert not any(m.creation_cut for m in g.members)
+            assert not g.synchronize(dry_run=True).destroys
+
+
 def destroy_on_each_member(lab, tmp_path: Path, label: str) -> None:
     """Destroy the token objects called ``label`` member by member (pinned sessions)."""
     on_each_member(lab, tmp_path, lambda ms: [

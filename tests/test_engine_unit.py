@@ -438,7 +438,7 @@ def test_standby_roles_promote_the_longest_up_standby_and_demote_it() -> None:
         for _ in range(n):
             m = ms.balancer.pick(frozenset(), only)
             assert m is not None
-            ms.balancer.done(m, True)
+            ms.balancer.done(m, True, "C_GenerateRandom", 0.0)
             got.add(m.serial)
         return got
 

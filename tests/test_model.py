@@ -19,6 +19,14 @@ def test_defaults_come_from_the_spec() -> None:
     assert config_of("Misc = {\n}\n").settings == HASettings()
 
 
+def test_multipart_journal_bytes_from_hacli_section() -> None:
+    assert HASettings().multipart_journal_bytes == 1 << 20  # 1 MiB unless the file says
+    config = config_of("hacli = {\n   MultipartJournalBytes = 65536;\n}\n")
+    assert config.settings.multipart_journal_bytes == 65536
+    assert config_of("hacli = {\n   multipartjournalbytes = 0;\n}\n"
+                     ).settings.multipart_journal_bytes == 0
+
+
 def test_members_modules_and_luna_fallback() -> None:
     config = config_of(
         "Chrystoki2 = {\n   LibUNIX64 = /opt/luna/libCryptoki2_64.so;\n}\n"
@@ -48,6 +56,8 @@ def test_members_modules_and_luna_fallback() -> None:
          "/x/Chrystoki.conf:3: [hacli] MemberConcurrency = '0' is invalid; allowed: "
          "an integer 1..64"),
         ("hacli = {\n   MemberConcurrency = many;\n}\n", ":2: [hacli] MemberConcurrency"),
+        ("hacli = {\n   LabDir = /l;\n   MultipartJournalBytes = -5;\n}\n",
+         "/x/Chrystoki.conf:3: [hacli] MultipartJournalBytes"),
     ],
 )
 def test_bad_values_name_where(text: str, needle: str) -> None:

@@ -663,6 +663,43 @@ def test_openssl_signs_through_the_pkcs11_engine(served: Served, tmp_path: Path)
     assert res.stdout.strip() == "Verified OK", res.stderr
 
 
+def test_java_makes_and_lists_a_key_through_sunpkcs11(healthy_lab: Lab, tmp_path: Path) -> None:
+    """Java's own PKCS#11 provider (SunPKCS11, as docs/serve.md configures it)
+    generates an AES key on the HA slot with keytool and lists it; the key
+    exists on every member (replicated, as any key made through the slot).
+    A server of its own: every member in service when it starts."""
+    served = start_serve(healthy_lab, tmp_path / "run")
+    try:
+        _java_through(served, tmp_path)
+    finally:
+        stop_serve(served)
+
+
+def _java_through(served: Served, tmp_path: Path) -> None:
+    cfg = tmp_path / "hacli-pkcs11.cfg"
+    cfg.write_text(f"name = hacli\nlibrary = {SYSTEM_CLIENT}\nslotListIndex = 0\n")
+    env = {**served.env(), "HACLI_TEST_STOREPASS": pin(served.lab)}
+    store = ["-keystore", "NONE", "-storetype", "PKCS11",
+             "-providerClass", "sun.security.pkcs11.SunPKCS11", "-providerArg", str(cfg),
+             "-storepass:env", "HACLI_TEST_STOREPASS"]
+
+    def keytool(*args: str) -> str:
+        res = subprocess.run(["keytool", *args, *store], env=env, capture_output=True,
+                             text=True, timeout=120, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res.stdout
+
+    keytool("-genseckey", "-alias", "serve-java", "-keyalg", "AES", "-keysize", "256")
+    assert "serve-java, SecretKeyEntry" in keytool("-list")
+    for m in served.lab.members():  # straight through each member's own p11-kit server
+        listed = subprocess.run(
+            ["pkcs11-tool", "--module", find_tools().p11kit_client, "--login", "--pin",
+             pin(served.lab), "-O", "--type", "secrkey", "--label", "serve-java"],
+            env={**os.environ, "P11_KIT_SERVER_ADDRESS": m.address}, capture_output=True,
+            text=True, timeout=60, check=False)
+        assert "serve-java" in listed.stdout, (m.serial, listed.stdout + listed.stderr)
+
+
 def test_logins_are_per_connection_and_a_wrong_pin_is_not_retried(served: Served) -> None:
     """The first login goes to the tokens; a later client's PIN is compared with the
     group's; a wrong one is CKR_PIN_INCORRECT and changes nothing."""
@@ -721,3 +758,57 @@ def test_a_live_socket_is_not_taken_over(served: Served) -> None:
                                        "stale socket (another server listening, or not a "
                                        "socket)"]
     assert "HA Virtual Card Slot" in tool(served, "-L").stdout  # the first one serves on
+
+
+# -- calls of one connection side by side -------------------------------------------
+SIDE_BY_SIDE_CLIENT = textwrap.dedent("""
+    import sys, threading, pkcs11
+    library, frozen, healthy = sys.argv[1:4]
+    lib = pkcs11.lib(library)  # one connection to hacli serve for every thread
+    tokens = {t.serial.decode().strip(): t for t in lib.get_tokens()}
+    stuck, free = tokens[frozen].open(), tokens[healthy].open()
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test froze the first member
+    done = threading.Event()
+    def on_the_frozen_member():
+        try:
+            stuck.generate_random(64)
+        except pkcs11.PKCS11Error as e:
+            print("stuck call ended:", type(e).__name__, flush=True)
+        done.set()
+    threading.Thread(target=on_the_frozen_member).start()
+    answered = 0
+    while not done.is_set():
+        free.generate_random(64)
+        answered += 1
+    print("answered", answered, flush=True)
+""")
+
+
+def test_one_connection_reaches_a_member_while_another_call_waits(healthy_lab: Lab,
+                                                                    tmp_path: Path) -> None:
+    """p11-kit's client sends the calls of its threads over one connection
+    without waiting for each other's answers: a call stuck on a frozen member
+    must not hold the client's other threads (they used to wait behind it for
+    the whole ReceiveTimeout)."""
+    s = start_serve(healthy_lab, tmp_path / "run", "--members")
+    m0, m1 = (m.serial for m in healthy_lab.members())
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", SIDE_BY_SIDE_CLIENT,
+                                 find_tools().p11kit_client, m0, m1], env=s.env(),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "ready\n", proc.communicate()[1]
+        healthy_lab.hang(m0)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        lines = out.splitlines()
+        assert lines[0] == "stuck call ended: DeviceError", out
+        # the other thread went on meanwhile (one at a time: none before the end)
+        assert int(lines[1].split()[1]) >= 20, out
+    finally:
+        healthy_lab.restore(m0)
+        stop_serve(s)

@@ -178,6 +178,19 @@ def _unreachable(config: HAConfig, groups: list[dict[str, Any]]) -> str | None:
             f"{config.path or 'the configuration'}: " + "; ".join(problems))
 
 
+def print_table(config: HAConfig, groups: list[dict[str, Any]]) -> None:
+    """The status as a table per group, each with its summary line."""
+    from hacli.cli.members import member_problem
+
+    for g in groups:
+        rows = [[m["serial"], m["status"], member_problem(config, m["serial"]) or ""]
+                for m in g["members"]]
+        headers = ["HSM", "Status", "Note"] if any(r[2] for r in rows) else ["HSM", "Status"]
+        render.table(headers, [r[: len(headers)] for r in rows],
+                     title=f"HA group {g['serial']} ({g['label']}) status:")
+        render.echo(summary_line(g))
+
+
 @click.group()
 def ha() -> None:
     """Live HA status of the configured groups."""
@@ -186,13 +199,45 @@ def ha() -> None:
 @ha.command()
 @click.option("--group", "label", help="Only this group (label).")
 @json_option
-def status(label: str | None, as_json: bool) -> int:
+@click.option("--watch", is_flag=True,
+              help="Keep watching: a live view on a terminal, else one line per member "
+                   "state change (JSON lines with --json). Ctrl-C ends it (exit 130).")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True,
+              metavar="S", help="With --watch: seconds between refreshes.")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), metavar="PATH",
+              help="With --watch: watch a running `hacli serve` through its status "
+                   "socket PATH.status (the serve's --socket PATH works too).")
+@click.option("--prometheus", is_flag=True,
+              help="Print the Prometheus text format (for node-exporter's textfile "
+                   "collector) instead of the table.")
+def status(label: str | None, as_json: bool, watch: bool, interval: float,
+           socket_path: str | None, prometheus: bool) -> int:
     """Probe every member and print each group's and member's CKR status.
 
     No PIN is needed. Exit 0 all members serve, 3 degraded (a member is down,
     the group serves), 4 a group is down, 1 the check itself failed or a
     member cannot be reached because of the configuration (its module).
+    --watch runs until Ctrl-C (exit 130).
     """
+    from hacli.errors import UsageError
+
+    given = click.get_current_context().get_parameter_source
+    if not watch and (socket_path is not None
+                      or given("interval") is not click.core.ParameterSource.DEFAULT):
+        raise UsageError("--interval and --socket go with --watch")
+    if prometheus and (watch or as_json):
+        raise UsageError("--prometheus prints one exposition: not with --watch or --json")
+    if socket_path is not None:
+        if label is not None:
+            raise UsageError("--group: with --socket the serve decides what is watched")
+        from hacli.cli.watch import watch as run_watch
+        from hacli.metrics.watch import SocketFeed
+        from hacli.serve.status import status_path
+
+        # the serve's own --socket PATH will do too: its status socket is beside it
+        beside = status_path(Path(socket_path))
+        run_watch(SocketFeed(beside if beside.exists() else socket_path), interval, as_json)
+        return int(ExitStatus.OK)
     from hacli.engine import Engine
 
     ctx = app()
@@ -200,19 +245,22 @@ def status(label: str | None, as_json: bool) -> int:
     if not config.groups:
         raise click.ClickException(f"no HA groups are configured in {ctx.path}")
     with Engine(config, groups=[label] if label else None) as engine:
+        if watch:
+            from hacli.cli.watch import watch as run_watch
+            from hacli.metrics.watch import EngineFeed
+
+            run_watch(EngineFeed(engine), interval, as_json)
+            return int(ExitStatus.OK)
         groups = apply_memory(str(ctx.path.resolve()), config, engine.status(probe=True))
-    if as_json:
+        exposed = engine.metrics() if prometheus else None
+    if exposed is not None:
+        from hacli.metrics.prometheus import exposition
+
+        click.echo(exposition(lambda: exposed).decode(), nl=False)
+    elif as_json:
         render.emit_json({"groups": groups})
     else:
-        from hacli.cli.members import member_problem
-
-        for g in groups:
-            rows = [[m["serial"], m["status"], member_problem(config, m["serial"]) or ""]
-                    for m in g["members"]]
-            headers = ["HSM", "Status", "Note"] if any(r[2] for r in rows) else ["HSM", "Status"]
-            render.table(headers, [r[: len(headers)] for r in rows],
-                         title=f"HA group {g['serial']} ({g['label']}) status:")
-            render.echo(summary_line(g))
+        print_table(config, groups)
     problem = _unreachable(config, groups)
     if problem is not None:
         raise ConfError(problem)

@@ -12,7 +12,13 @@ from hacli.cli.context import app, json_option
 from hacli.cli.pin import find_pin, pin_file_option, so_pin_file_option
 from hacli.conf import haedit
 from hacli.conf.model import HACONF, VT, load_config
-from hacli.conf.model_types import RECOVERY_MODES, GroupConf, HASettings, number_slots
+from hacli.conf.model_types import (
+    HACLI_SECTION,
+    RECOVERY_MODES,
+    GroupConf,
+    HASettings,
+    number_slots,
+)
 from hacli.errors import ExitStatus, UsageError
 
 if TYPE_CHECKING:
@@ -161,16 +167,20 @@ def recoverymode(mode: str | None, show: bool, as_json: bool) -> None:
 @click.option("--disable", is_flag=True, help="Stop logging HA events.")
 @click.option("--path", "log_path", metavar="DIR", help="Directory of haErrorLog.txt.")
 @click.option("--maxlength", type=int, metavar="BYTES", help="Rotate the log past this size.")
+@click.option("--format", "log_format", type=click.Choice(["text", "json"]),
+              help="Luna's text lines, or one JSON object per event (haLogFormat).")
 @click.option("--show", is_flag=True, help="Show the HA log settings.")
 @json_option
 def halog(enable: bool, disable: bool, log_path: str | None, maxlength: int | None,
-          show: bool, as_json: bool) -> None:
-    """Configure the HA log (haLogStatus, haLogPath, logLen)."""
+          log_format: str | None, show: bool, as_json: bool) -> None:
+    """Configure the HA log (haLogStatus, haLogPath, logLen; haLogFormat in hacli's section)."""
     if enable and disable:
         raise click.UsageError("give only one of --enable | --disable")
-    changes = enable or disable or log_path is not None or maxlength is not None
+    changes = (enable or disable or log_path is not None or maxlength is not None
+               or log_format is not None)
     if show == bool(changes):
-        raise click.UsageError("give --show, or any of --enable | --disable, --path, --maxlength")
+        raise click.UsageError("give --show, or any of --enable | --disable, --path, "
+                               "--maxlength, --format")
     ctx = app()
     if show:
         s = _settings()
@@ -185,12 +195,16 @@ def halog(enable: bool, disable: bool, log_path: str | None, maxlength: int | No
         with ctx.edit() as doc:  # all or nothing: the write check sees every update
             for key, value in updates:
                 haedit.set_setting(doc, HACONF, key, value)
+            if log_format is not None:
+                haedit.set_setting(doc, HACLI_SECTION, "haLogFormat", log_format)
         s = _settings(doc)
-    data = {"ha_log": s.ha_log_enabled, "ha_log_path": s.ha_log_path, "log_len": s.log_len}
+    data = {"ha_log": s.ha_log_enabled, "ha_log_path": s.ha_log_path, "log_len": s.log_len,
+            "ha_log_format": s.ha_log_format}
     lines = [
         f"HA logging: {'enabled' if s.ha_log_enabled else 'disabled'}",
         f"HA log path: {s.ha_log_path or '(not set)'}",
         f"HA log max length: {s.log_len} bytes",
+        f"HA log format: {s.ha_log_format}",
     ]
     if show:
         _show(as_json, data, lines)

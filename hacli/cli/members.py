@@ -95,8 +95,6 @@ def setup_transport_key(config: HAConfig, group: GroupConf, so_pin_file: str | N
 
 def log_event(config: HAConfig, group: str, serial: str, event: str) -> None:
     """Write a configuration event (added, removed) to the HA log when it is enabled."""
-    s = config.settings
-    if s.ha_log_enabled and s.ha_log_path:
-        from hacli.engine.halog import HALog
+    from hacli.engine.halog import open_log
 
-        HALog(s.ha_log_path, s.log_len).event(group, serial, event)
+    open_log(config.settings).event(group, serial, event)

@@ -556,6 +556,13 @@ class Document:
             raise ConfValueError(
                 f"invalid section name {section!r} (empty or contains one of {forbidden!r})"
             )
+        if self.syntax == "brace" and section.startswith("["):
+            # `[x = {` reads as a malformed INI header: the file would no longer
+            # parse (and the first header decides the syntax of the whole file)
+            raise ConfValueError(
+                f"invalid section name {section!r} (a Chrystoki.conf section cannot start "
+                "with '[')"
+            )
 
 
 def _prevailing_newline(lines: list[_Line]) -> Newline:

@@ -19,6 +19,7 @@ from hacli.conf.model import (
     GROUP_FIELDS,
     HACONF,
     HASYNC,
+    MAX_GROUP_INDEX,
     VT,
     group_indexes,
     load_groups,
@@ -92,6 +93,11 @@ def create_group(
         raise UsageError("a group needs at least one member")
     serial = _check_serial(serial) if serial else "1" + members[0]
     n = (max(group_indexes(doc)) + 1) if group_indexes(doc) else 0
+    if n > MAX_GROUP_INDEX:
+        # VirtualToken100Label is no group key: said plainly, not as an unknown key
+        raise UsageError(f"no group number left: VirtualToken{MAX_GROUP_INDEX:02d} is taken "
+                         f"(VirtualTokenNN numbers at most {MAX_GROUP_INDEX + 1} groups); "
+                         "delete a group first")
     doc.set(VT, f"VirtualToken{n:02d}Label", label)
     doc.set(VT, f"VirtualToken{n:02d}SN", serial)
     doc.set(VT, f"VirtualToken{n:02d}Members", ",".join(members))

@@ -38,6 +38,8 @@ CLIENT = "LunaSA Client"
 #: standby members (comma-separated, like ``Members``).
 GROUP_FIELDS = ("Label", "SN", "Members", "Standby")
 GROUP_KEY = re.compile(rf"^VirtualToken(\d\d)({'|'.join(GROUP_FIELDS)})$", re.IGNORECASE)
+#: ``NN`` has two digits: VirtualToken00 .. VirtualToken99
+MAX_GROUP_INDEX = 99
 MEMBER_KEY = re.compile(r"^Member(\d\d)(Serial|Library|Environment)$", re.IGNORECASE)
 
 
@@ -117,9 +119,11 @@ def load_settings(doc: Document) -> HASettings:
         ha_log_enabled=typed(doc, HACONF, "haLogStatus") == "enabled",
         ha_log_path=log_path,
         log_len=typed_int(doc, HACONF, "logLen"),
+        ha_log_format=str(typed(doc, HACLI_SECTION, "haLogFormat")),
         recovery_mode=str(typed(doc, VT, "VirtualTokenActiveRecovery")),
         receive_timeout_ms=typed_int(doc, CLIENT, "ReceiveTimeout"),
         member_concurrency=typed_int(doc, HACLI_SECTION, "MemberConcurrency"),
+        multipart_journal_bytes=typed_int(doc, HACLI_SECTION, "MultipartJournalBytes"),
     )
 
 

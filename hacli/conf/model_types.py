@@ -19,7 +19,7 @@ RECOVERY_MODES = ("activeBasic", "activeEnhanced")
 @dataclass(frozen=True)
 class HASettings:
     """Global HA settings (``HAConfiguration``, ``VirtualToken``, ``LunaSA Client``,
-    and hacli's own engine settings from ``hacli``)."""
+    and the engine settings of hacli's own section)."""
 
     #: ``reconnAtt``: -1 = retry forever, 0 = auto-recovery off, 1..500 attempts.
     reconn_att: int = -1
@@ -33,6 +33,8 @@ class HASettings:
     ha_log_path: str | None = None
     #: ``logLen``: rotate the HA log past this many bytes.
     log_len: int = 100_000_000
+    #: ``haLogFormat`` (hacli's section): ``text`` (Luna's lines) or ``json``.
+    ha_log_format: str = "text"
     #: ``VirtualTokenActiveRecovery``.
     recovery_mode: str = "activeBasic"
     #: ``ReceiveTimeout`` (``LunaSA Client``), milliseconds: the command timeout.
@@ -40,6 +42,9 @@ class HASettings:
     #: ``MemberConcurrency`` (``hacli``): calls at once per member connection
     #: where the module is thread-safe (1 = one at a time).
     member_concurrency: int = 4
+    #: ``MultipartJournalBytes`` (hacli's section): the input a multi-part
+    #: operation keeps to be replayed on another member; 0 = no replay.
+    multipart_journal_bytes: int = 1_048_576
 
 
 @dataclass(frozen=True)

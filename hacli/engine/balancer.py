@@ -2,7 +2,9 @@
 
 Calls in flight are counted per member (``Member.in_flight``); the pick counts
 the call in and :meth:`Balancer.done` counts it out (and counts a served
-operation, ``Member.ops``, for ``multitoken`` and status reports).
+operation, ``Member.ops``, for ``multitoken`` and status reports) and records
+the call in the member's :class:`~hacli.engine.stats.MemberStats` (calls and
+errors per operation, latency, failovers) under the lock it takes anyway.
 
 The members balanced over are the group's standby roles' ``candidates``
 (:mod:`hacli.engine.standby`: every member, unless some are standby), a tuple
@@ -89,12 +91,18 @@ class Balancer:
             best.in_flight += 1
             return best
 
-    def done(self, m: Member, ok: bool) -> None:
-        """The call picked on ``m`` returned (``ok``: it was served)."""
+    def done(self, m: Member, ok: bool, operation: str, seconds: float,
+             failover: bool = False) -> None:
+        """The call ``operation`` picked on ``m`` returned after ``seconds``
+        (``ok``: it was served; ``failover``: ``m`` failed and the call moves on)."""
         with self._lock:
             m.in_flight -= 1
             if ok:
                 m.ops += 1
+            stats = m.stats
+            stats.record(operation, ok, seconds)
+            if failover:
+                stats.failovers += 1
 
 
 __all__ = ["Balancer"]

@@ -16,10 +16,12 @@ from hacli.engine.ckr import CKR, ckr_name
 from hacli.engine.exceptions import CKRError
 from hacli.engine.group import HAGroup
 from hacli.engine.member import MAPPER, Connection, Member, open_connection
+from hacli.engine.members import ChangeListener
 from hacli.engine.module import InstanceRegistry, ModuleInstance, make_workdir
 from hacli.engine.parallel import in_parallel
 from hacli.engine.policy import Clock
 from hacli.engine.session import VirtualSession
+from hacli.engine.stats import MemberMetrics
 from hacli.engine.types import HA_SLOT_DESCRIPTION, GroupStatus, SlotInfo, TokenInfo
 from hacli.errors import UsageError
 
@@ -48,9 +50,7 @@ class Engine:
         self._ids = itertools.count(1)
         self._closed = False
         s = self.settings
-        self.log: halog.HALog | halog.NullLog = (
-            halog.HALog(s.ha_log_path, s.log_len) if s.ha_log_enabled and s.ha_log_path
-            else halog.NullLog())
+        self.log: halog.HALog | halog.NullLog = halog.open_log(s)
         timeout = max(0.001, s.receive_timeout_ms / 1000.0)
         wanted = None if groups is None else {g.lower() for g in groups}
         confs = [g for g in config.groups if wanted is None or g.label.lower() in wanted]
@@ -173,6 +173,21 @@ class Engine:
 
         in_parallel(one, self.groups)
         return [results[g.label] for g in self.groups]
+
+    def metrics(self) -> list[MemberMetrics]:
+        """Every member's counters and state now, group by group
+        (:mod:`hacli.engine.stats`; read by :mod:`hacli.metrics`)."""
+        return [mm for g in self.groups for mm in g.metrics()]
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """Call ``listener`` on every member state change of every group (it
+        must only queue: it may run with a group's lock held)."""
+        for g in self.groups:
+            g.members_set.on_change(listener)
+
+    def remove_change_listener(self, listener: ChangeListener) -> None:
+        for g in self.groups:
+            g.members_set.remove_change_listener(listener)
 
     # -- direct member access (bypasses the HA layer) ---------------------------
     @contextlib.contextmanager

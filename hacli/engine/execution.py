@@ -91,7 +91,7 @@ class Executor:
         # behind that call, only when no other member is left
         busy: frozenset[Member] = _NONE_TRIED
         patient = False
-        started = time.monotonic()
+        started = attempt_started = time.monotonic()
         while True:
             m = self._members.balancer.pick(tried, only, vobjs)
             if m is None and busy:
@@ -114,7 +114,7 @@ class Executor:
                             else CKR.OBJECT_HANDLE_INVALID)
                     raise CKRError(code, operation)
                 raise GroupDownError(operation, self.label)
-            ok = False
+            ok = moved = False
             try:
                 budget = (retry_budget(m.timeout, time.monotonic() - started)
                           if tried else None)
@@ -136,7 +136,7 @@ class Executor:
                 if is_member_failure(e):
                     self._members.mark_failed(m, e)
                     tried = tried | {m}
-                    failed = True
+                    failed = moved = True
                     continue
                 if suspect is None and is_suspect(e):
                     suspect = (m, e)
@@ -147,7 +147,10 @@ class Executor:
                     raise request_error(suspect[1], operation, suspect[0].serial) from e
                 raise request_error(e, operation, m.serial) from e
             finally:
-                self._members.balancer.done(m, ok)
+                # one clock read per attempt: it ends this attempt, starts the next
+                now = time.monotonic()
+                self._members.balancer.done(m, ok, operation, now - attempt_started, moved)
+                attempt_started = now
 
     def on_each(self, operation: str, fn: Callable[..., Any], vobj: VObject | None = None,
                 only: Member | None = None) -> dict[str, Any]:
@@ -172,12 +175,16 @@ class Executor:
                         return fn(m, conn)
                     return fn(m, conn, self._objects.resolve(m, conn, vobj))
 
+                started = time.monotonic()
                 results[m.serial] = m.run(task, operation=operation)
                 with self._members.lock:
                     m.ops += 1
+                    m.stats.record(operation, True, time.monotonic() - started)
             except NotOnMember:
                 continue
             except Exception as e:
+                with self._members.lock:
+                    m.stats.record(operation, False, time.monotonic() - started)
                 if is_member_failure(e):
                     self._members.mark_failed(m, e)
                     continue

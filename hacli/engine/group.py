@@ -53,6 +53,7 @@ from hacli.engine.recovery import Recovery
 from hacli.engine.replicas import Replicas
 from hacli.engine.replication import ident_of
 from hacli.engine.session import VirtualSession
+from hacli.engine.stats import MemberMetrics
 from hacli.engine.sync import Synchronisation
 from hacli.engine.types import (
     GroupStatus,
@@ -100,7 +101,8 @@ class HAGroup:
                                  self.change_journal)
         self.sync = Synchronisation(conf, self.members_set, self._objects, self.replicas,
                                     self.login_state, log, clock, self.policy.interval)
-        self.operations = Operations(self.members_set, self.executor, self.recovery_tick)
+        self.operations = Operations(self.label, self.members_set, self.executor,
+                                     self.recovery_tick, log, settings.multipart_journal_bytes)
         self.recovery = Recovery(
             self.label, self.members_set, registry=registry, all_members=all_members,
             pin=self.login_state.pin, timeout=self.timeout,
@@ -391,6 +393,10 @@ class HAGroup:
         """Operations served per member (for ``multitoken``)."""
         with self.members_set.lock:
             return {m.serial: m.ops for m in self.members}
+
+    def metrics(self) -> tuple[MemberMetrics, ...]:
+        """Every member's counters and state now (for metrics and ``--watch``)."""
+        return self.members_set.metrics()
 
     def member_states(self) -> dict[str, MemberState]:
         with self.members_set.lock:

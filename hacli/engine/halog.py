@@ -4,6 +4,12 @@ Format (BRIEF section 3)::
 
     <ISO-8601 time> <group label> <member serial> <event> <CKR name or ->
 
+With ``haLogFormat = json`` (hacli's section) each line is instead one JSON
+object: ``time`` (ISO-8601, UTC), ``group``, ``member``, ``event``, ``ckr``
+(null when none) and ``reason`` (the event in words, and the CKR code's
+explanation from :mod:`hacli.engine.ckr`).  Same events, same once-only rules,
+same file and rotation: only the line's form changes.
+
 Past ``logLen`` bytes the file is renamed with a timestamp
 (``haErrorLog.txt.20240101T120000``) and a new one is started.  Never contains
 a PIN: it only ever receives labels, serials, event names and CKR names.
@@ -30,6 +36,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from hacli.conf.model_types import HASettings
+from hacli.engine.ckr import explain
+
 LOG_NAME = "haErrorLog.txt"
 #: Each member's last logged state (``down``/``up``), next to the log.
 STATE_NAME = ".haErrorLog.state"
@@ -45,9 +54,37 @@ STANDBY_DEMOTED = "standby-demoted"
 #: A member's automatic recovery attempts (``reconnAtt``) are used up: nothing
 #: but an administrator's ``hagroup recover`` brings it back now.
 GAVE_UP = "gave-up"
+#: A multi-part operation of a member that failed was replayed on another
+#: member from its journal (the member field is the one that failed).
+MULTIPART_REPLAYED = "multipart-replayed"
+#: ... could not be: its input had passed ``MultipartJournalBytes``.
+MULTIPART_JOURNAL_FULL = "multipart-journal-full"
+#: ... could not be: no member could take it over (or they kept failing).
+MULTIPART_REPLAY_FAILED = "multipart-replay-failed"
+#: ... could not be: the member taking over produced other output (encrypt,
+#: decrypt) than the application had already received.
+MULTIPART_REPLAY_MISMATCH = "multipart-replay-mismatch"
 
 EVENTS = (FAILED, RECOVERY_FAILED, RECOVERED, ADDED, REMOVED, SYNCHRONIZED,
-          STANDBY_PROMOTED, STANDBY_DEMOTED, GAVE_UP)
+          STANDBY_PROMOTED, STANDBY_DEMOTED, GAVE_UP, MULTIPART_REPLAYED,
+          MULTIPART_JOURNAL_FULL, MULTIPART_REPLAY_FAILED, MULTIPART_REPLAY_MISMATCH)
+
+#: What each event means, for the ``reason`` field of the JSON format.
+REASONS = {
+    FAILED: "member marked down",
+    RECOVERY_FAILED: "recovery attempt failed",
+    RECOVERED: "member back in service",
+    ADDED: "member added to the group",
+    REMOVED: "member removed from the group",
+    SYNCHRONIZED: "member synchronised",
+    STANDBY_PROMOTED: "standby member serves: no active member left",
+    STANDBY_DEMOTED: "standby member back in reserve: an active member serves",
+    GAVE_UP: "automatic recovery attempts used up",
+}
+
+#: ``haLogFormat`` values.
+TEXT, JSON = "text", "json"
+FORMATS = (TEXT, JSON)
 
 #: Events that are a member's change of state: not logged twice in a row.
 DOWN, UP = "down", "up"
@@ -71,7 +108,11 @@ class HALog:
     only one logs it.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], log_len: int = 100_000_000):
+    def __init__(self, directory: str | os.PathLike[str], log_len: int = 100_000_000,
+                 fmt: str = TEXT):
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown HA log format {fmt!r}")
+        self.format = fmt
         self.directory = Path(directory)
         self.path = self.directory / LOG_NAME
         self.state_path = self.directory / STATE_NAME
@@ -116,8 +157,13 @@ class HALog:
                 states[key] = UP
         return line
 
-    @staticmethod
-    def _line(group: str, member: str | None, event: str, ckr: str | None) -> str:
+    def _line(self, group: str, member: str | None, event: str, ckr: str | None) -> str:
+        if self.format == JSON:
+            now = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+            reason = REASONS[event] + (f": {ckr}: {explain(ckr)}" if ckr else "")
+            return json.dumps({"time": now.replace("+00:00", "Z"), "group": group,
+                               "member": member, "event": event, "ckr": ckr or None,
+                               "reason": reason})
         now = _dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
         return f"{now} {_field(group)} {_field(member)} {event} {_field(ckr)}"
 
@@ -181,6 +227,14 @@ def _state_key(group: str, member: str) -> str:
     return f"{_field(group)} {_field(member)}"
 
 
+def open_log(settings: HASettings) -> HALog | NullLog:
+    """The HA log the settings ask for (``haLogStatus``, ``haLogPath``,
+    ``logLen``, ``haLogFormat``), or a :class:`NullLog` when it is off."""
+    if settings.ha_log_enabled and settings.ha_log_path:
+        return HALog(settings.ha_log_path, settings.log_len, settings.ha_log_format)
+    return NullLog()
+
+
 class NullLog:
     """Stand-in when the HA log is disabled."""
 
@@ -193,4 +247,5 @@ class NullLog:
         return ""
 
 
-__all__ = ["EVENTS", "LOG_NAME", "STATE_NAME", "HALog", "NullLog"]
+__all__ = ["EVENTS", "FORMATS", "LOG_NAME", "REASONS", "STATE_NAME", "HALog", "NullLog",
+           "open_log"]

@@ -26,6 +26,7 @@ from pkcs11.attributes import AttributeMapper
 from hacli.conf.model_types import MemberLocation
 from hacli.engine.exceptions import ModuleUnavailable
 from hacli.engine.module import ModuleInstance, lane_index
+from hacli.engine.stats import MemberStats
 
 if TYPE_CHECKING:
     from hacli.engine.p11types import P11Session
@@ -298,6 +299,8 @@ class Member:
         self.ops = 0
         self.failures = 0
         self.recoveries = 0
+        #: calls, errors, latency, failovers (hacli.engine.stats)
+        self.stats = MemberStats()
 
     def __repr__(self) -> str:
         return f"<Member {self.serial} {self.state.value}>"

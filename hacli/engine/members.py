@@ -18,6 +18,10 @@ business (``roles``): told of every transition, it promotes a standby when no
 active member is left and demotes it when one is back; those changes are
 logged here too (``standby-promoted``/``standby-demoted``).
 
+Every state change is also told to the *change listeners* (:meth:`MemberSet.on_change`:
+``ha status --watch``, ``hacli serve``'s status socket) as a :class:`StateChange`,
+and stamped in the member's stats (:mod:`hacli.engine.stats`) for the metrics.
+
 Locking: ``lock`` guards member state and counters and is never held while
 calling into a member (nor while writing the HA log).
 """
@@ -26,17 +30,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from hacli.engine import halog
 from hacli.engine.balancer import Balancer
 from hacli.engine.ckr import CKR, ckr_name, is_member_failure
 from hacli.engine.exceptions import CKRError
-from hacli.engine.member import Connection, Member, MemberState
+from hacli.engine.member import SERVING_STATES, Connection, Member, MemberState
 from hacli.engine.module import ModuleInstance
 from hacli.engine.policy import Clock, RecoveryPolicy
 from hacli.engine.standby import NO_CHANGE, RoleChange, StandbyRoles
+from hacli.engine.stats import MemberMetrics
 
 T = TypeVar("T")
 
@@ -44,6 +51,22 @@ LOG = logging.getLogger("hacli.engine")
 
 #: A listener told (group lock held) that a member was marked down.
 FailureListener = Callable[[Member], None]
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """A member moved from one state to another (``time``: epoch seconds)."""
+
+    group: str
+    serial: str
+    old: MemberState
+    new: MemberState
+    reason: str | None
+    time: float
+
+
+#: A listener told (group lock possibly held: it must not block) of every state change.
+ChangeListener = Callable[[StateChange], None]
 
 
 class MemberSet:
@@ -61,6 +84,7 @@ class MemberSet:
         self.balancer = Balancer(self.roles, self.lock)
         self._log = log
         self._listeners: list[FailureListener] = []
+        self._change_listeners: list[ChangeListener] = []
 
     def __iter__(self) -> Any:
         return iter(self.members)
@@ -71,6 +95,17 @@ class MemberSet:
     def on_failure(self, listener: FailureListener) -> None:
         """Call ``listener(member)`` (lock held) whenever a member is marked down."""
         self._listeners.append(listener)
+
+    def on_change(self, listener: ChangeListener) -> None:
+        """Call ``listener(change)`` on every member state change (possibly with
+        the lock held: the listener only queues)."""
+        self._change_listeners.append(listener)
+
+    def remove_change_listener(self, listener: ChangeListener) -> None:
+        """Stop telling ``listener`` (a watcher that went away)."""
+        with self.lock:
+            if listener in self._change_listeners:
+                self._change_listeners.remove(listener)
 
     # -- lookup ------------------------------------------------------------
     def get(self, serial: Any) -> Member:
@@ -101,7 +136,15 @@ class MemberSet:
             m.state = state
             if reason is not None:
                 m.last_error = reason
-            changes = self.roles.update() if old is not state else NO_CHANGE
+            changes = NO_CHANGE
+            if old is not state:
+                changes = self.roles.update()
+                now = m.stats.state_changed = time.time()
+                if state is MemberState.DOWN and old in SERVING_STATES:
+                    m.stats.last_failure = now
+                change = StateChange(self.label, m.serial, old, state, m.last_error, now)
+                for listener in self._change_listeners:
+                    listener(change)
         if old is not state:
             LOG.debug("%s %s: %s -> %s%s", self.label, m.serial, old.value, state.value,
                       f" ({reason})" if reason else "")
@@ -157,6 +200,8 @@ class MemberSet:
             self.policy.record(m.serial, False)
         self._log.event(self.label, m.serial, halog.RECOVERY_FAILED, ckr_name(error))
         if counted and self.policy.attempts_left(m.serial) == 0:
+            with self.lock:
+                m.stats.gave_ups += 1
             self._log.event(self.label, m.serial, halog.GAVE_UP, ckr_name(error))
         self._log_roles(changes)
 
@@ -190,6 +235,17 @@ class MemberSet:
                        if m.state is MemberState.SYNCHRONISING else NO_CHANGE)
         self._log_roles(changes)
 
+    def metrics(self) -> tuple[MemberMetrics, ...]:
+        """A copy of every member's counters and state (:mod:`hacli.engine.stats`)."""
+        with self.lock:
+            return tuple(MemberMetrics(
+                group=self.label, serial=m.serial, state=m.state.value, alive=m.alive,
+                in_flight=m.in_flight, calls=dict(m.stats.calls), errors=dict(m.stats.errors),
+                buckets=tuple(m.stats.buckets), latency_sum=m.stats.latency_sum,
+                failovers=m.stats.failovers, failures=m.failures, recoveries=m.recoveries,
+                gave_ups=m.stats.gave_ups, state_changed=m.stats.state_changed,
+                last_failure=m.stats.last_failure) for m in self.members)
+
     # -- calls whose failure is nobody's error ------------------------------
     def best_effort(self, m: Member, fn: Callable[..., T], *args: Any,
                     operation: str) -> T | None:
@@ -204,4 +260,4 @@ class MemberSet:
             return None
 
 
-__all__ = ["FailureListener", "MemberSet"]
+__all__ = ["ChangeListener", "FailureListener", "MemberSet", "StateChange"]

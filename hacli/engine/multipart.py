@@ -58,10 +58,12 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from hacli.engine.ckr import CKR
 from hacli.engine.exceptions import CKRError
 from hacli.engine.module import current_instance
+from hacli.engine.replay import ReplayJournal
 
 if TYPE_CHECKING:
     from hacli.engine.member import Connection, Member
     from hacli.engine.module import ModuleInstance
+    from hacli.engine.objects import VObject
 
 #: The multi-part operation kinds of a session.
 KINDS = ("sign", "verify", "encrypt", "decrypt", "digest")
@@ -208,7 +210,7 @@ class StepDriver:
         with self._cond:
             if self._done:
                 self._raise_if_failed()
-                raise RuntimeError("multi-part operation already ended")
+                raise OperationEnded("multi-part operation already ended")
             self._inbox = (kind, chunk)
             self._cond.notify_all()
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -249,18 +251,36 @@ class StepDriver:
                 self._out = []
 
 
+class OperationEnded(RuntimeError):
+    """A step reached a helper whose operation had ended: aborted meanwhile,
+    because its member was marked down by another call (see
+    :meth:`hacli.engine.operations.Operations.member_failed`)."""
+
+
 # ---------------------------------------------------------------------------
 # the operation record and its bodies
 
 @dataclass(eq=False)
 class MultiPart:
-    """One multi-part operation of a virtual session, pinned to one member."""
+    """One multi-part operation of a virtual session, on one member at a time.
+
+    The *placement* (``member``, ``conn``, ``session``, ``driver``,
+    ``sigbuf``) is where it runs now; a replay on another member replaces it
+    (:meth:`move_to`).  The rest (the init's arguments, the journal) is the
+    operation itself.
+    """
 
     kind: str
     member: Member
     conn: Connection
     session: Any  # the dedicated python-pkcs11 session on the member
     driver: StepDriver | None = None
+    #: the C_xInit arguments, to begin it again on another member
+    vobj: VObject | None = None
+    mechanism: Any = None
+    param: Any = None
+    #: the inputs fed so far (None: the operation cannot move, e.g. pinned)
+    journal: ReplayJournal | None = None
     #: verify: the signature buffer handed to python-pkcs11 at init, filled at final
     sigbuf: bytearray | None = None
     #: verify without a known signature length: chunks kept, all steps run at final
@@ -273,6 +293,12 @@ class MultiPart:
 
     def __repr__(self) -> str:
         return f"<MultiPart {self.kind} on {self.member.serial}>"
+
+    def move_to(self, other: MultiPart) -> None:
+        """Take ``other``'s placement (the same operation begun again on
+        another member, its journal fed); members' lock held by the caller."""
+        self.member, self.conn, self.session = other.member, other.conn, other.session
+        self.driver, self.sigbuf, self.dead = other.driver, other.sigbuf, None
 
 
 def take_session(conn: Connection) -> Any:
@@ -329,14 +355,23 @@ def _after_error(op: MultiPart, error: BaseException, step: int) -> None:
                        detail=ZERO_OUTPUT_NOTE) from error
 
 
-def feed(op: MultiPart, chunk: bytes) -> bytes:
-    """One update step of ``op`` (worker thread): the output it produced."""
+def feed_raw(op: MultiPart, chunk: bytes) -> bytes:
+    """One update step of ``op`` (worker thread), not journaled: the output
+    the member produced (a replay feeds the journal with it)."""
     assert op.driver is not None
     try:
         return b"".join(op.driver.feed(chunk))
     except BaseException as e:
         _after_error(op, e, 1)
         raise
+
+
+def feed(op: MultiPart, chunk: bytes) -> bytes:
+    """One update step of ``op`` (worker thread), journaled: the output the
+    caller gets."""
+    out = feed_raw(op, chunk)
+    journal = op.journal
+    return out if journal is None else journal.add(chunk, out)
 
 
 def finish(op: MultiPart) -> tuple[Any, bytes]:
@@ -348,7 +383,8 @@ def finish(op: MultiPart) -> tuple[Any, bytes]:
         _after_error(op, e, 2)
         raise
     give_back(op.conn, op.session)
-    return result, b"".join(out)
+    last = b"".join(out)
+    return result, last if op.journal is None else op.journal.finished(last)
 
 
 def finish_verify(op: MultiPart, signature: bytes) -> bool:
@@ -429,5 +465,6 @@ def body_for(kind: str, target: Any, mechanism: Any, param: Any,
     raise ValueError(f"unknown operation kind {kind!r}")
 
 
-__all__ = ["FUNCTIONS", "KINDS", "MultiPart", "StepDriver", "body_for", "drop_session",
-           "give_back", "key_on", "signature_length", "take_session"]
+__all__ = ["FUNCTIONS", "KINDS", "MultiPart", "OperationEnded", "StepDriver", "body_for",
+           "drop_session", "feed", "feed_raw", "finish", "give_back", "key_on", "signature_length",
+           "take_session"]

@@ -358,7 +358,10 @@ class Synchronisation:
         member killed in between comes back holding an object without them
         (:func:`half_made`; often without ``CKA_TOKEN`` either, so no search
         for token objects finds it), which the group never makes.  Such an
-        object, held by no other member, is removed and reported as destroyed.
+        object, held by no other member whose failure did not cut a creation
+        too, is removed and reported as destroyed (two members killed during
+        two creations each come back with one, and they look alike: neither is
+        evidence for the other).
         """
         for m in self._members.serving():
             if not m.creation_cut:
@@ -366,7 +369,7 @@ class Synchronisation:
             found = self._members.best_effort(m, list_half_made, operation="C_FindObjects")
             if found is None:
                 continue
-            others = [o for o in self._members.serving() if o is not m]
+            others = [o for o in self._members.serving() if o is not m and not o.creation_cut]
             for ident in found:
                 held = [self._members.best_effort(o, count_exactly, ident,
                                                   operation="C_FindObjects") for o in others]

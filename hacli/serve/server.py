@@ -80,6 +80,114 @@ def _stale(path: Path) -> bool:
     return False
 
 
+#: Calls of one connection served at once: p11-kit's client sends the calls of
+#: its threads over one socket without waiting for each other's answers (each
+#: frame carries a code its answer repeats), so a client's threads reach
+#: several members at once only if the server runs their calls side by side.
+CALLS_PER_CONNECTION = 16
+
+
+class _Link:
+    """One connection's calls, served by a small team of threads taking turns
+    (leader/follower): one thread reads the next request while the others run
+    theirs; whoever read a request runs it and writes its answer.  A
+    one-thread client thus costs no hand-off on its calls' path: the next
+    reader is woken while the call runs."""
+
+    def __init__(self, conn: socket.socket, client: ClientState) -> None:
+        self.conn = conn
+        self.client = client
+        self.version = 0
+        self.calls = 0
+        self.why = "closed by the client"
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._state = threading.Lock()
+        self._waiting = 0  # threads waiting for their turn to read
+        self._team: list[threading.Thread] = []
+        self._closed = False
+
+    def serve(self) -> None:
+        """Serve until the client closes; raises what ended the connection."""
+        self._take_turns()
+        for t in list(self._team):
+            t.join()
+
+    def _helper(self) -> None:
+        try:
+            self._take_turns()
+        except (ProtocolError, OSError) as e:
+            self._close(f"dropped: {e.strerror or e}" if isinstance(e, OSError)
+                        else f"dropped: {e}")
+
+    def _take_turns(self) -> None:
+        while True:
+            with self._state:
+                self._waiting += 1
+            with self._read_lock:
+                with self._state:
+                    self._waiting -= 1
+                    if self._closed:
+                        return
+                try:
+                    frame = read_frame(self.conn)
+                except BaseException:
+                    self._close(None)
+                    raise
+                if frame is None:
+                    self._close(None)
+                    return
+                self._ensure_reader()
+            code, body = frame
+            response = self.client.handle(Reader(body, self.version))
+            with self._write_lock:
+                self.calls += 1
+                write_frame(self.conn, code, response)
+
+    def _ensure_reader(self) -> None:
+        """Someone must read the next request while this one runs."""
+        with self._state:
+            if self._waiting or len(self._team) + 1 >= CALLS_PER_CONNECTION:
+                return
+            t = threading.Thread(target=self._helper, daemon=True,
+                                 name=f"{threading.current_thread().name}-{len(self._team) + 1}")
+            self._team.append(t)
+        t.start()
+
+    def _close(self, why: str | None) -> None:
+        with self._state:
+            first = not self._closed
+            self._closed = True
+            if why is not None and first:
+                self.why = why
+        if first:
+            # the other threads: a reader sees EOF; callers finish and answer
+            with contextlib.suppress(OSError):
+                self.conn.shutdown(socket.SHUT_RD)
+
+    def end(self) -> None:
+        """After :meth:`serve` (or its error): every thread of the team has ended."""
+        self._close(None)
+        for t in list(self._team):
+            t.join()
+
+
+def bind_owner_only(path: Path) -> socket.socket:
+    """A unix stream socket bound at ``path``, created mode 0600 (under a 0177
+    umask, so it is never wider, not even for a moment); errors are
+    :class:`UsageError`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"--socket: cannot bind {path}: {e.strerror or e}") from e
+    finally:
+        os.umask(old)
+    return sock
+
+
 class Server:
     """Serves a :class:`Service` on a unix socket until :meth:`stop`."""
 
@@ -103,15 +211,7 @@ class Server:
     def listen(self) -> None:
         """Create the socket (0600) and listen; errors are :class:`UsageError`."""
         check_socket_path(self.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(str(self.path))
-        except OSError as e:
-            sock.close()
-            raise UsageError(f"--socket: cannot bind {self.path}: {e.strerror}") from e
-        finally:
-            os.umask(old)
+        sock = bind_owner_only(self.path)
         # owner only; with --allow-uid others must be able to connect, and the
         # peer credentials of every connection decide instead
         os.chmod(self.path, 0o666 if self.allowed - {os.getuid()} else 0o600)
@@ -157,24 +257,17 @@ class Server:
 
     def _serve_connection(self, conn: socket.socket, pid: int, uid: int) -> None:
         client = ClientState(self.service)
-        calls = 0
-        why = "closed by the client"
         LOG.info("connection %d from pid %d uid %d: opened", client.id, pid, uid)
+        link = _Link(conn, client)
         try:
-            version = negotiate(conn)
-            while True:
-                frame = read_frame(conn)
-                if frame is None:
-                    break
-                code, body = frame
-                response = client.handle(Reader(body, version))
-                calls += 1
-                write_frame(conn, code, response)
+            link.version = negotiate(conn)
+            link.serve()
         except ProtocolError as e:
-            why = f"dropped: {e}"
+            link.why = f"dropped: {e}"
         except OSError as e:
-            why = f"dropped: {e.strerror or e}"
+            link.why = f"dropped: {e.strerror or e}"
         finally:
+            link.end()
             try:
                 client.close()
             except Exception as e:  # the engine said no while ending its sessions
@@ -182,7 +275,8 @@ class Server:
             with self._lock:
                 self._conns.pop(conn.fileno(), None)
             conn.close()
-            LOG.info("connection %d from pid %d: %s after %d calls", client.id, pid, why, calls)
+            LOG.info("connection %d from pid %d: %s after %d calls",
+                     client.id, pid, link.why, link.calls)
 
     def _shutdown(self) -> None:
         if self._listener is not None:

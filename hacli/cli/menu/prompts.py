@@ -23,7 +23,6 @@ terminal itself.
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import re
 import sys
@@ -74,17 +73,22 @@ class Prompter:
 
         They are the PINs found and the answer itself; an answer equal to a PIN
         also hides the number it stands for (``0123456`` -> ``123456``), as a
-        number prompt's message would quote it.
+        number prompt's message would quote it, and an answer that stands for
+        a numeric PIN is one (``4_711``, ``0x1267`` for the PIN ``4711``).
         """
         text = answer.strip()
         if not text:
             return set()
+        # the number a prompt would read it as: `1_234`, `0x4d2` and `١٢٣٤` are
+        # all 1234, which a number prompt's message would quote
+        number = _number(text)
         found = {pin for pin in self._pins
-                 if text == pin or (len(pin) >= MIN_INNER and pin in answer)}
+                 if text == pin or (len(pin) >= MIN_INNER and pin in answer)
+                 or (number is not None and pin == str(number))}
         if found:
             found.add(text)
-            with contextlib.suppress(ValueError):
-                found.add(str(int(text, 0) if text.lower().startswith("0x") else int(text)))
+            if number is not None:
+                found.add(str(number))
         return found
 
     # -- output ------------------------------------------------------------
@@ -225,41 +229,63 @@ def redact(text: str, pins: set[str]) -> str:
 
 
 # -- parsers (pure; each raises BadAnswer with the message to show) --------------
-def parse_int(text: str, low: int, high: int) -> int:
+def _number(text: str) -> int | None:
+    """``text`` as a number prompt reads it (decimal, or hex after ``0x``); None if not one."""
     try:
-        value = int(text, 0) if text.lower().startswith("0x") else int(text)
+        return int(text, 0) if text.lower().startswith("0x") else int(text)
     except ValueError:
-        raise BadAnswer(f"'{text}' is not a number; enter a number from {low} to {high}.") \
-            from None
+        return None
+
+
+def parse_int(text: str, low: int, high: int) -> int:
+    value = _number(text)
+    if value is None:
+        raise BadAnswer(f"'{text}' is not a number; enter a number from {low} to {high}.")
     if not low <= value <= high:
         raise BadAnswer(f"{value} is out of range; enter a number from {low} to {high}.")
     return value
 
 
-def existing_file(text: str) -> Path:
+def _path(text: str) -> Path:
+    """``text`` as a path, ``~`` and ``~user`` expanded."""
     if not text:
         raise BadAnswer("Enter a file name.")
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise BadAnswer(f"No such file: {text}")
-    if not path.is_file():
-        raise BadAnswer(f"Not a regular file: {text}")
+    if "\0" in text:  # the system cannot even look such a name up
+        raise BadAnswer("A file name cannot contain a NUL character.")
     try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user of no such user, or no home directory
+        raise BadAnswer(f"Cannot find the home directory in {text}") from None
+
+
+def _cannot(verb: str, text: str, e: OSError) -> BadAnswer:
+    """A file the system refuses to look at (name too long, no permission): ask again."""
+    return BadAnswer(f"Cannot {verb} {text}: {e.strerror or e}")
+
+
+def existing_file(text: str) -> Path:
+    path = _path(text)
+    try:
+        if not path.exists():
+            raise BadAnswer(f"No such file: {text}")
+        if not path.is_file():
+            raise BadAnswer(f"Not a regular file: {text}")
         with path.open("rb"):
             pass
     except OSError as e:
-        raise BadAnswer(f"Cannot read {text}: {e.strerror}") from None
+        raise _cannot("read", text, e) from None
     return path
 
 
 def writable_file(text: str) -> Path:
-    if not text:
-        raise BadAnswer("Enter a file name.")
-    path = Path(text).expanduser()
-    if path.is_dir():
-        raise BadAnswer(f"{text} is a directory; enter a file name.")
-    if not path.parent.is_dir():
-        raise BadAnswer(f"No such directory: {path.parent}")
+    path = _path(text)
+    try:
+        if path.is_dir():
+            raise BadAnswer(f"{text} is a directory; enter a file name.")
+        if not path.parent.is_dir():
+            raise BadAnswer(f"No such directory: {path.parent}")
+    except OSError as e:
+        raise _cannot("write", text, e) from None
     return path
 
 
