@@ -25,7 +25,7 @@ from pkcs11.attributes import AttributeMapper
 
 from hacli.conf.model_types import MemberLocation
 from hacli.engine.exceptions import ModuleUnavailable
-from hacli.engine.module import ModuleInstance, lane_index
+from hacli.engine.module import ModuleInstance, lane_index, lane_local
 from hacli.engine.stats import MemberStats
 
 if TYPE_CHECKING:
@@ -169,15 +169,25 @@ class Connection:
             lane = self.lanes[0]  # lane 0 is sure to exist (and is open)
         return lane if lane is not None else self._open_lane()
 
+    # ``work`` and ``objects`` are read on every call: the lane is looked up
+    # inline (an open lane), not through the ``lane`` property
     @property
     def work(self) -> P11Session:
         """The calling thread's work session."""
-        return self.lane.work
+        try:
+            lane = self.lanes[lane_local.lane]
+        except IndexError:
+            lane = None
+        return (lane or self.lane).work
 
     @property
     def objects(self) -> dict[int, Any]:
         """real handle -> python-pkcs11 Object bound to :attr:`work`."""
-        return self.lane.objects
+        try:
+            lane = self.lanes[lane_local.lane]
+        except IndexError:
+            lane = None
+        return (lane or self.lane).objects
 
     @property
     def transport(self) -> Any:

@@ -168,6 +168,9 @@ class _Local(threading.local):
 
 
 _LOCAL = _Local()
+#: The per-thread state above, for code that reads the lane on every call
+#: (``lane_local.lane`` costs no function call; :func:`lane_index` is the same).
+lane_local = _LOCAL
 
 
 def current_instance() -> ModuleInstance | None:
@@ -877,7 +880,9 @@ class ModuleInstance:
         finally:
             local.lane = outer
             if held is None:
-                self._give(lane)
+                self._free.append(lane)  # (_give, inline: this is every call)
+                if self._waiters:
+                    self._wake_one()
             else:
                 self._give_all(held)
 
@@ -886,8 +891,11 @@ class ModuleInstance:
         """Free ``lane``; wake a waiter if there is one."""
         self._free.append(lane)
         if self._waiters:
-            with self._lane_freed:
-                self._lane_freed.notify()
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        with self._lane_freed:
+            self._lane_freed.notify()
 
     def _take(self, deadline: float | None) -> _Lane | None:
         """A free lane, waiting until ``deadline`` (None: for ever); None if none came.
@@ -1401,6 +1409,7 @@ class InstanceRegistry:
 __all__ = ["CUT_LIMIT", "ENV_GATE", "ENV_LEASE", "HELPER_TIMEOUT", "OWNER_FILE", "WORKDIR_PREFIXES",
            "InstanceRegistry", "ModuleInstance", "claim_workdir",
            "current_instance", "from_pkcs11_cleanup", "install_quiet_hooks",
-           "kept_libraries", "lane_index", "make_workdir", "module_key", "pooled_libraries",
+           "kept_libraries", "lane_index", "lane_local", "make_workdir", "module_key",
+           "pooled_libraries",
            "process_start_time",
            "remove_stale_workdirs", "remove_workdir", "server_socket_path"]
