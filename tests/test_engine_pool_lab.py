@@ -266,3 +266,4 @@ def test_lanes_share_objects_and_handles(healthy_lab, engine_factory) -> None:
     assert s.decrypt(aes, s.encrypt(aes, block, mechanism=Mechanism.AES_ECB),
                      mechanism=Mechanism.AES_ECB) == block
     s.close()
+

@@ -57,6 +57,7 @@ Facts this module is built on (BRIEF section 4):
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import ctypes
 import inspect
@@ -711,9 +712,14 @@ class ModuleInstance:
         # taking a free lane costs no lock; one thread alone always gets lane 0
         # (the session every connection opens first).
         self._free: list[_Lane] = list(reversed(self.lanes))
-        #: callers waiting for a lane (the releaser notifies only if any)
+        #: callers waiting for a lane (the releaser hands over only if any)
         self._waiters = 0
         self._lane_freed = threading.Condition(threading.Lock())
+        # one slot per waiter, first come first served: a freed lane is put in
+        # the first slot, so callers that keep arriving on the fast path
+        # cannot take every lane from under a waiter (a soak of 8 threads on
+        # the one member left starved a failover retry past its budget)
+        self._queue_of_waiters: collections.deque[list[_Lane | None]] = collections.deque()
         # one taker of *all* lanes at a time (two would each hold some)
         self._exclusive = threading.Lock()
         #: most calls seen in the module at once (a statistic)
@@ -850,6 +856,8 @@ class ModuleInstance:
             lane = held[0]
         else:
             try:
+                if self._waiters:  # others wait: queue behind them
+                    raise IndexError
                 lane = self._free.pop()  # the common case: a lane is free
             except IndexError:
                 lane = self._wait_for_lane(timeout, wait_behind, operation)
@@ -882,43 +890,56 @@ class ModuleInstance:
             if held is None:
                 self._free.append(lane)  # (_give, inline: this is every call)
                 if self._waiters:
-                    self._wake_one()
+                    self._hand_over()
             else:
                 self._give_all(held)
 
     # -- lanes ------------------------------------------------------------------
     def _give(self, lane: _Lane) -> None:
-        """Free ``lane``; wake a waiter if there is one."""
+        """Free ``lane``; hand it to the first waiter if there is one."""
         self._free.append(lane)
         if self._waiters:
-            self._wake_one()
+            self._hand_over()
 
-    def _wake_one(self) -> None:
+    def _hand_over(self) -> None:
+        """Free lanes go to the waiters' slots, first come first served."""
         with self._lane_freed:
-            self._lane_freed.notify()
+            queue_ = self._queue_of_waiters
+            while queue_:
+                try:
+                    lane = self._free.pop()
+                except IndexError:
+                    break
+                queue_.popleft()[0] = lane
+            self._lane_freed.notify_all()
 
     def _take(self, deadline: float | None) -> _Lane | None:
-        """A free lane, waiting until ``deadline`` (None: for ever); None if none came.
+        """A free lane, waiting in turn until ``deadline`` (None: for ever);
+        None if none came.
 
         A waiter counts itself under the condition *before* it looks at the
         free list, and a releaser appends *before* it reads the count: a lane
-        freed meanwhile is either seen by the waiter or notified to it.
+        freed meanwhile is either seen by the waiter or handed over to it.
         """
         with self._lane_freed:
             self._waiters += 1
             try:
-                while True:
-                    try:
-                        return self._free.pop()
-                    except IndexError:
-                        pass
+                try:
+                    return self._free.pop()
+                except IndexError:
+                    pass
+                slot: list[_Lane | None] = [None]
+                self._queue_of_waiters.append(slot)
+                while slot[0] is None:
                     if deadline is None:
                         self._lane_freed.wait()
                         continue
                     left = deadline - time.monotonic()
                     if left <= 0:
+                        self._queue_of_waiters.remove(slot)
                         return None
                     self._lane_freed.wait(left)
+                return slot[0]
             finally:
                 self._waiters -= 1
 
