@@ -709,7 +709,7 @@ class ModuleInstance:
         #: every lane; a call holds one (see the class docstring)
         self.lanes = tuple(_Lane(i) for i in range(self.concurrency))
         # The free lanes, lane 0 last: a list's pop and append are atomic, so
-        # taking a free lane costs no lock; one thread alone always gets lane 0
+        # taking a free lane costs no lock; a thread alone mostly gets lane 0
         # (the session every connection opens first).
         self._free: list[_Lane] = list(reversed(self.lanes))
         #: callers waiting for a lane (the releaser hands over only if any)
