@@ -78,11 +78,14 @@ def _mixed_load(engine: Engine, pin: str, threads: int, rounds: int) -> tuple[li
                 with lock:
                     calls[0] += n
 
-    ts = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    # daemon threads: one stuck for good fails the test below, not the run's exit
+    ts = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(threads)]
     for t in ts:
         t.start()
     for t in ts:
         t.join(120)
+    if any(t.is_alive() for t in ts):
+        errors.append("a thread never came back")
     s.close()
     return errors, calls[0]
 
@@ -188,8 +191,9 @@ def test_a_member_frozen_with_several_calls_in_flight(healthy_lab, engine_factor
                 with lock:
                     ha_worst[0] = max(ha_worst[0], time.monotonic() - t)
 
-    stuck = [threading.Thread(target=stuck_call) for _ in range(3)]
-    ha = [threading.Thread(target=ha_caller) for _ in range(4)]
+    # daemon threads: one stuck for good fails the test, not the run's exit
+    stuck = [threading.Thread(target=stuck_call, daemon=True) for _ in range(3)]
+    ha = [threading.Thread(target=ha_caller, daemon=True) for _ in range(4)]
     for t in stuck:
         t.start()
     # several calls really are in the frozen member at once
@@ -206,6 +210,7 @@ def test_a_member_frozen_with_several_calls_in_flight(healthy_lab, engine_factor
     for t in ha:
         t.join(10)
     lab.restore(m1)
+    assert not any(t.is_alive() for t in stuck + ha), "a call never came back"
 
     assert inst.abandoned
     assert len(outcomes) == 3

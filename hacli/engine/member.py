@@ -163,31 +163,21 @@ class Connection:
         Outside a call into the instance (index 0) this is lane 0, opened with
         the connection: reading its ``transport`` there costs no module call.
         """
-        try:
-            lane = self.lanes[lane_index()]
+        try:  # (read on every call: the thread-local, not lane_index())
+            lane = self.lanes[lane_local.lane]
         except IndexError:  # a thread in a call into another instance: only
             lane = self.lanes[0]  # lane 0 is sure to exist (and is open)
         return lane if lane is not None else self._open_lane()
 
-    # ``work`` and ``objects`` are read on every call: the lane is looked up
-    # inline (an open lane), not through the ``lane`` property
     @property
     def work(self) -> P11Session:
         """The calling thread's work session."""
-        try:
-            lane = self.lanes[lane_local.lane]
-        except IndexError:
-            lane = None
-        return (lane or self.lane).work
+        return self.lane.work
 
     @property
     def objects(self) -> dict[int, Any]:
         """real handle -> python-pkcs11 Object bound to :attr:`work`."""
-        try:
-            lane = self.lanes[lane_local.lane]
-        except IndexError:
-            lane = None
-        return (lane or self.lane).objects
+        return self.lane.objects
 
     @property
     def transport(self) -> Any:
