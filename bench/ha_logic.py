@@ -94,12 +94,16 @@ def measure(config: Any, pin: str, calls: int, rounds: int) -> dict[str, dict[st
         for m in group.members:
             conn = m.conn
             assert conn is not None
-            # resolve it on every member, then swap in the stubs
+            # resolve it on every member, then swap in the stubs on every lane
+            # the member's connection has opened (the lane a call gets is
+            # whichever is free)
             m.run(lambda c, m=m: group._objects.resolve(m, c, vobj), operation="C_FindObjects")
             _cid, handle = vobj.real[m.serial]
-            saved.append((conn, conn.work, handle, conn.objects[handle]))
-            conn.work = StubWork()
-            conn.objects[handle] = StubKey(handle)
+            for lane in conn.lanes:
+                if lane is not None:
+                    saved.append((lane, lane.work, handle, lane.objects.get(handle)))
+                    lane.work = StubWork()
+                    lane.objects[handle] = StubKey(handle)
         stub_work, stub_key = StubWork(), StubKey(0)
         cases = {
             "C_GenerateRandom (32 B)": (lambda: s.generate_random(32),
@@ -119,9 +123,12 @@ def measure(config: Any, pin: str, calls: int, rounds: int) -> dict[str, dict[st
                 ha_us, stub_us = statistics.median(ha_runs), statistics.median(stub_runs)
                 out[name] = {"ha_us": ha_us, "stub_us": stub_us, "logic_us": ha_us - stub_us}
         finally:
-            for conn, work, handle, obj in saved:
-                conn.work = work
-                conn.objects[handle] = obj
+            for lane, work, handle, obj in saved:
+                lane.work = work
+                if obj is None:
+                    del lane.objects[handle]
+                else:
+                    lane.objects[handle] = obj
             s.close()
     return out
 

@@ -17,6 +17,7 @@ from hacli.lab.procs import wait_until
 def lab_config(lab: Any, log_dir: Path, *, interval: int = 1, timeout_ms: int = 2000,
                reconn: int = -1, mode: str = "activeBasic", ha_only: bool = False,
                synchronize: bool = False, standby: tuple[str, ...] = (),
+               concurrency: int = HASettings.member_concurrency,
                journal_bytes: int = HASettings.multipart_journal_bytes,
                log_format: str = "text") -> HAConfig:
     """The lab's group as an HAConfig, as the lab's Chrystoki.conf has it (members
@@ -26,6 +27,7 @@ def lab_config(lab: Any, log_dir: Path, *, interval: int = 1, timeout_ms: int = 
         settings=HASettings(reconn_att=reconn, auto_reconnect_interval=interval,
                             receive_timeout_ms=timeout_ms, ha_log_enabled=True,
                             ha_log_path=str(log_dir), recovery_mode=mode, ha_only=ha_only,
+                            member_concurrency=concurrency,
                             multipart_journal_bytes=journal_bytes,
                             ha_log_format=log_format),
         groups=(GroupConf(0, lab.group_label, lab.group_serial, tuple(m.serial for m in ms),

@@ -52,6 +52,10 @@ def test_members_modules_and_luna_fallback() -> None:
         ("VirtualToken = {\n   VirtualToken00Members = a;\n}\n", "no VirtualToken00Label"),
         ("HAConfiguration = {\n   AutoReconnectInterval = 0;\n}\n",
          "/x/Chrystoki.conf:2: [HAConfiguration] AutoReconnectInterval"),
+        ("hacli = {\n   LabDir = ;\n   MemberConcurrency = 0;\n}\n",
+         "/x/Chrystoki.conf:3: [hacli] MemberConcurrency = '0' is invalid; allowed: "
+         "an integer 1..64"),
+        ("hacli = {\n   MemberConcurrency = many;\n}\n", ":2: [hacli] MemberConcurrency"),
         ("hacli = {\n   LabDir = /l;\n   MultipartJournalBytes = -5;\n}\n",
          "/x/Chrystoki.conf:3: [hacli] MultipartJournalBytes"),
     ],
@@ -60,6 +64,15 @@ def test_bad_values_name_where(text: str, needle: str) -> None:
     with pytest.raises(ConfFileError) as err:
         config_of(text)
     assert needle in str(err.value)
+
+
+def test_member_concurrency_comes_from_hacli_section() -> None:
+    """Calls at once per member connection (thread-safe modules): default 1 = serialised."""
+    assert HASettings().member_concurrency == 1
+    assert config_of("Misc = {\n}\n").settings.member_concurrency == 1
+    for value in (1, 16, 64):
+        text = f"hacli = {{\n   MemberConcurrency = {value};\n}}\n"
+        assert config_of(text).settings.member_concurrency == value
 
 
 def test_ha_status_explains_unreachable_members() -> None:

@@ -122,6 +122,7 @@ def load_settings(doc: Document) -> HASettings:
         ha_log_format=str(typed(doc, HACLI_SECTION, "haLogFormat")),
         recovery_mode=str(typed(doc, VT, "VirtualTokenActiveRecovery")),
         receive_timeout_ms=typed_int(doc, CLIENT, "ReceiveTimeout"),
+        member_concurrency=typed_int(doc, HACLI_SECTION, "MemberConcurrency"),
         multipart_journal_bytes=typed_int(doc, HACLI_SECTION, "MultipartJournalBytes"),
     )
 

@@ -46,7 +46,7 @@ class Engine:
         self.config = config
         self.settings = config.settings
         self._workdir = make_workdir()
-        self._registry = InstanceRegistry(self._workdir)
+        self._registry = InstanceRegistry(self._workdir, config.settings.member_concurrency)
         self._ids = itertools.count(1)
         self._closed = False
         s = self.settings

@@ -2,10 +2,12 @@
 
 A :class:`Member` holds the engine-side state of one token (alive/down, counters,
 needs-sync) and, while alive, a :class:`Connection`: the python-pkcs11 token and
-sessions of one module generation.  Everything in a connection is touched only
-on its module instance's worker thread (``Member.run``), so no lock guards it;
-a call that was abandoned after a timeout can only ever touch its own, by then
-discarded, connection.
+sessions of one module generation.  A connection is touched only inside calls
+into its module instance (``Member.run``); where the module takes several calls
+at once, each runs on its own *lane* of the connection (its own work session
+and python-pkcs11 objects), so no lock guards a lane; a call that was
+abandoned after a timeout can only ever touch its own, by then discarded,
+connection.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pkcs11.attributes import AttributeMapper
 
 from hacli.conf.model_types import MemberLocation
 from hacli.engine.exceptions import ModuleUnavailable
-from hacli.engine.module import ModuleInstance
+from hacli.engine.module import ModuleInstance, lane_index, lane_local
 from hacli.engine.stats import MemberStats
 
 if TYPE_CHECKING:
@@ -97,25 +99,55 @@ MAPPER = HAMapper()
 _conn_ids = itertools.count(1)
 
 
+class Lane:
+    """What one call at a time uses of a connection: a R/W work session, the
+    python-pkcs11 objects bound to it, and the transport key found in it.
+
+    python-pkcs11 binds an object to the session it was found or created in,
+    and PKCS#11 allows one active operation per session: calls running at once
+    on one connection each need a lane.  Object handles and session objects
+    are the application's, shared by all its sessions, so a handle mapped on
+    one lane is valid on every lane of the connection.
+    """
+
+    __slots__ = ("objects", "transport", "work")
+
+    def __init__(self, work: P11Session):
+        self.work = work
+        #: real handle -> python-pkcs11 Object bound to ``work``
+        self.objects: dict[int, Any] = {}
+        #: the group transport key, bound to ``work`` (None: the member has none)
+        self.transport: Any = None
+
+    def find_transport(self) -> Any:
+        """Look for the group transport key in this lane's session (inside a call)."""
+        found = list(self.work.get_objects({Attribute.LABEL: TRANSPORT_LABEL,
+                                            Attribute.CLASS: ObjectClass.SECRET_KEY}))
+        self.transport = found[0] if found else None
+        return self.transport
+
+
 class Connection:
     """A member's live python-pkcs11 state on one module generation.
 
     ``work`` is a R/W session (no PIN of its own) that every single-part
-    operation, object management call and search uses: the instance's worker
-    serialises calls, so one session per member is enough.  ``login`` is the
-    session opened with the user PIN; closing it logs the token out.
+    operation, object management call and search uses; ``objects`` and
+    ``transport`` are bound to it.  The three belong to the calling thread's
+    *lane* (:func:`~hacli.engine.module.lane_index`): one per call the module
+    instance runs at once (``instance.concurrency``, one where calls are
+    serialised), opened on a lane's first use.  ``login`` is the session
+    opened with the user PIN; closing it logs the token out.
     """
 
-    def __init__(self, instance: ModuleInstance, token: Any, work: Any):
+    def __init__(self, instance: ModuleInstance, token: Any, work: P11Session):
         self.id = next(_conn_ids)
         self.instance = instance
         self.generation = instance.generation
         self.token = token
-        self.work: P11Session = work
+        #: lane index -> lane, None until a call first uses it
+        self.lanes: list[Lane | None] = [None] * instance.concurrency
+        self.lanes[0] = Lane(work)
         self.login: Any = None
-        #: real handle -> python-pkcs11 Object bound to ``work``
-        self.objects: dict[int, Any] = {}
-        self.transport: Any = None
         self.retired: list[Any] = []
         #: idle sessions for multi-part operations (see hacli.engine.multipart)
         self.op_sessions: list[Any] = []
@@ -124,47 +156,86 @@ class Connection:
         #: cannot be replicated to or from this member.
         self.can_wrap = True
 
+    @property
+    def lane(self) -> Lane:
+        """The calling thread's lane of this connection (opened on first use).
+
+        Outside a call into the instance (index 0) this is lane 0, opened with
+        the connection: reading its ``transport`` there costs no module call.
+        """
+        try:  # (read on every call: the thread-local, not lane_index())
+            lane = self.lanes[lane_local.lane]
+        except IndexError:  # a thread in a call into another instance: only
+            lane = self.lanes[0]  # lane 0 is sure to exist (and is open)
+        return lane if lane is not None else self._open_lane()
+
+    @property
+    def work(self) -> P11Session:
+        """The calling thread's work session."""
+        return self.lane.work
+
+    @property
+    def objects(self) -> dict[int, Any]:
+        """real handle -> python-pkcs11 Object bound to :attr:`work`."""
+        return self.lane.objects
+
+    @property
+    def transport(self) -> Any:
+        """The group transport key bound to :attr:`work`, or None."""
+        return self.lane.transport
+
+    def _open_lane(self) -> Lane:
+        """Open the calling thread's lane: a work session of its own (inside a
+        call holding that lane of the instance, so no other thread opens it)."""
+        lane = Lane(self.token.open(rw=True, attribute_mapper=MAPPER))
+        self.lanes[lane_index()] = lane
+        lane.find_transport()
+        return lane
+
     def destroy(self, obj: Any) -> None:
-        """``C_DestroyObject`` on ``obj`` and forget its handle (worker)."""
+        """``C_DestroyObject`` on ``obj`` and forget its handle on every lane."""
         obj.destroy()
-        self.objects.pop(obj.handle, None)
+        for lane in self.lanes:
+            if lane is not None:
+                lane.objects.pop(obj.handle, None)
 
     def remember(self, obj: Any) -> Any:
-        self.objects[obj.handle] = obj
+        """Cache ``obj`` (bound to this thread's work session) by its handle."""
+        self.lane.objects[obj.handle] = obj
         return obj
 
     def rotate_work_session(self) -> None:
-        """Replace ``work`` after an error that can leave an operation active
-        (``CKR_BUFFER_TOO_SMALL``): the old session stays open, so session
-        objects it created live on; objects are looked up again by identity."""
-        self.retired.append(self.work)
-        self.work = self.token.open(rw=True, attribute_mapper=MAPPER)
-        self.objects.clear()
-        self.find_transport()
+        """Replace this lane's ``work`` after an error that can leave an
+        operation active (``CKR_BUFFER_TOO_SMALL``): the old session stays open,
+        so session objects it created live on; objects are looked up again by
+        identity."""
+        lane = self.lane
+        self.retired.append(lane.work)
+        lane.work = self.token.open(rw=True, attribute_mapper=MAPPER)
+        lane.objects.clear()
+        lane.find_transport()
 
     def close_sessions(self) -> None:
-        """Close every session of this connection (worker): the login session
-        (logging the token out), the work, retired and idle operation sessions.
+        """Close every session of this connection: the login session
+        (logging the token out), every lane's work, retired and idle operation sessions.
 
         For a connection whose token changed under it (``C_InitToken`` by
         another application): a module instance shared with other members is
         not re-initialised by a recovery, and the token would stay logged in
         there.  Errors are ignored: the token may refuse a session it forgot.
         """
-        for session in [self.login, self.work, *self.retired, *self.op_sessions]:
+        works = [lane.work for lane in self.lanes if lane is not None]
+        for session in [self.login, *works, *self.retired, *self.op_sessions]:
             if session is not None:
                 with contextlib.suppress(Exception):
                     session.close()
         self.login = None
         self.retired.clear()
         self.op_sessions.clear()
-        self.objects.clear()
+        for lane in self.lanes:
+            if lane is not None:
+                lane.objects.clear()
 
-    def find_transport(self) -> Any:
-        found = list(self.work.get_objects({Attribute.LABEL: TRANSPORT_LABEL,
-                                            Attribute.CLASS: ObjectClass.SECRET_KEY}))
-        self.transport = found[0] if found else None
-        return self.transport
 
 
 def open_connection(instance: ModuleInstance, serial: str, pin: str | None) -> Connection:
@@ -185,7 +256,10 @@ def open_connection(instance: ModuleInstance, serial: str, pin: str | None) -> C
     conn = Connection(instance, token, work)
     if pin is not None:
         conn.login = token.open(rw=True, user_pin=pin, attribute_mapper=MAPPER)
-    conn.find_transport()
+    # lane 0, whatever lane this call holds: nobody else has the connection yet
+    lane0 = conn.lanes[0]
+    assert lane0 is not None
+    lane0.find_transport()
     try:
         conn.can_wrap = pkcs11.Mechanism.AES_KEY_WRAP_PAD in token.slot.get_mechanisms()
     except pkcs11.FunctionNotSupported:
@@ -254,4 +328,4 @@ class Member:
 
 
 __all__ = ["MAPPER", "SERVING_STATES", "TRANSPORT_ID", "TRANSPORT_LABEL", "Connection",
-           "HAMapper", "Member", "MemberState", "open_connection"]
+           "HAMapper", "Lane", "Member", "MemberState", "open_connection"]

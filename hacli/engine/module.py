@@ -57,6 +57,7 @@ Facts this module is built on (BRIEF section 4):
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import ctypes
 import inspect
@@ -158,12 +159,31 @@ CUT_LIMIT = 10.0
 _GRAVEYARD: set[ModuleInstance] = set()
 _GRAVEYARD_LOCK = threading.Lock()
 
-_LOCAL = threading.local()
+class _Local(threading.local):
+    """Per thread: the instance whose worker it is, and the lane of the call
+    it is making into a module (class attributes are the defaults)."""
+
+    instance: ModuleInstance | None = None
+    #: index of the lane the running call holds (0 outside calls, and on workers)
+    lane: int = 0
+
+
+_LOCAL = _Local()
+#: The per-thread state above, for code that reads the lane on every call
+#: (``lane_local.lane`` costs no function call; :func:`lane_index` is the same).
+lane_local = _LOCAL
 
 
 def current_instance() -> ModuleInstance | None:
     """The instance whose worker thread runs the caller; None on any other thread."""
-    return getattr(_LOCAL, "instance", None)
+    return _LOCAL.instance
+
+
+def lane_index() -> int:
+    """The lane (see :class:`ModuleInstance`) of the call this thread is making
+    into a module: which work session of a member connection it uses.  0 outside
+    calls, and on a worker thread (a worker runs with every lane held)."""
+    return _LOCAL.lane
 
 
 # ---------------------------------------------------------------------------
@@ -579,38 +599,71 @@ class _Task:
         self.started: float | None = None
 
 
+class _Lane:
+    """One of a module instance's call slots: a call holds one while it runs,
+    and publishes its deadlines on it for the watchdog (attribute writes on
+    an object made once, no allocation per call)."""
+
+    __slots__ = ("deadline", "hard_deadline", "index", "spared")
+
+    def __init__(self, index: int):
+        self.index = index
+        #: monotonic deadline of the call running on this lane (read by the watchdog)
+        self.deadline: float | None = None
+        #: the member's whole command timeout, for a call given less (a
+        #: failover retry): past ``deadline`` the call is cut only if the
+        #: member's server is seen stopped, else at this one
+        self.hard_deadline: float | None = None
+        #: the ``deadline`` the watchdog found past with the server running
+        #: (watchdog thread only)
+        self.spared: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<lane {self.index} {'busy' if self.deadline is not None else 'idle'}>"
+
+
 _STOP = object()
 #: Wakes an idle worker after its instance was abandoned (it then finalizes).
 _WAKE = object()
 
 
 class ModuleInstance:
-    """One loaded copy of a PKCS#11 module, with its call lock and worker thread.
+    """One loaded copy of a PKCS#11 module, with its call lanes and worker thread.
 
     Two ways to call it (docs/engine.md, "Calls into a member"):
 
     * **direct** (a module whose transport can be cut, ``p11-kit-client.so``,
-      with a ``watchdog``): :meth:`call` runs on the caller's thread under the
-      instance's lock.  The call's deadline is published for the
-      :class:`~hacli.engine.watchdog.Watchdog`, which abandons the instance and
-      cuts its transport when a call overstays.  The worker thread only runs
-      clean-up handed to :meth:`submit`, and finalizes an abandoned instance.
+      with a ``watchdog``): :meth:`call` runs on the caller's thread holding
+      one of the instance's ``concurrency`` *lanes*.  ``p11-kit-client.so``
+      is thread-safe, so up to that many calls run at once, each on its lane's
+      own work session of a member connection (:func:`lane_index`,
+      :class:`~hacli.engine.member.Connection`).  Each call's deadline is
+      published on its lane for the :class:`~hacli.engine.watchdog.Watchdog`,
+      which abandons the instance and cuts its transport when a call
+      overstays (failing every call in flight on it).  The worker thread only
+      runs clean-up handed to :meth:`submit`, and finalizes an abandoned
+      instance.
     * **worker** (any other module): every call is handed to the worker thread
       and waited for with the timeout; a stuck call keeps the worker, never
-      the caller.
+      the caller.  One lane: the module is called by one thread at a time.
+
+    Loading, re-initialising and finalizing the module, and every task of the
+    worker, hold *all* lanes: nothing else runs in the module meanwhile.
 
     :param library: path of the module (``.so``).
     :param env: environment the module needs while loading/initialising.
     :param workdir: private directory for the library copy.
     :param name: for thread names and messages (member serial(s)).
     :param watchdog: the engine's watchdog; without one, calls go to the worker.
+    :param concurrency: lanes of a direct instance (``MemberConcurrency``);
+        a worker instance has one whatever is asked.
     """
 
     _counter = 0
     _counter_lock = threading.Lock()
 
     def __init__(self, library: str, env: Mapping[str, str] | None, workdir: str,
-                 name: str = "", watchdog: Watchdog | None = None):
+                 name: str = "", watchdog: Watchdog | None = None, concurrency: int = 1):
         install_quiet_hooks()
         self.library = library
         self.env = dict(env or {})
@@ -641,17 +694,6 @@ class ModuleInstance:
         self._running: _Task | None = None
         self._state_lock = threading.Lock()
         self._finalized = False
-        #: Held by whoever is inside the module: a direct caller or the worker.
-        self._call_lock = threading.Lock()
-        #: monotonic deadline of the direct call running now (read by the watchdog)
-        self._deadline: float | None = None
-        #: the member's whole command timeout, for a call given less (a
-        #: failover retry): past ``_deadline`` the call is cut only if the
-        #: member's server is seen stopped, else at this one
-        self._hard_deadline: float | None = None
-        #: the ``_deadline`` the watchdog found past with the server running
-        #: (watchdog thread only)
-        self._spared: float | None = None
         #: pid of the member's server process (``SO_PEERCRED``), if known
         self._server_pid: int | None = None
         #: the command timeout last asked for (bounds clean-up run on the worker)
@@ -659,6 +701,27 @@ class ModuleInstance:
         #: True: calls run on the caller's thread (see the class docstring)
         self.direct = watchdog is not None and self.server_path is not None
         self._watchdog = watchdog if self.direct else None
+        #: calls that may run in the module at once (a module called in
+        #: process is not thread-safe under python-pkcs11: one)
+        self.concurrency = max(1, concurrency) if self.direct else 1
+        #: every lane; a call holds one (see the class docstring)
+        self.lanes = tuple(_Lane(i) for i in range(self.concurrency))
+        # The free lanes, lane 0 last: a list's pop and append are atomic, so
+        # taking a free lane costs no lock; a thread alone mostly gets lane 0
+        # (the session every connection opens first).
+        self._free: list[_Lane] = list(reversed(self.lanes))
+        #: callers waiting for a lane (the releaser hands over only if any)
+        self._waiters = 0
+        self._lane_freed = threading.Condition(threading.Lock())
+        # one slot per waiter, first come first served: a freed lane is put in
+        # the first slot, so callers that keep arriving on the fast path
+        # cannot take every lane from under a waiter (a soak of 8 threads on
+        # the one member left starved a failover retry past its budget)
+        self._queue_of_waiters: collections.deque[list[_Lane | None]] = collections.deque()
+        # one taker of *all* lanes at a time (two would each hold some)
+        self._exclusive = threading.Lock()
+        #: most calls seen in the module at once (a statistic)
+        self.peak_in_flight = 0
         self._thread = threading.Thread(
             target=self._work, name=f"hacli-module-{self.number}-{name}", daemon=True)
         self._thread.start()
@@ -668,6 +731,12 @@ class ModuleInstance:
     def __repr__(self) -> str:
         state = "abandoned" if self.abandoned else "closed" if self.closed else "ok"
         return f"<ModuleInstance #{self.number} {self.library} {state}>"
+
+    @property
+    def in_flight(self) -> int:
+        """Lanes held now: calls running in the module (all of them while the
+        worker or a load, re-initialisation or finalization runs)."""
+        return self.concurrency - len(self._free)
 
     @property
     def usable(self) -> bool:
@@ -685,26 +754,32 @@ class ModuleInstance:
                 if self.abandoned:
                     break
                 continue
-            with self._call_lock:
-                self._run_task(task)
+            held = self._hold_all()
+            try:
+                self._run_task(task, held[0])
+            finally:
+                self._give_all(held)
             del task
             if self.abandoned:
                 break
         # Leaving.  If we were abandoned the stuck call has returned (its
         # transport was cut, or the member resumed), on this thread or on a
-        # direct caller's, which has let go of the call lock: end the helpers
+        # direct callers', which have let go of their lanes: end the helpers
         # parked in operations and finalize.
         if self.abandoned:
-            with self._call_lock:
+            held = self._hold_all()
+            try:
                 self._drain(ModuleUnavailable(self.name))
                 self._finalize()
+            finally:
+                self._give_all(held)
             with _GRAVEYARD_LOCK:
                 _GRAVEYARD.discard(self)
         self._release()
         _LOCAL.instance = None
 
-    def _run_task(self, task: _Task) -> None:
-        """Run one queued task (worker, call lock held)."""
+    def _run_task(self, task: _Task, lane: _Lane) -> None:
+        """Run one queued task (worker, every lane held; ``lane`` carries its deadline)."""
         with self._state_lock:
             if self.abandoned or self._finalized:
                 task.future.set_exception(ModuleUnavailable(self.name))
@@ -712,7 +787,7 @@ class ModuleInstance:
             task.started = time.monotonic()
             self._running = task
             if self.direct:  # the watchdog bounds clean-up work as well
-                self._deadline = task.started + self._timeout_hint
+                lane.deadline = task.started + self._timeout_hint
         if task.future.set_running_or_notify_cancel():
             try:
                 result = task.fn(*task.args)
@@ -724,7 +799,7 @@ class ModuleInstance:
                 del result
         with self._state_lock:
             self._running = None
-            self._deadline = None
+            lane.deadline = None
 
     def _release(self) -> None:
         """The worker is done: a finalized module nobody runs in goes to the pool."""
@@ -743,15 +818,15 @@ class ModuleInstance:
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float,
              operation: str = "", wait_behind: bool = True,
-             full_timeout: float | None = None) -> T:
+             full_timeout: float | None = None, exclusive: bool = False) -> T:
         """Run ``fn(*args)`` in the module, bounded by ``timeout`` s of its run.
 
-        Direct instances run it on the calling thread under the call lock
-        (waiting for the lock is bounded by ``timeout`` too); the others on
-        the worker.  A caller that finds the lock held for all of ``timeout``
-        waits on behind the holder while it is within its own deadline, or,
-        without ``wait_behind`` (a failover retry: another member may be
-        free), raises :class:`MemberBusy`.  Raises :class:`CallTimeout` (and
+        Direct instances run it on the calling thread holding a lane (waiting
+        for a free one is bounded by ``timeout`` too); the others on the
+        worker.  A caller that finds every lane taken for all of ``timeout``
+        waits on while a running call is within its own deadline, or, without
+        ``wait_behind`` (a failover retry: another member may be free),
+        raises :class:`MemberBusy`.  Raises :class:`CallTimeout` (and
         abandons the instance, cutting its transport) when the running call
         exceeds the timeout,
         :class:`ModuleUnavailable` when the instance is already abandoned or
@@ -763,25 +838,41 @@ class ModuleInstance:
         merely slow (a long key generation, a starved machine) runs on to
         ``full_timeout``.  A healthy member is never cut before its
         ``ReceiveTimeout``.
+
+        ``exclusive``: hold every lane (loading, re-initialising, finalizing
+        the module: no other call may run in it meanwhile).
         """
         if not self.direct:
             return self._call_on_worker(fn, args, timeout, operation)
         if self.abandoned or self.closed:
             raise ModuleUnavailable(self.name)
-        lock = self._call_lock
-        if not lock.acquire(True, timeout):
-            if not wait_behind:
-                raise MemberBusy(self.name)
-            if not self._acquire_behind(lock, timeout):
+        held: list[_Lane] | None = None
+        if exclusive:
+            held = self._take_all(time.monotonic() + 2 * max(timeout, self._timeout_hint) + 1.0)
+            if held is None:
                 raise CallTimeout(operation, self.name, timeout)
+            lane = held[0]
+        else:
+            try:
+                if self._waiters:  # others wait: queue behind them
+                    raise IndexError
+                lane = self._free.pop()  # the common case: a lane is free
+            except IndexError:
+                lane = self._wait_for_lane(timeout, wait_behind, operation)
+        local = _LOCAL
+        outer = local.lane  # a call made from inside another instance's call
+        local.lane = lane.index
         try:
             if self.abandoned or self._finalized:
                 raise ModuleUnavailable(self.name)
+            busy = self.concurrency - len(self._free)
+            if busy > self.peak_in_flight:
+                self.peak_in_flight = busy
             self._timeout_hint = timeout
             now = time.monotonic()
             if full_timeout is not None and full_timeout > timeout:
-                self._hard_deadline = now + full_timeout
-            self._deadline = now + timeout
+                lane.hard_deadline = now + full_timeout
+            lane.deadline = now + timeout
             try:
                 return fn(*args)
             except BaseException as e:
@@ -790,45 +881,144 @@ class ModuleInstance:
                     raise CallTimeout(operation, self.name, timeout) from None
                 raise
             finally:
-                self._deadline = None
-                self._hard_deadline = None
+                lane.deadline = None
+                lane.hard_deadline = None
         finally:
-            lock.release()
+            local.lane = outer
+            if held is None:
+                self._free.append(lane)  # (_give, inline: this is every call)
+                if self._waiters:
+                    self._hand_over()
+            else:
+                self._give_all(held)
 
-    def _acquire_behind(self, lock: threading.Lock, timeout: float) -> bool:
-        """The call lock was not free within the caller's ``timeout``: a long
-        call holds it (a key pair generation, an inventory).  That is a busy
-        member, not a dead one: the holder is bounded by its own deadline (the
-        watchdog abandons the instance past it), so wait on while it is within
-        it.  False only after twice the longest timeout asked for (a waiter
-        the lock never came to)."""
+    # -- lanes ------------------------------------------------------------------
+    def _give(self, lane: _Lane) -> None:
+        """Free ``lane``; hand it to the first waiter if there is one."""
+        self._free.append(lane)
+        if self._waiters:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Free lanes go to the waiters' slots, first come first served."""
+        with self._lane_freed:
+            queue_ = self._queue_of_waiters
+            while queue_:
+                try:
+                    lane = self._free.pop()
+                except IndexError:
+                    break
+                queue_.popleft()[0] = lane
+            self._lane_freed.notify_all()
+
+    def _take(self, deadline: float | None) -> _Lane | None:
+        """A free lane, waiting in turn until ``deadline`` (None: for ever);
+        None if none came.
+
+        A waiter counts itself under the condition *before* it looks at the
+        free list, and a releaser appends *before* it reads the count: a lane
+        freed meanwhile is either seen by the waiter or handed over to it.
+        """
+        with self._lane_freed:
+            self._waiters += 1
+            try:
+                try:
+                    return self._free.pop()
+                except IndexError:
+                    pass
+                slot: list[_Lane | None] = [None]
+                self._queue_of_waiters.append(slot)
+                while slot[0] is None:
+                    if deadline is None:
+                        self._lane_freed.wait()
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self._queue_of_waiters.remove(slot)
+                        return None
+                    self._lane_freed.wait(left)
+                return slot[0]
+            finally:
+                self._waiters -= 1
+
+    def _take_all(self, deadline: float | None) -> list[_Lane] | None:
+        """Every lane (nothing else runs in the module while they are held),
+        waiting until ``deadline`` (None: for ever); None if they did not all come."""
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._exclusive.acquire(True, wait):
+            return None
+        held: list[_Lane] = []
+        try:
+            for _ in self.lanes:
+                lane = self._take(deadline)
+                if lane is None:
+                    self._give_all(held)
+                    return None
+                held.append(lane)
+            return held
+        finally:
+            self._exclusive.release()
+
+    def _hold_all(self) -> list[_Lane]:
+        """Every lane, waiting as long as it takes (the worker: a stuck direct
+        call is freed by the watchdog's cut)."""
+        held = self._take_all(None)
+        assert held is not None  # without a deadline it returns only with them all
+        return held
+
+    def _give_all(self, held: list[_Lane]) -> None:
+        for lane in held:
+            self._give(lane)
+
+    def _wait_for_lane(self, timeout: float, wait_behind: bool, operation: str) -> _Lane:
+        """No lane was free: wait for one, bounded as :meth:`call` says."""
+        lane = self._take(time.monotonic() + timeout)
+        if lane is not None:
+            return lane
+        if not wait_behind:
+            raise MemberBusy(self.name)
+        lane = self._take_behind(timeout)
+        if lane is None:
+            raise CallTimeout(operation, self.name, timeout)
+        return lane
+
+    def _take_behind(self, timeout: float) -> _Lane | None:
+        """No lane was free within the caller's ``timeout``: long calls hold
+        them (a key pair generation, an inventory).  That is a busy member, not
+        a dead one: each holder is bounded by its own deadline (the watchdog
+        abandons the instance past it), so wait on while the first of them is
+        within it.  None only after twice the longest timeout asked for (a
+        waiter no lane ever came to)."""
         give_up = time.monotonic() + 2 * max(timeout, self._timeout_hint) + 1.0
         while True:
             if self.abandoned or self.closed:
                 raise ModuleUnavailable(self.name)
             now = time.monotonic()
             if now >= give_up:
-                return False
-            deadline = self._deadline
-            holder_left = (deadline - now if deadline is not None else self._timeout_hint)
+                return None
+            deadlines = [d for d in (lane.deadline for lane in self.lanes) if d is not None]
+            holder_left = min(deadlines) - now if deadlines else self._timeout_hint
             wait = min(give_up - now, max(0.005, holder_left + 3 * PERIOD))
-            if lock.acquire(True, wait):
-                return True
+            lane = self._take(now + wait)
+            if lane is not None:
+                return lane
 
     def check_deadline(self, now: float) -> None:
-        """Watchdog: abandon the instance if its running call is past its deadline
+        """Watchdog: abandon the instance if a running call is past its deadline
         (a retry's shorter one only while the member's server is stopped)."""
-        deadline = self._deadline
-        if deadline is None or now < deadline:
+        for lane in self.lanes:
+            deadline = lane.deadline
+            if deadline is None or now < deadline:
+                continue
+            hard = lane.hard_deadline
+            if hard is not None and now < hard:
+                if lane.spared == deadline:
+                    continue
+                if not self._server_stopped():
+                    lane.spared = deadline
+                    continue
+            self._expire(lane, deadline)
             return
-        hard = self._hard_deadline
-        if hard is not None and now < hard:
-            if self._spared == deadline:
-                return
-            if not self._server_stopped():
-                self._spared = deadline
-                return
-        self._expire(deadline)
 
     def _server_stopped(self) -> bool:
         """True when the member's server process is stopped (``SIGSTOP``: its
@@ -845,10 +1035,11 @@ class ModuleInstance:
         fields = stat[stat.rindex(b")") + 2:].split()
         return bool(fields) and fields[0] in (b"T", b"t")
 
-    def _expire(self, deadline: float) -> None:
-        """Abandon (if the call with ``deadline`` is still running) and cut."""
+    def _expire(self, lane: _Lane, deadline: float) -> None:
+        """Abandon (if the call with ``deadline`` is still running on ``lane``)
+        and cut: every call in flight on the instance fails."""
         with self._state_lock:
-            if self.abandoned or self._deadline != deadline:
+            if self.abandoned or lane.deadline != deadline:
                 return
             self._abandon_locked()
         self._queue.put(_WAKE)
@@ -1133,11 +1324,12 @@ class ModuleInstance:
 
     def load(self, timeout: float) -> Any:
         """Load (once) and initialise the module; returns the python-pkcs11 lib."""
-        return self.call(self._load, timeout=timeout, operation="C_Initialize")
+        return self.call(self._load, timeout=timeout, operation="C_Initialize", exclusive=True)
 
     def reinitialize(self, timeout: float) -> Any:
         """``C_Finalize`` + ``C_Initialize``: every session of the instance is gone."""
-        return self.call(self._reinitialize, timeout=timeout, operation="C_Initialize")
+        return self.call(self._reinitialize, timeout=timeout, operation="C_Initialize",
+                         exclusive=True)
 
     def close(self, timeout: float = 2.0) -> None:
         """End the helpers and finalize (on the worker), stop the worker, and
@@ -1153,7 +1345,8 @@ class ModuleInstance:
             return
         if not self.abandoned:
             with contextlib.suppress(Exception):
-                self.call(self._finalize, timeout=timeout, operation="C_Finalize")
+                self.call(self._finalize, timeout=timeout, operation="C_Finalize",
+                          exclusive=True)
         self.closed = True
         if self._watchdog is not None and not self.abandoned:
             # (an abandoned instance was unwatched already; its worker still
@@ -1179,10 +1372,13 @@ class InstanceRegistry:
     is abandoned (a stuck call) the next :meth:`current` makes a fresh one.
     A work directory named like the engine's is claimed (owner file, removed
     at exit and by :meth:`close`), and stale ones next to it are removed.
+    ``concurrency``: calls at once per direct instance (see :class:`ModuleInstance`).
     """
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, concurrency: int = 1):
         self.workdir = workdir
+        #: lanes of each direct instance (``MemberConcurrency``)
+        self.concurrency = concurrency
         #: frees direct calls stuck in a member (one per registry, i.e. per engine)
         self.watchdog = Watchdog()
         self._owns_workdir = claim_workdir(workdir)
@@ -1201,7 +1397,8 @@ class InstanceRegistry:
                 # forget abandoned instances whose threads have all ended
                 self._all = [i for i in self._all
                              if not (i.abandoned and not i.threads())]
-                inst = ModuleInstance(library, env, self.workdir, name, self.watchdog)
+                inst = ModuleInstance(library, env, self.workdir, name, self.watchdog,
+                                      self.concurrency)
                 self._current[key] = inst
                 self._all.append(inst)
             return inst
@@ -1232,6 +1429,7 @@ class InstanceRegistry:
 __all__ = ["CUT_LIMIT", "ENV_GATE", "ENV_LEASE", "HELPER_TIMEOUT", "OWNER_FILE", "WORKDIR_PREFIXES",
            "InstanceRegistry", "ModuleInstance", "claim_workdir",
            "current_instance", "from_pkcs11_cleanup", "install_quiet_hooks",
-           "kept_libraries", "make_workdir", "module_key", "pooled_libraries",
+           "kept_libraries", "lane_index", "lane_local", "make_workdir", "module_key",
+           "pooled_libraries",
            "process_start_time",
            "remove_stale_workdirs", "remove_workdir", "server_socket_path"]

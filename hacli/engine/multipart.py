@@ -305,9 +305,10 @@ def take_session(conn: Connection) -> Any:
     """An idle operation session of ``conn``, or a new one (worker thread)."""
     from hacli.engine.member import MAPPER
 
-    if conn.op_sessions:
+    try:  # (calls on other lanes take and give back sessions at the same time)
         return conn.op_sessions.pop()
-    return conn.token.open(rw=True, attribute_mapper=MAPPER)
+    except IndexError:
+        return conn.token.open(rw=True, attribute_mapper=MAPPER)
 
 
 def give_back(conn: Connection, session: Any) -> None:

@@ -105,7 +105,8 @@ class ObjectRegistry:
         conn.remember(obj)
 
     def resolve(self, m: Member, conn: Connection, vobj: VObject) -> Any:
-        """The python-pkcs11 object behind ``vobj`` on ``m`` (worker thread).
+        """The python-pkcs11 object behind ``vobj`` on ``m``, bound to the
+        calling lane's work session (inside a call into ``m``).
 
         Raises :class:`NotOnMember` when ``m`` has no free object of that
         identity (remembered per connection, so it is not searched again).
@@ -118,6 +119,10 @@ class ObjectRegistry:
         if vobj.absent.get(m.serial) == conn.id:
             raise NotOnMember()
         candidates = list(conn.work.get_objects(vobj.ident))
+        if ent is not None and ent[0] == conn.id:
+            # mapped on this connection, first use on this lane (another work
+            # session): the same handle, bound to this lane's session
+            candidates.sort(key=lambda c: c.handle != ent[1])
         with self._lock:
             free = [c for c in candidates
                     if self._by_real.get((m.serial, conn.id, c.handle)) in (None, vobj)]
