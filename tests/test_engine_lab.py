@@ -244,11 +244,12 @@ def test_no_recovery_when_count_is_zero(healthy_lab, engine_factory) -> None:
 def test_failover_under_load(healthy_lab3, engine_factory) -> None:
     """8 threads signing while one member is crashed and another frozen.
 
-    With one lane per member (``MemberConcurrency = 1``, the default) the 8 threads all
-    queue for the last member's lane: a failover retry waiting there gets it
+    With 4 lanes per member (``MemberConcurrency``, the default) the 8 threads
+    queue for the last member's lanes: a failover retry waiting there gets one
     in turn (lanes are handed to waiters first come first served; callers
     barging in on the fast path once starved it past its budget, and the
-    healthy member was marked down)."""
+    healthy member was marked down).  The frozen member has several calls in
+    flight on one connection when it is cut, each of which must come back."""
     lab = healthy_lab3
     m0, m1, m2 = (m.serial for m in lab.members())
     engine = engine_factory(lab, timeout_ms=1500, mode="activeEnhanced")

@@ -8,7 +8,11 @@ member is frozen with SIGSTOP.  Waits poll for conditions, not fixed sleeps.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from enginehelpers import make_engines, wait_for
+from enginehelpers import lab_config, make_engines, wait_for
 from pkcs11 import KeyType, Mechanism
 
-from hacli.engine import Engine
+from hacli.engine import Engine, provision_transport_key
 from hacli.engine.ckr import CKR, ckr_name
 from hacli.engine.member import Connection
 from hacli.engine.module import lane_index
@@ -222,6 +226,109 @@ def test_a_member_frozen_with_several_calls_in_flight(healthy_lab, engine_factor
     assert ha_worst[0] < timeout + 0.5
     assert g.members[0].alive
     s.close()
+
+
+SYSTEM_CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+
+
+def _engine_through(lab: Any, tmp_path: Path, library: str | None = None,
+                    address: dict[str, str] | None = None, **kw: Any) -> Engine:
+    """An engine on the lab's group with members loaded from ``library`` and
+    reached at ``address`` (serial -> socket path) where given."""
+    cfg = lab_config(lab, tmp_path / "halog", **kw)
+    members = {
+        serial: dataclasses.replace(
+            loc, library=library or loc.library,
+            env={"P11_KIT_SERVER_ADDRESS": f"unix:path={address[serial]}"}
+            if address and serial in address else loc.env)
+        for serial, loc in cfg.members.items()}
+    cfg = dataclasses.replace(cfg, members=members)
+    provision_transport_key(cfg, lab.group_label, lab.so_pin(), lab.pin())
+    return Engine(cfg)
+
+
+def test_lanes_only_through_a_client_that_carries_the_read_fix(healthy_lab,
+                                                              tmp_path: Path) -> None:
+    """The lab's p11-kit client (hacli's read fix) gets MemberConcurrency lanes;
+    Debian's stock client, whose calls can be left waiting for good when a
+    shared connection breaks (tests/test_lab.py), gets one, whatever is asked."""
+    lab = healthy_lab
+    for library, lanes in ((None, 4), (SYSTEM_CLIENT, 1)):
+        engine = _engine_through(lab, tmp_path, library, concurrency=4)
+        try:
+            g = engine.group()
+            with g.open_session() as s:
+                assert len(s.generate_random(16)) == 16
+            for m in g.members:
+                assert m.conn is not None
+                inst = m.conn.instance
+                assert inst.direct and inst.concurrency == lanes, (library, inst.concurrency)
+        finally:
+            engine.close()
+
+
+def test_a_member_that_stops_mid_answer_with_calls_in_flight(healthy_lab,
+                                                            tmp_path: Path) -> None:
+    """member1 behind tests/stallproxy.py: with several calls in flight on its
+    connection, its answer stops after the header (as a member frozen between
+    writing a header and a body would).  The watchdog cuts the connection at the
+    timeout, and every call in flight comes back with CKR_DEVICE_ERROR: none is
+    left waiting in the client (it was, with upstream's client, at 4 lanes)."""
+    lab = healthy_lab
+    m0, m1 = lab.members()
+    listen = tmp_path / "stall.sock"
+    proxy = subprocess.Popen([sys.executable, str(Path(__file__).with_name("stallproxy.py")),
+                              "proxy", str(listen), str(m1.socket)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+        timeout = 1.0
+        engine = _engine_through(lab, tmp_path, address={m1.serial: str(listen)},
+                                 timeout_ms=int(timeout * 1000), interval=60, concurrency=4)
+        try:
+            g = engine.group()
+            with g.open_session() as s:
+                s.login(lab.pin())
+                stalled = g.members[1]
+                assert stalled.conn is not None
+                inst = stalled.conn.instance
+                assert inst.concurrency == 4
+                proxy.send_signal(signal.SIGUSR1)
+                outcomes: list[tuple[float, Any]] = []
+
+                def call() -> None:  # straight into member1: no failover
+                    t = time.monotonic()
+                    try:
+                        stalled.run(lambda conn: conn.work.generate_random(64),
+                                    operation="C_GenerateRandom")
+                        result: Any = "answered"
+                    except Exception as e:
+                        result = e
+                    outcomes.append((time.monotonic() - t, result))
+
+                calls = [threading.Thread(target=call, daemon=True) for _ in range(3)]
+                for t in calls:
+                    t.start()
+                assert proxy.stdout.readline().strip() == "stalled"
+                for t in calls:
+                    t.join(10)
+                assert not any(t.is_alive() for t in calls), "a call never came back"
+                assert inst.abandoned
+                assert len(outcomes) == 3
+                for took, result in outcomes:
+                    assert isinstance(result, Exception), result
+                    assert ckr_name(result) == CKR.DEVICE_ERROR, result
+                    assert took < timeout + 0.5, f"held {took:.2f} s"
+                # the HA slot goes on: member1 is found down, member0 serves
+                for _ in range(4):
+                    assert len(s.generate_random(16)) == 16
+                assert not stalled.alive
+                assert g.op_counts()[m0.serial] > 0
+        finally:
+            engine.close()
+    finally:
+        proxy.kill()
+        proxy.wait()
 
 
 def test_lanes_share_objects_and_handles(healthy_lab, engine_factory) -> None:

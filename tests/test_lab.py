@@ -176,6 +176,43 @@ def test_members_forward_key_wrap_through_the_labs_client(lab: Lab) -> None:
     servers.verify(lab, _records(lab), 10.0)  # does not raise
 
 
+STALL_PROXY = Path(__file__).with_name("stallproxy.py")
+
+
+def _two_calls_in_a_stalled_answer(lab: Lab, client: str) -> dict[str, object]:
+    """tests/stallproxy.py's client run: two calls in flight on one connection
+    of ``client`` to member0, its answer stopped after the header, then the
+    connection cut; each call's outcome and the seconds until the last came back."""
+    member = lab.members()[0]
+    out = subprocess.run([sys.executable, str(STALL_PROXY), "client", client,
+                          str(member.socket), str(lab.pin_file)],
+                         capture_output=True, text=True, timeout=60, check=True)
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def test_the_labs_client_fails_every_call_when_a_shared_connection_breaks(lab: Lab) -> None:
+    """hacli's patch (packaging/p11-kit/rpc-read-failure-wakes-waiters.patch):
+    a connection that fails while one call reads an answer's body and another
+    waits for its own header fails both at once."""
+    result = _two_calls_in_a_stalled_answer(lab, lab.client_library)
+    assert result["calls"] == {"call0": "DeviceError", "call1": "DeviceError"}, result
+    assert isinstance(result["seconds"], float) and result["seconds"] < 1.0
+    fixes = Path(lab.client_library).with_name("hacli-fixes").read_text().split()
+    assert "rpc-read-failure-wakes-waiters" in fixes
+
+
+def test_the_stock_client_leaves_a_call_waiting_when_a_shared_connection_breaks(
+        lab: Lab) -> None:
+    """Why the engine gives a stock p11-kit client one call at a time: upstream's
+    rpc_socket_read leaves the header it read in place and wakes nobody when a
+    read fails, so the other call waits on its condition variable for good
+    (Debian 12's 0.24.1; upstream 0.26.4 reads the same).  Should Debian fix
+    it, this fails, and the engine's rule can be relaxed."""
+    result = _two_calls_in_a_stalled_answer(lab, SYSTEM_CLIENT)
+    assert sorted(result["calls"].values()) == ["DeviceError", "waiting"], result  # type: ignore[attr-defined]
+
+
 def test_mechanism_check_fails_loudly_with_the_system_client(lab: Lab) -> None:
     """The check at `up`/`restore`, run against a live member through Debian's 0.24.1 client.
 

@@ -67,9 +67,9 @@ def test_bad_values_name_where(text: str, needle: str) -> None:
 
 
 def test_member_concurrency_comes_from_hacli_section() -> None:
-    """Calls at once per member connection (thread-safe modules): default 1 = serialised."""
-    assert HASettings().member_concurrency == 1
-    assert config_of("Misc = {\n}\n").settings.member_concurrency == 1
+    """Calls at once per member connection where the client allows it: default 4."""
+    assert HASettings().member_concurrency == 4
+    assert config_of("Misc = {\n}\n").settings.member_concurrency == 4
     for value in (1, 16, 64):
         text = f"hacli = {{\n   MemberConcurrency = {value};\n}}\n"
         assert config_of(text).settings.member_concurrency == value

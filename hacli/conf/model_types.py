@@ -41,7 +41,7 @@ class HASettings:
     receive_timeout_ms: int = 20_000
     #: ``MemberConcurrency`` (``hacli``): calls at once per member connection
     #: where the module is thread-safe (1 = one at a time).
-    member_concurrency: int = 1
+    member_concurrency: int = 4
     #: ``MultipartJournalBytes`` (hacli's section): the input a multi-part
     #: operation keeps to be replayed on another member; 0 = no replay.
     multipart_journal_bytes: int = 1_048_576

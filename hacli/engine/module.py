@@ -60,6 +60,7 @@ import atexit
 import collections
 import contextlib
 import ctypes
+import functools
 import inspect
 import os
 import queue
@@ -320,6 +321,28 @@ def _drop_locals(exc: BaseException) -> None:
 
 # ---------------------------------------------------------------------------
 # the transport of p11-kit-client: unix sockets to the member's server
+
+#: A ``p11-kit-client.so`` built by hacli (packaging/p11-kit) has this file
+#: next to it, one fix it carries per line.
+CLIENT_FIXES_FILE = "hacli-fixes"
+#: The fix without which calls must not share a p11-kit-client connection:
+#: upstream's client (0.24.1 to 0.26.x) leaves a thread waiting for good when a
+#: read fails while another call's answer header is pending (docs/engine.md).
+READ_FIX = "rpc-read-failure-wakes-waiters"
+
+
+@functools.lru_cache(maxsize=32)
+def shares_connections_safely(library: str) -> bool:
+    """Whether several calls may run at once on one connection of ``library``:
+    only a ``p11-kit-client.so`` that carries hacli's read fix (its
+    :data:`CLIENT_FIXES_FILE` names :data:`READ_FIX`)."""
+    real = os.path.realpath(library)
+    try:
+        with open(os.path.join(os.path.dirname(real), CLIENT_FIXES_FILE)) as f:
+            return READ_FIX in (line.strip() for line in f)
+    except OSError:
+        return False
+
 
 def server_socket_path(env: Mapping[str, str] | None) -> str | None:
     """The unix socket path of ``P11_KIT_SERVER_ADDRESS`` in ``env``, if any."""
@@ -655,8 +678,9 @@ class ModuleInstance:
     :param workdir: private directory for the library copy.
     :param name: for thread names and messages (member serial(s)).
     :param watchdog: the engine's watchdog; without one, calls go to the worker.
-    :param concurrency: lanes of a direct instance (``MemberConcurrency``);
-        a worker instance has one whatever is asked.
+    :param concurrency: lanes of a direct instance (``MemberConcurrency``)
+        whose client carries hacli's read fix (:func:`shares_connections_safely`);
+        any other instance has one whatever is asked.
     """
 
     _counter = 0
@@ -701,9 +725,11 @@ class ModuleInstance:
         #: True: calls run on the caller's thread (see the class docstring)
         self.direct = watchdog is not None and self.server_path is not None
         self._watchdog = watchdog if self.direct else None
-        #: calls that may run in the module at once (a module called in
-        #: process is not thread-safe under python-pkcs11: one)
-        self.concurrency = max(1, concurrency) if self.direct else 1
+        #: calls that may run in the module at once: a module called in
+        #: process is not thread-safe under python-pkcs11, and a stock
+        #: p11-kit client can hang a call when a shared connection fails: one
+        self.concurrency = (max(1, concurrency)
+                            if self.direct and shares_connections_safely(library) else 1)
         #: every lane; a call holds one (see the class docstring)
         self.lanes = tuple(_Lane(i) for i in range(self.concurrency))
         # The free lanes, lane 0 last: a list's pop and append are atomic, so

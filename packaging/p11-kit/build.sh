@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Builds the lab's own p11-kit: Debian trixie's 0.25.5 source with hacli's RPC patch,
-# installed into a prefix inside the checkout. See docs/lab.md ("The lab's p11-kit").
+# Builds the lab's own p11-kit: Debian trixie's 0.25.5 source with hacli's two RPC
+# patches, installed into a prefix inside the checkout. See docs/lab.md ("The lab's
+# p11-kit").
 #
 # Usage: packaging/p11-kit/build.sh PREFIX
 #
 # Why: Debian 12's p11-kit 0.24.1 RPC forwards no AES key wrap and no mechanism with an
 # IV, so lab members could not replicate sensitive keys. 0.25.5 forwards CBC/CTR/GCM;
-# the patch adds CKM_AES_KEY_WRAP(_PAD). trixie's binaries need libc 2.38, hence a build.
+# aes-key-wrap-rpc.patch adds CKM_AES_KEY_WRAP(_PAD). trixie's binaries need libc 2.38,
+# hence a build. rpc-read-failure-wakes-waiters.patch fixes the client's hang when a
+# connection with several calls in flight fails mid-answer (docs/lab.md).
 #
 # The tarball is trusted by its sha256 alone (pinned in SHA256SUMS next to this
 # script): the archive no longer serves the .dsc and .asc, so `apt-get source` exits
@@ -21,7 +24,8 @@ debian_version="0.25.5-3"
 tarball="p11-kit_${version}.orig.tar.xz"
 stamp="$prefix/.hacli-build-stamp"
 # The stamp records what was built; a changed patch or version rebuilds.
-want_stamp="$(cat "$here/SHA256SUMS" "$here/aes-key-wrap-rpc.patch" "$0" | sha256sum | cut -d' ' -f1)"
+patches=("$here/aes-key-wrap-rpc.patch" "$here/rpc-read-failure-wakes-waiters.patch")
+want_stamp="$(cat "$here/SHA256SUMS" "${patches[@]}" "$0" | sha256sum | cut -d' ' -f1)"
 
 fail() { echo "p11-kit build: $*" >&2; exit 1; }
 
@@ -61,11 +65,13 @@ apt-get "${apt_opts[@]}" -qq update >"$work/apt.log" 2>&1 \
 (cd "$work/dl" && grep " $tarball\$" "$here/SHA256SUMS" | sha256sum --check --status) \
   || fail "$tarball does not match the sha256 pinned in packaging/p11-kit/SHA256SUMS"
 
-echo "Building p11-kit $version with hacli's RPC patch into $prefix"
+echo "Building p11-kit $version with hacli's RPC patches into $prefix"
 tar -xJf "$work/dl/$tarball" -C "$work" || fail "could not unpack $tarball"
 src="$work/p11-kit-$version"
-patch -d "$src" -p1 --quiet < "$here/aes-key-wrap-rpc.patch" >"$work/build.log" 2>&1 \
-  || fail "the RPC patch does not apply"
+for p in "${patches[@]}"; do
+  patch -d "$src" -p1 --quiet < "$p" >>"$work/build.log" 2>&1 \
+    || fail "the RPC patch $(basename "$p") does not apply"
+done
 rm -rf "$prefix"
 # meson install drops build RPATHs; an explicit -rpath survives, so p11-kit-remote loads
 # this libp11-kit.so.0 (where the server code lives), not the system's 0.24.1.
@@ -86,5 +92,9 @@ client="$prefix/lib/pkcs11/p11-kit-client.so"
 readelf -d "$remote" | grep -q "R\(UN\)\?PATH.*$prefix/lib" \
   || fail "p11-kit-remote has no RUNPATH to $prefix/lib (it would load the system's libp11-kit)"
 "$prefix/bin/p11-kit" --help >/dev/null 2>&1 || fail "the built p11-kit does not run"
+# Names the fixes this client carries: hacli's engine runs several calls at once on
+# one connection (MemberConcurrency) only through a client that has the read fix.
+echo "rpc-read-failure-wakes-waiters" > "$(dirname "$client")/hacli-fixes" \
+  || fail "could not write $(dirname "$client")/hacli-fixes"
 echo "$want_stamp" > "$stamp"
-echo "p11-kit $version (hacli patch) installed in $prefix"
+echo "p11-kit $version (hacli patches) installed in $prefix"
