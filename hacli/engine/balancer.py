@@ -4,7 +4,16 @@ Calls in flight are counted per member (``Member.in_flight``); the pick counts
 the call in and :meth:`Balancer.done` counts it out (and counts a served
 operation, ``Member.ops``, for ``multitoken`` and status reports) and records
 the call in the member's :class:`~hacli.engine.stats.MemberStats` (calls and
-errors per operation, latency, failovers) under the lock it takes anyway.
+errors per operation, latency, failovers).
+
+One lock a call: the pick takes none.  It reads attributes that are replaced
+whole (a member's ``alive`` and ``conn``, the roles' tuples) and counts the
+call in with an atomic deque append (``Member.flight``).  A pick racing a
+member being marked down is a call picked just before the mark, which the
+call path meets anyway (the call fails over).  The round-robin position is a
+hint: a lost update only changes which of two idle members is tried first.
+``done`` takes the group's lock for the counters it shares with status
+readers (``ops``, ``stats``).
 
 The members balanced over are the group's standby roles' ``candidates``
 (:mod:`hacli.engine.standby`: every member, unless some are standby), a tuple
@@ -49,8 +58,9 @@ def _least_busy(members: Sequence[Member], start: int, tried: Set[Member],
             continue
         if vobjs and _absent_from(vobjs, m.serial, conn.id):
             continue
-        if best is None or m.in_flight < best_load:
-            best, best_load, best_at = m, m.in_flight, at
+        load = len(m.flight)
+        if best is None or load < best_load:
+            best, best_load, best_at = m, load, at
             if best_load == 0:
                 break
     return best, best_at
@@ -59,8 +69,8 @@ def _least_busy(members: Sequence[Member], start: int, tried: Set[Member],
 class Balancer:
     """Balancing over one group's members.
 
-    ``lock`` is the group's lock: the pick reads member state it guards (and
-    the roles' tuples, which change under it).
+    ``lock`` is the group's lock, taken by :meth:`done` only (see the module
+    docstring).
     """
 
     def __init__(self, roles: StandbyRoles, lock: threading.RLock):
@@ -76,27 +86,28 @@ class Balancer:
         """An alive member not in ``tried`` (``only``: that one) on which none
         of ``vobjs`` is known to be absent, counted in; None when there is none."""
         roles = self._roles
-        with self._lock:
-            # round-robin order from the member after the last pick; the first
-            # least busy one wins (so a tie goes round robin)
-            candidates = roles.candidates
-            best, at = _least_busy(candidates, self._next, tried, only, vobjs)
-            if best is not None:
-                self._next = (at + 1) % len(candidates)
-            elif roles.reserve:
+        # round-robin order from the member after the last pick; the first
+        # least busy one wins (so a tie goes round robin)
+        candidates = roles.candidates
+        best, at = _least_busy(candidates, self._next, tried, only, vobjs)
+        if best is not None:
+            self._next = (at + 1) % len(candidates)
+        else:
+            reserve = roles.reserve
+            if reserve:
                 # no candidate can take it: a standby does, rather than an error
-                best, _ = _least_busy(roles.reserve, 0, tried, only, vobjs)
+                best, _ = _least_busy(reserve, 0, tried, only, vobjs)
             if best is None:
                 return None
-            best.in_flight += 1
-            return best
+        best.flight.append(None)
+        return best
 
     def done(self, m: Member, ok: bool, operation: str, seconds: float,
              failover: bool = False) -> None:
         """The call ``operation`` picked on ``m`` returned after ``seconds``
         (``ok``: it was served; ``failover``: ``m`` failed and the call moves on)."""
+        m.flight.pop()
         with self._lock:
-            m.in_flight -= 1
             if ok:
                 m.ops += 1
             stats = m.stats

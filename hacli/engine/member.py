@@ -12,6 +12,7 @@ connection.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import itertools
@@ -295,12 +296,20 @@ class Member:
         #: may hold a half-made object (SoftHSM2 writes a new object before its
         #: label and ID); the next synchronisation looks for one.
         self.creation_cut = False
-        self.in_flight = 0
+        #: one entry per call picked on this member and not yet done: a
+        #: deque's append and pop are atomic, so the balancer counts a call in
+        #: and out without a lock (:attr:`in_flight` is its length)
+        self.flight: collections.deque[None] = collections.deque()
         self.ops = 0
         self.failures = 0
         self.recoveries = 0
         #: calls, errors, latency, failovers (hacli.engine.stats)
         self.stats = MemberStats()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls picked on this member and not yet done."""
+        return len(self.flight)
 
     def __repr__(self) -> str:
         return f"<Member {self.serial} {self.state.value}>"

@@ -136,7 +136,7 @@ class Operations:
                 op.dead = CKR.DEVICE_ERROR
             dead = op.dead
             if dead is None:
-                m.in_flight += 1
+                m.flight.append(None)
         if dead is not None:
             raise _MemberLost(m)
         ok = False
