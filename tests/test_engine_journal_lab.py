@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pkcs11
 import pytest
 from clihelpers import run_process
 from enginehelpers import lab_config, wait_for
@@ -354,6 +355,43 @@ def test_half_made_keys_on_two_cut_members_are_both_removed(healthy_lab, tmp_pat
             assert not report.conflicts, report
             assert not any(m.creation_cut for m in g.members)
             assert not g.synchronize(dry_run=True).destroys
+
+
+def test_a_half_made_object_is_kept_in_view_while_another_member_cannot_be_asked(
+        healthy_lab, tmp_path, monkeypatch) -> None:
+    """Soak finding (4 lanes per member): a sync that could not count the
+    half-made object on another member (that member's search failed) kept the
+    object, rightly, but cleared ``creation_cut``, so no later sync looked
+    again and the member kept the object for good.  The flag stays until
+    every other member could be asked."""
+    from hacli.engine import sync
+
+    lab = healthy_lab
+    m0, m1 = lab.members()
+    aes_key_on_member_only(lab, m1.label, [])
+    real_count = sync.count_exactly
+    failed_once: list[str] = []
+
+    with Engine(lab_config(lab, tmp_path / "a")) as engine:
+        g = engine.group()
+
+        def count_failing_once_on_m0(conn, ident):
+            if conn is g.members_set.get(m0.serial).conn and not failed_once:
+                failed_once.append(m0.serial)
+                raise pkcs11.exceptions.GeneralError()
+            return real_count(conn, ident)
+
+        monkeypatch.setattr(sync, "count_exactly", count_failing_once_on_m0)
+        with g.open_session() as s:
+            s.login(lab.pin())
+            g.members_set.get(m1.serial).creation_cut = True
+            first = g.synchronize()
+            assert failed_once and not first.destroys, first
+            assert g.members_set.get(m1.serial).creation_cut  # still to be looked at
+            second = g.synchronize()
+            assert [d[0] for d in second.destroys] == [m1.serial], second
+            assert not g.members_set.get(m1.serial).creation_cut
+            assert not second.conflicts, second
 
 
 def destroy_on_each_member(lab, tmp_path: Path, label: str) -> None:

@@ -370,11 +370,15 @@ class Synchronisation:
             if found is None:
                 continue
             others = [o for o in self._members.serving() if o is not m and not o.creation_cut]
+            unsure = False  # a member could not be asked: look again next time
             for ident in found:
                 held = [self._members.best_effort(o, count_exactly, ident,
                                                   operation="C_FindObjects") for o in others]
-                if any(n is None or n > 0 for n in held):
-                    continue  # on another member too (or unknown): not this cut's
+                if None in held:
+                    unsure = True
+                    continue
+                if any(held):
+                    continue  # on another member too: not this cut's
                 destroys.append((m.serial, replication.summarize(ident)))
                 if dry_run:
                     continue
@@ -386,7 +390,9 @@ class Synchronisation:
                     failed.append(SyncFailure(m.serial, replication.summarize(ident),
                                               ckr_name(e), getattr(e, "detail", "")))
             else:
-                if not dry_run:
+                # (kept while a count was unknown: clearing it then left a
+                # half-made object on its member for good, soak finding)
+                if not dry_run and not unsure:
                     m.creation_cut = False
 
     def _after_run(self, report: SyncReport, inv: dict[str, Inventory], work: set[str]) -> None:
