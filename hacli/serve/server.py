@@ -1,4 +1,4 @@
-"""The unix socket server: one thread per connection, peer credentials checked.
+"""The unix socket server: a small team of threads per connection, peer credentials checked.
 
 Like ``p11-kit server`` (p11-kit/server.c): a unix stream socket, no TCP.
 The socket is created mode 0600 (under a 0177 umask, so it is never wider)
@@ -14,13 +14,16 @@ answer -- the threads are joined, the socket file is removed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import selectors
 import socket
 import stat
 import struct
+import termios
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -90,14 +93,42 @@ def dropped(e: ProtocolError | OSError) -> str:
 #: frame carries a code its answer repeats), so a client's threads reach
 #: several members at once only if the server runs their calls side by side.
 CALLS_PER_CONNECTION = 16
+#: How long a call runs before another thread of its connection starts reading
+#: the next request (at once when a request is already waiting on the socket).
+#: Most calls are shorter: their own thread reads on, and a one-thread client
+#: costs no thread hand-off; a call stuck on a frozen member holds the
+#: connection's next request about this long, not for its timeout.
+HAND_OFF_AFTER = 0.001
+#: How often the server looks for calls past HAND_OFF_AFTER while its clients
+#: are busy, and while they have been idle for IDLE_AFTER seconds.
+TICK, IDLE_TICK, IDLE_AFTER = 0.0005, 0.02, 1.0
+
+_FIONREAD = struct.Struct("i")
 
 
-class _Link:
-    """One connection's calls, served by a small team of threads taking turns
-    (leader/follower): one thread reads the next request while the others run
-    theirs; whoever read a request runs it and writes its answer.  A
-    one-thread client thus costs no hand-off on its calls' path: the next
-    reader is woken while the call runs."""
+def _pending(sock: socket.socket) -> bool:
+    """Whether bytes wait to be read on ``sock`` (FIONREAD), without reading."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * _FIONREAD.size)
+    except OSError:
+        return True  # let a reader find out what is wrong
+    return bool(_FIONREAD.unpack(raw)[0])
+
+
+class Link:
+    """One connection's calls, served by a small team of threads.
+
+    One thread at a time holds the *reader* role: it reads the next request,
+    gives the role up, runs the call and writes its answer.  A thread whose
+    call is done takes the role back if nobody holds it, so a one-thread
+    client's calls all run on one thread with no hand-off.  The role goes to
+    another thread (a waiting member of the team, or a new one, up to
+    :data:`CALLS_PER_CONNECTION`) only when a request is already waiting on the
+    socket as a call is read, or when it has been vacant for
+    :data:`HAND_OFF_AFTER` (the server's :class:`HandOffs` calls
+    :meth:`hand_off_if_due`): then a client's other threads are read and served
+    while a call runs long (a frozen member, a key generation).
+    """
 
     def __init__(self, conn: socket.socket, client: ClientState) -> None:
         self.conn = conn
@@ -105,10 +136,15 @@ class _Link:
         self.version = 0
         self.calls = 0
         self.why = "closed by the client"
-        self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._state = threading.Lock()
-        self._waiting = 0  # threads waiting for their turn to read
+        self._turn = threading.Condition(threading.Lock())
+        #: a thread holds the reader role (reading, or about to)
+        self._reading = True
+        #: since when nobody has held it while calls run (None: held)
+        self.vacant_since: float | None = None
+        #: the role was handed to a waiting thread that has not taken it yet
+        self._baton = False
+        self._idle = 0  # team threads waiting for the role
         self._team: list[threading.Thread] = []
         self._closed = False
 
@@ -125,55 +161,143 @@ class _Link:
             self._close(dropped(e))
 
     def _take_turns(self) -> None:
+        """Read, run, answer; hold the reader role between (see the class)."""
+        turn = self._turn
         while True:
-            with self._state:
-                self._waiting += 1
-            with self._read_lock:
-                with self._state:
-                    self._waiting -= 1
-                    if self._closed:
-                        return
-                try:
-                    frame = read_frame(self.conn)
-                except BaseException:
-                    self._close(None)
-                    raise
-                if frame is None:
-                    self._close(None)
-                    return
-                self._ensure_reader()
+            try:
+                frame = read_frame(self.conn)
+            except BaseException:
+                self._close(None)
+                raise
+            if frame is None:
+                self._close(None)
+                return
+            with turn:
+                self._reading = False
+                self.vacant_since = time.monotonic()
+                if _pending(self.conn):  # another request is there already
+                    self._hand_off()
             code, body = frame
             response = self.client.handle(Reader(body, self.version))
             with self._write_lock:
                 self.calls += 1
                 write_frame(self.conn, code, response)
+            with turn:
+                if not self._take_role():
+                    return
 
-    def _ensure_reader(self) -> None:
-        """Someone must read the next request while this one runs."""
-        with self._state:
-            if self._waiting or len(self._team) + 1 >= CALLS_PER_CONNECTION:
-                return
-            t = threading.Thread(target=self._helper, daemon=True,
-                                 name=f"{threading.current_thread().name}-{len(self._team) + 1}")
-            self._team.append(t)
+    def _take_role(self) -> bool:
+        """(Under ``_turn``.)  Take the vacant reader role, or wait until it is
+        handed over; False when the connection has ended."""
+        if not self._reading and not self._closed:
+            self._reading = True
+            self.vacant_since = None
+            return True
+        self._idle += 1
+        try:
+            while not self._baton and not self._closed:
+                self._turn.wait()
+        finally:
+            self._idle -= 1
+        if self._closed:
+            return False
+        self._baton = False
+        return True
+
+    def hand_off_if_due(self, now: float) -> None:
+        """Give the reader role to another thread if it has been vacant for
+        :data:`HAND_OFF_AFTER` (called by the server's tick)."""
+        since = self.vacant_since
+        if since is not None and now - since >= HAND_OFF_AFTER:
+            with self._turn:
+                if self.vacant_since is not None:
+                    self._hand_off()
+
+    def _hand_off(self) -> None:
+        """(Under ``_turn``, the role vacant.)  A waiting team thread takes the
+        role, or a new one does; if the team is full, the first call to end does."""
+        if self._idle:
+            self._baton = True
+            self._reading = True
+            self.vacant_since = None
+            self._turn.notify()
+            return
+        if self._closed or len(self._team) + 1 >= CALLS_PER_CONNECTION:
+            self.vacant_since = None  # nothing to hand to: stop asking
+            return
+        self._reading = True
+        self.vacant_since = None
+        t = threading.Thread(target=self._helper, daemon=True,
+                             name=f"{threading.current_thread().name}-{len(self._team) + 1}")
+        self._team.append(t)
         t.start()
 
     def _close(self, why: str | None) -> None:
-        with self._state:
+        with self._turn:
             first = not self._closed
             self._closed = True
+            self.vacant_since = None
             if why is not None and first:
                 self.why = why
+            self._turn.notify_all()
         if first:
             # the other threads: a reader sees EOF; callers finish and answer
             with contextlib.suppress(OSError):
                 self.conn.shutdown(socket.SHUT_RD)
+
+    @property
+    def threads(self) -> int:
+        """Threads that have served this connection (for its log line)."""
+        return 1 + len(self._team)
 
     def end(self) -> None:
         """After :meth:`serve` (or its error): every thread of the team has ended."""
         self._close(None)
         for t in list(self._team):
             t.join()
+
+
+class HandOffs:
+    """The server's tick: hands a connection's reader role on when a call has
+    held it past :data:`HAND_OFF_AFTER` (see :class:`Link`).  :meth:`run`
+    looks every :data:`TICK` while calls run, every :data:`IDLE_TICK` once none
+    was seen running for :data:`IDLE_AFTER`, and not at all while there is no
+    connection, until :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self._links: set[Link] = set()
+        self._changed = threading.Condition(threading.Lock())
+        self._running = True
+
+    def add(self, link: Link) -> None:
+        with self._changed:
+            self._links.add(link)
+            self._changed.notify_all()
+
+    def discard(self, link: Link) -> None:
+        with self._changed:
+            self._links.discard(link)
+
+    def stop(self) -> None:
+        with self._changed:
+            self._running = False
+            self._changed.notify_all()
+
+    def run(self) -> None:
+        busy_at = time.monotonic()
+        while True:
+            with self._changed:
+                while self._running and not self._links:
+                    self._changed.wait()
+                if not self._running:
+                    return
+                links = list(self._links)
+            now = time.monotonic()
+            for link in links:
+                if link.vacant_since is not None:
+                    busy_at = now
+                    link.hand_off_if_due(now)
+            time.sleep(TICK if now - busy_at < IDLE_AFTER else IDLE_TICK)
 
 
 def bind_owner_only(path: Path) -> socket.socket:
@@ -206,6 +330,7 @@ class Server:
         self._conns: dict[int, socket.socket] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        self._hand_offs = HandOffs()
 
     @property
     def address(self) -> str:
@@ -228,6 +353,9 @@ class Server:
         sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ)
         sel.register(self._stop_r, selectors.EVENT_READ)
+        ticker = threading.Thread(target=self._hand_offs.run, name="hacli-serve-tick",
+                                  daemon=True)
+        ticker.start()
         try:
             while not self._stopping:
                 for key, _ in sel.select():
@@ -239,6 +367,8 @@ class Server:
         finally:
             sel.close()
             self._shutdown()
+            self._hand_offs.stop()
+            ticker.join()
 
     def stop(self) -> None:
         """Ask the server to stop (safe in a signal handler: one write to a pipe)."""
@@ -262,7 +392,8 @@ class Server:
     def _serve_connection(self, conn: socket.socket, pid: int, uid: int) -> None:
         client = ClientState(self.service)
         LOG.info("connection %d from pid %d uid %d: opened", client.id, pid, uid)
-        link = _Link(conn, client)
+        link = Link(conn, client)
+        self._hand_offs.add(link)
         try:
             link.version = negotiate(conn)
             link.serve()
@@ -274,11 +405,13 @@ class Server:
                 client.close()
             except Exception as e:  # the engine said no while ending its sessions
                 LOG.debug("closing connection %d: %s", client.id, e)
+            self._hand_offs.discard(link)
             with self._lock:
                 self._conns.pop(conn.fileno(), None)
             conn.close()
-            LOG.info("connection %d from pid %d: %s after %d calls",
-                     client.id, pid, link.why, link.calls)
+            LOG.info("connection %d from pid %d: %s after %d calls on %d thread%s",
+                     client.id, pid, link.why, link.calls, link.threads,
+                     "" if link.threads == 1 else "s")
 
     def _shutdown(self) -> None:
         if self._listener is not None:
