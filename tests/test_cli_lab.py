@@ -228,3 +228,19 @@ def test_up_moves_an_older_labs_tokens_and_says_so(lab_dir: Path) -> None:
     assert "Updated: softhsm2.conf: removed with tokens/" in res.out
     again = run_process("lab", "up", *d)
     assert "already up; nothing changed" in again.out and "Updated" not in again.out
+
+
+def test_conf_picks_the_lab_that_wrote_the_file(lab: Lab, tmp_path: Path) -> None:
+    """``hacli lab ... --conf X`` acts on the lab named by X's LabDir (it used
+    to act on the default lab whatever --conf said); a file no lab wrote is
+    refused, with --dir as the way out."""
+    res = run_process("lab", "status", "--json", "--conf", str(lab.conf_path))
+    assert res.code == 0, res.err
+    assert Path(json.loads(res.out)["dir"]) == lab.directory
+    res = run_process("--conf", str(lab.conf_path), "lab", "status", "--json")
+    assert res.code == 0 and Path(json.loads(res.out)["dir"]) == lab.directory, res.err
+    plain = tmp_path / "Chrystoki.conf"
+    plain.write_text("Chrystoki2 = {\n   LibUNIX64 = /usr/lib/libCryptoki2_64.so;\n}\n")
+    res = run_process("lab", "fail", "member0", "--conf", str(plain))
+    assert_one_error_line(res, 2)
+    assert "no LabDir" in res.err and "--dir" in res.err

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import click
 
 from hacli.cli import render
-from hacli.cli.context import json_option
-from hacli.errors import ExitStatus
+from hacli.cli.context import app, json_option
+from hacli.errors import ExitStatus, UsageError
 
 if TYPE_CHECKING:
     from hacli.lab import Lab, LabStatus, MemberStatus
@@ -19,16 +19,27 @@ def dir_option(f):
     """``--dir DIR``: the lab directory (default: the XDG data directory + hacli/lab)."""
     return click.option(
         "--dir", "directory", metavar="DIR", type=click.Path(file_okay=False),
-        help="Lab directory (default: $XDG_DATA_HOME/hacli/lab).",
+        help="Lab directory (default: the lab that wrote --conf's file, else "
+             "$XDG_DATA_HOME/hacli/lab).",
     )(f)
 
 
 def open_lab(directory: str | None) -> Lab:
-    """The lab in ``directory`` or in the default place."""
+    """The lab in ``directory``; else, with ``--conf``, the lab that wrote that
+    file (its ``LabDir``); else the lab in the default place."""
     from hacli.conf.store import default_lab_dir
     from hacli.lab import Lab
 
-    return Lab(Path(directory) if directory else default_lab_dir())
+    if directory:
+        return Lab(Path(directory))
+    ctx = app()
+    if ctx.conf_option is not None:
+        lab_dir = ctx.config().lab_dir
+        if not lab_dir:
+            raise UsageError(f"--conf {ctx.path}: no lab wrote this file (it has no LabDir "
+                             "in its hacli section); give the lab with --dir")
+        return Lab(Path(lab_dir))
+    return Lab(default_lab_dir())
 
 
 def _status_rows(status: LabStatus) -> list[list[object]]:
