@@ -168,6 +168,15 @@ def test_another_spelling_of_a_numeric_pin_is_never_shown(answer: str, message: 
     assert out.getvalue() == f"Slot: <hidden>\n{message}; enter a number from 1 to 3.\nSlot: \n"
 
 
+@pytest.mark.parametrize("answer", ["9" * 5000, "0x" + "f" * 5000])
+def test_a_number_too_long_to_convert_is_out_of_range(answer: str) -> None:
+    # found by a random run of the fuzzing below: Python refuses to convert
+    # more than 4300 digits, and the ValueError escaped the number prompt
+    with pytest.raises(prompts.BadAnswer, match="is out of range"):
+        prompts.parse_int(answer, 1, 10)
+    assert prompts.parse_int("0" * 100 + "7", 1, 10) == 7
+
+
 @pytest.mark.parametrize("answer", ["4_7110", "0xB806"])
 def test_a_number_prompt_quotes_the_answer_as_typed(answer: str) -> None:
     # found by the fuzzing below: "4_7110" was read as 47110 and the message

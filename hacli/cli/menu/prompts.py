@@ -234,15 +234,24 @@ def redact(text: str, pins: set[str]) -> str:
 _NUMBER = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]+", re.ASCII)
 
 
+#: More digits than any prompt's range has: read as "too large", not converted
+#: (Python refuses to convert more than 4300 digits at all).
+_MAX_DIGITS = 64
+
+
 def _number(text: str) -> int | None:
     """``text`` as a number prompt reads it (decimal, or hex after ``0x``); None if not one."""
     if not _NUMBER.fullmatch(text):
         return None
+    if len(text.lstrip("0xX")) > _MAX_DIGITS:
+        return 16 ** _MAX_DIGITS  # out of every prompt's range, however it is spelt
     return int(text, 16) if text[:2].lower() == "0x" else int(text)
 
 
 def _stands_for(text: str) -> int | None:
     """The number ``text`` could be taken for by anyone's reading (``int()``'s wide one)."""
+    if len(text) > _MAX_DIGITS * 2:  # no PIN is that long; int() may refuse it
+        return None
     try:
         return int(text, 0) if text[:2].lower() == "0x" else int(text)
     except ValueError:
