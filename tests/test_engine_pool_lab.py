@@ -94,6 +94,21 @@ def _mixed_load(engine: Engine, pin: str, threads: int, rounds: int) -> tuple[li
     return errors, calls[0]
 
 
+def _timed_call_into(member: Any, outcomes: list[tuple[float, Any]]) -> Callable[[], None]:
+    """A call straight into ``member`` (no failover) that appends (seconds it
+    took, "answered" or the exception) to ``outcomes`` (list.append is atomic)."""
+    def call() -> None:
+        t = time.monotonic()
+        try:
+            member.run(lambda conn: conn.work.generate_random(64), operation="C_GenerateRandom")
+            result: Any = "answered"
+        except Exception as e:
+            result = e
+        outcomes.append((time.monotonic() - t, result))
+
+    return call
+
+
 def test_sixteen_threads_run_at_once_within_each_member(healthy_lab, engine_factory) -> None:
     """16 threads through the HA slot on 2 members: every answer right, both
     members serve, and calls overlapped inside each member (more than one
@@ -165,17 +180,7 @@ def test_a_member_frozen_with_several_calls_in_flight(healthy_lab, engine_factor
 
     outcomes: list[tuple[float, Any]] = []
     lock = threading.Lock()
-
-    def stuck_call() -> None:  # straight into the frozen member: no failover
-        t = time.monotonic()
-        try:
-            frozen.run(lambda conn: conn.work.generate_random(64),
-                       operation="C_GenerateRandom")
-            result: Any = "answered"
-        except Exception as e:
-            result = e
-        with lock:
-            outcomes.append((time.monotonic() - t, result))
+    stuck_call = _timed_call_into(frozen, outcomes)
 
     ha_errors: list[str] = []
     ha_worst = [0.0]
@@ -295,17 +300,7 @@ def test_a_member_that_stops_mid_answer_with_calls_in_flight(healthy_lab,
                 assert inst.concurrency == 4
                 proxy.send_signal(signal.SIGUSR1)
                 outcomes: list[tuple[float, Any]] = []
-
-                def call() -> None:  # straight into member1: no failover
-                    t = time.monotonic()
-                    try:
-                        stalled.run(lambda conn: conn.work.generate_random(64),
-                                    operation="C_GenerateRandom")
-                        result: Any = "answered"
-                    except Exception as e:
-                        result = e
-                    outcomes.append((time.monotonic() - t, result))
-
+                call = _timed_call_into(stalled, outcomes)
                 calls = [threading.Thread(target=call, daemon=True) for _ in range(3)]
                 for t in calls:
                     t.start()
