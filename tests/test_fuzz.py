@@ -177,6 +177,16 @@ def test_a_number_too_long_to_convert_is_out_of_range(answer: str) -> None:
     assert prompts.parse_int("0" * 100 + "7", 1, 10) == 7
 
 
+def test_a_message_quoting_part_of_an_answer_hides_the_pin_inside_it(tmp_path) -> None:
+    # found by a random run of the fuzzing below: the output-file prompt's
+    # message quoted the answer's directory, 04711-secret, where the PIN
+    # stands inside a longer word
+    p, out = _prompter([f"{tmp_path}/0{PIN}/x"])
+    with pytest.raises(prompts.Quit):
+        p.ask_output_file("Out")
+    assert PIN not in out.getvalue() and "<hidden>" in out.getvalue()
+
+
 @pytest.mark.parametrize("answer", ["4_7110", "0xB806"])
 def test_a_number_prompt_quotes_the_answer_as_typed(answer: str) -> None:
     # found by the fuzzing below: "4_7110" was read as 47110 and the message

@@ -219,12 +219,15 @@ def _word(text: str) -> re.Pattern[str]:
 
 
 def redact(text: str, pins: set[str]) -> str:
-    """``text`` with every standalone occurrence of ``pins`` shown as ``<hidden>``.
+    """``text`` with ``pins`` shown as ``<hidden>``: wherever they occur when
+    at least :data:`MIN_INNER` long (a part of an answer that holds the PIN,
+    ``No such directory: 04711-secret``, shows it inside a longer word), else
+    where they stand alone (a short PIN would hide ordinary numbers).
 
     Longest first, so a PIN inside a longer hidden spelling goes with it.
     """
     for pin in sorted(pins, key=len, reverse=True):
-        text = _word(pin).sub(HIDDEN, text)
+        text = text.replace(pin, HIDDEN) if len(pin) >= MIN_INNER else _word(pin).sub(HIDDEN, text)
     return text
 
 
