@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hacli.lab.procs import wait_until
 from hacli.serve.codec import CALL_IDS, Reader, Writer
 from hacli.serve.server import HandOffs, Link
 from hacli.serve.wire import encode_frame, read_frame
@@ -92,6 +93,39 @@ def test_a_one_thread_client_is_served_by_one_thread(pair) -> None:
     assert not t.is_alive()
     assert link.calls == 200
     # no hand-off per call: the thread that read each request ran it and read on
+    assert link.threads == 1 and len(stand_in.threads) == 1
+
+
+def test_a_one_thread_client_keeps_one_thread_when_its_calls_run_long(pair) -> None:
+    """Past HAND_OFF_AFTER with nothing waiting on the socket, the connection is
+    not handed on: a one-thread client's long calls (an RSA signature takes about
+    a millisecond here) cost no hand-off either."""
+    client, server = pair
+    stand_in = StandIn()
+    hand_offs = HandOffs()
+    ticker = threading.Thread(target=hand_offs.run, daemon=True)
+    ticker.start()
+    link = Link(server, stand_in)  # type: ignore[arg-type]
+    hand_offs.add(link)
+    t = _serve(link)
+    try:
+        for code in range(1, 4):
+            client.sendall(held(code))
+            assert stand_in.wait_running(1)
+            # the server looks at the held call several times past HAND_OFF_AFTER
+            start = hand_offs.ticks
+            assert wait_until(lambda start=start: hand_offs.ticks >= start + 10, 10, 0.001)
+            stand_in.release.set()
+            answer = read_frame(client)
+            assert answer is not None and answer[0] == code
+            stand_in.release.clear()
+    finally:
+        stand_in.release.set()
+        client.shutdown(socket.SHUT_WR)
+        t.join(10)
+        hand_offs.discard(link)
+        hand_offs.stop()
+        ticker.join(10)
     assert link.threads == 1 and len(stand_in.threads) == 1
 
 

@@ -93,11 +93,12 @@ def dropped(e: ProtocolError | OSError) -> str:
 #: frame carries a code its answer repeats), so a client's threads reach
 #: several members at once only if the server runs their calls side by side.
 CALLS_PER_CONNECTION = 16
-#: How long a call runs before another thread of its connection starts reading
-#: the next request (at once when a request is already waiting on the socket).
-#: Most calls are shorter: their own thread reads on, and a one-thread client
-#: costs no thread hand-off; a call stuck on a frozen member holds the
-#: connection's next request about this long, not for its timeout.
+#: How long a call runs before another thread of its connection reads a request
+#: that arrived meanwhile (at once when one was already waiting as the call was
+#: read).  Most calls are shorter: their own thread reads on.  A one-thread
+#: client never has a request waiting while its call runs, so it costs no
+#: thread hand-off however long its calls take; a call stuck on a frozen member
+#: holds the connection's next request about this long, not for its timeout.
 HAND_OFF_AFTER = 0.001
 #: How often the server looks for calls past HAND_OFF_AFTER while its clients
 #: are busy, and while they have been idle for IDLE_AFTER seconds.
@@ -124,10 +125,11 @@ class Link:
     client's calls all run on one thread with no hand-off.  The role goes to
     another thread (a waiting member of the team, or a new one, up to
     :data:`CALLS_PER_CONNECTION`) only when a request is already waiting on the
-    socket as a call is read, or when it has been vacant for
-    :data:`HAND_OFF_AFTER` (the server's :class:`HandOffs` calls
-    :meth:`hand_off_if_due`): then a client's other threads are read and served
-    while a call runs long (a frozen member, a key generation).
+    socket as a call is read, or when a request has arrived since and the
+    role has been vacant for :data:`HAND_OFF_AFTER` (the server's
+    :class:`HandOffs` calls :meth:`hand_off_if_due`): then a client's other
+    threads are read and served while a call runs long (a frozen member, a key
+    generation).
     """
 
     def __init__(self, conn: socket.socket, client: ClientState) -> None:
@@ -206,9 +208,11 @@ class Link:
 
     def hand_off_if_due(self, now: float) -> None:
         """Give the reader role to another thread if it has been vacant for
-        :data:`HAND_OFF_AFTER` (called by the server's tick)."""
+        :data:`HAND_OFF_AFTER` and a request is waiting (called by the server's
+        tick).  A one-thread client never has one waiting while its call runs,
+        so however long its calls take, they all run on one thread."""
         since = self.vacant_since
-        if since is not None and now - since >= HAND_OFF_AFTER:
+        if since is not None and now - since >= HAND_OFF_AFTER and _pending(self.conn):
             with self._turn:
                 if self.vacant_since is not None:
                     self._hand_off()
@@ -268,6 +272,8 @@ class HandOffs:
         self._links: set[Link] = set()
         self._changed = threading.Condition(threading.Lock())
         self._running = True
+        #: looks taken so far (tests wait on it)
+        self.ticks = 0
 
     def add(self, link: Link) -> None:
         with self._changed:
@@ -286,6 +292,7 @@ class HandOffs:
     def run(self) -> None:
         busy_at = time.monotonic()
         while True:
+            self.ticks += 1
             with self._changed:
                 while self._running and not self._links:
                     self._changed.wait()
