@@ -99,10 +99,10 @@ CALLS_PER_CONNECTION = 16
 #: client never has a request waiting while its call runs, so it costs no
 #: thread hand-off however long its calls take; a call stuck on a frozen member
 #: holds the connection's next request about this long, not for its timeout.
-HAND_OFF_AFTER = 0.001
+HAND_OFF_AFTER = 0.002
 #: How often the server looks for calls past HAND_OFF_AFTER while its clients
 #: are busy, and while they have been idle for IDLE_AFTER seconds.
-TICK, IDLE_TICK, IDLE_AFTER = 0.0005, 0.02, 1.0
+TICK, IDLE_TICK, IDLE_AFTER = 0.002, 0.02, 1.0
 
 _FIONREAD = struct.Struct("i")
 
@@ -139,7 +139,10 @@ class Link:
         self.calls = 0
         self.why = "closed by the client"
         self._write_lock = threading.Lock()
-        self._turn = threading.Condition(threading.Lock())
+        # the state below; taken as a plain lock on every call (its C-level
+        # __enter__ is cheaper than the Condition's), waited on as a Condition
+        self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)
         #: a thread holds the reader role (reading, or about to)
         self._reading = True
         #: since when nobody has held it while calls run (None: held)
@@ -164,7 +167,7 @@ class Link:
 
     def _take_turns(self) -> None:
         """Read, run, answer; hold the reader role between (see the class)."""
-        turn = self._turn
+        lock = self._lock
         while True:
             try:
                 frame = read_frame(self.conn)
@@ -174,7 +177,7 @@ class Link:
             if frame is None:
                 self._close(None)
                 return
-            with turn:
+            with lock:
                 self._reading = False
                 self.vacant_since = time.monotonic()
                 if _pending(self.conn):  # another request is there already
@@ -184,12 +187,12 @@ class Link:
             with self._write_lock:
                 self.calls += 1
                 write_frame(self.conn, code, response)
-            with turn:
+            with lock:
                 if not self._take_role():
                     return
 
     def _take_role(self) -> bool:
-        """(Under ``_turn``.)  Take the vacant reader role, or wait until it is
+        """(Under ``_lock``.)  Take the vacant reader role, or wait until it is
         handed over; False when the connection has ended."""
         if not self._reading and not self._closed:
             self._reading = True
@@ -213,12 +216,12 @@ class Link:
         so however long its calls take, they all run on one thread."""
         since = self.vacant_since
         if since is not None and now - since >= HAND_OFF_AFTER and _pending(self.conn):
-            with self._turn:
+            with self._lock:
                 if self.vacant_since is not None:
                     self._hand_off()
 
     def _hand_off(self) -> None:
-        """(Under ``_turn``, the role vacant.)  A waiting team thread takes the
+        """(Under ``_lock``, the role vacant.)  A waiting team thread takes the
         role, or a new one does; if the team is full, the first call to end does."""
         if self._idle:
             self._baton = True
