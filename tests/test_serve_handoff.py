@@ -11,6 +11,7 @@ and holds C_Finalize until released, so every wait here is on a condition.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -80,6 +81,28 @@ def _serve(link: Link) -> threading.Thread:
     return t
 
 
+@contextlib.contextmanager
+def ticking(client: socket.socket, server: socket.socket,
+            stand_in: StandIn) -> Iterator[tuple[Link, HandOffs]]:
+    """The connection served with the server's tick running; at the end every
+    held call is released, the client's side closed and the threads joined."""
+    hand_offs = HandOffs()
+    ticker = threading.Thread(target=hand_offs.run, daemon=True)
+    ticker.start()
+    link = Link(server, stand_in)  # type: ignore[arg-type]
+    hand_offs.add(link)
+    t = _serve(link)
+    try:
+        yield link, hand_offs
+    finally:
+        stand_in.release.set()
+        client.shutdown(socket.SHUT_WR)
+        t.join(10)
+        hand_offs.discard(link)
+        hand_offs.stop()
+        ticker.join(10)
+
+
 def test_a_one_thread_client_is_served_by_one_thread(pair) -> None:
     client, server = pair
     stand_in = StandIn()
@@ -102,13 +125,7 @@ def test_a_one_thread_client_keeps_one_thread_when_its_calls_run_long(pair) -> N
     a millisecond here) cost no hand-off either."""
     client, server = pair
     stand_in = StandIn()
-    hand_offs = HandOffs()
-    ticker = threading.Thread(target=hand_offs.run, daemon=True)
-    ticker.start()
-    link = Link(server, stand_in)  # type: ignore[arg-type]
-    hand_offs.add(link)
-    t = _serve(link)
-    try:
+    with ticking(client, server, stand_in) as (link, hand_offs):
         for code in range(1, 4):
             client.sendall(held(code))
             assert stand_in.wait_running(1)
@@ -119,13 +136,6 @@ def test_a_one_thread_client_keeps_one_thread_when_its_calls_run_long(pair) -> N
             answer = read_frame(client)
             assert answer is not None and answer[0] == code
             stand_in.release.clear()
-    finally:
-        stand_in.release.set()
-        client.shutdown(socket.SHUT_WR)
-        t.join(10)
-        hand_offs.discard(link)
-        hand_offs.stop()
-        ticker.join(10)
     assert link.threads == 1 and len(stand_in.threads) == 1
 
 
@@ -150,13 +160,7 @@ def test_a_call_that_runs_long_hands_the_connection_on(pair) -> None:
     and answered by another thread after about HAND_OFF_AFTER."""
     client, server = pair
     stand_in = StandIn()
-    hand_offs = HandOffs()
-    ticker = threading.Thread(target=hand_offs.run, daemon=True)
-    ticker.start()
-    link = Link(server, stand_in)  # type: ignore[arg-type]
-    hand_offs.add(link)
-    t = _serve(link)
-    try:
+    with ticking(client, server, stand_in) as (link, _hand_offs):
         client.sendall(held(7))
         assert stand_in.wait_running(1)
         client.sendall(QUICK)  # not there when the held call was read
@@ -166,11 +170,4 @@ def test_a_call_that_runs_long_hands_the_connection_on(pair) -> None:
         stand_in.release.set()
         answer = read_frame(client)
         assert answer is not None and answer[0] == 7
-    finally:
-        stand_in.release.set()
-        client.shutdown(socket.SHUT_WR)
-        t.join(10)
-        hand_offs.discard(link)
-        hand_offs.stop()
-        ticker.join(10)
     assert link.threads == 2
