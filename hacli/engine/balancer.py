@@ -107,6 +107,13 @@ class Balancer:
         """The call ``operation`` picked on ``m`` returned after ``seconds``
         (``ok``: it was served; ``failover``: ``m`` failed and the call moves on)."""
         m.flight.pop()
+        self.count(m, ok, operation, seconds, failover)
+
+    def count(self, m: Member, ok: bool, operation: str, seconds: float,
+              failover: bool = False) -> None:
+        """Count a call ``operation`` on ``m`` that took ``seconds`` (a served
+        operation when ``ok``) in the counters status readers share; also for
+        calls run on every member, which the balancer did not pick."""
         with self._lock:
             if ok:
                 m.ops += 1

@@ -177,14 +177,11 @@ class Executor:
 
                 started = time.monotonic()
                 results[m.serial] = m.run(task, operation=operation)
-                with self._members.lock:
-                    m.ops += 1
-                    m.stats.record(operation, True, time.monotonic() - started)
+                self._members.balancer.count(m, True, operation, time.monotonic() - started)
             except NotOnMember:
                 continue
             except Exception as e:
-                with self._members.lock:
-                    m.stats.record(operation, False, time.monotonic() - started)
+                self._members.balancer.count(m, False, operation, time.monotonic() - started)
                 if is_member_failure(e):
                     self._members.mark_failed(m, e)
                     continue
