@@ -139,6 +139,41 @@ def test_a_one_thread_client_keeps_one_thread_when_its_calls_run_long(pair) -> N
     assert link.threads == 1 and len(stand_in.threads) == 1
 
 
+def test_the_next_request_after_an_answer_is_read_by_the_same_thread(pair, monkeypatch) -> None:
+    """A one-thread client sends its next request the moment it reads an answer.
+    Even when the serving thread is slow to go on after writing (a busy machine
+    gives it the GIL late: a CI run failed on this), the tick must not see the
+    reader role vacant with that request waiting and hand it to a new thread."""
+    import hacli.serve.server as server_module
+
+    client, server = pair
+    stand_in = StandIn()
+    written = server_module.write_frame
+    served: list[tuple[Link, HandOffs]] = []
+
+    def slow_after_writing(conn: socket.socket, code: int, response: bytes) -> None:
+        written(conn, code, response)
+        if code < 3:  # hold the window open: the next request is there, the tick looks
+            link, hand_offs = served[0]
+            assert wait_until(lambda: server_module._pending(conn) or link.threads > 1,
+                              10, 0.001)
+            start = hand_offs.ticks
+            wait_until(lambda: hand_offs.ticks >= start + 5 or link.threads > 1, 10, 0.001)
+
+    monkeypatch.setattr(server_module, "write_frame", slow_after_writing)
+    with ticking(client, server, stand_in) as (link, hand_offs):
+        served.append((link, hand_offs))
+        for code in range(1, 4):
+            client.sendall(held(code))
+            assert stand_in.wait_running(1)
+            stand_in.release.set()
+            answer = read_frame(client)
+            assert answer is not None and answer[0] == code
+            stand_in.release.clear()
+    assert link.calls == 3
+    assert link.threads == 1 and len(stand_in.threads) == 1
+
+
 def test_requests_already_waiting_are_run_side_by_side_at_once(pair) -> None:
     client, server = pair
     stand_in = StandIn()

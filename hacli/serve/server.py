@@ -121,8 +121,9 @@ class Link:
 
     One thread at a time holds the *reader* role: it reads the next request,
     gives the role up, runs the call and writes its answer.  A thread whose
-    call is done takes the role back if nobody holds it, so a one-thread
-    client's calls all run on one thread with no hand-off.  The role goes to
+    call is done takes the role back if nobody holds it (before it writes the
+    answer), so a one-thread client's calls all run on one thread with no
+    hand-off.  The role goes to
     another thread (a waiting member of the team, or a new one, up to
     :data:`CALLS_PER_CONNECTION`) only when a request is already waiting on the
     socket as a call is read, or when a request has arrived since and the
@@ -184,20 +185,30 @@ class Link:
                     self._hand_off()
             code, body = frame
             response = self.client.handle(Reader(body, self.version))
+            # The vacant role is taken back *before* the answer goes out: a
+            # one-thread client sends its next request as soon as it reads the
+            # answer, and a role still vacant then would be handed on by the tick.
+            with lock:
+                mine = self._take_vacant_role()
             with self._write_lock:
                 self.calls += 1
                 write_frame(self.conn, code, response)
-            with lock:
-                if not self._take_role():
-                    return
+            if not mine:
+                with lock:
+                    if not self._wait_for_role():
+                        return
 
-    def _take_role(self) -> bool:
-        """(Under ``_lock``.)  Take the vacant reader role, or wait until it is
-        handed over; False when the connection has ended."""
-        if not self._reading and not self._closed:
-            self._reading = True
-            self.vacant_since = None
-            return True
+    def _take_vacant_role(self) -> bool:
+        """(Under ``_lock``.)  Take the reader role if nobody holds it."""
+        if self._reading or self._closed:
+            return False
+        self._reading = True
+        self.vacant_since = None
+        return True
+
+    def _wait_for_role(self) -> bool:
+        """(Under ``_lock``.)  Wait until the reader role is handed over; False
+        when the connection has ended."""
         self._idle += 1
         try:
             while not self._baton and not self._closed:
