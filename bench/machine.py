@@ -54,3 +54,37 @@ class ForeignCpu:
     def read(self) -> float:
         own = os.times()
         return busy_seconds() - own.user - own.system - group_seconds(self._groups)
+
+
+def socket_round_trip_us(trips: int = 2000) -> float:
+    """Microseconds one unix-socket round trip between two processes takes here:
+    a 12-byte message (a p11-kit frame header) sent to a forked child that sends
+    it back, both blocking in ``recv``.  Every socket hop a call makes costs about
+    this much wall time on top of the work at both ends: mostly the wake-up of
+    the process that waits."""
+    import socket
+    import time
+
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the child echoes until the parent closes its end
+        ours.close()
+        try:
+            while data := theirs.recv(64):
+                theirs.sendall(data)
+        finally:
+            os._exit(0)
+    theirs.close()
+    message = b"\0" * 12
+    try:
+        for _ in range(100):  # warm-up
+            ours.sendall(message)
+            ours.recv(64)
+        start = time.perf_counter()
+        for _ in range(trips):
+            ours.sendall(message)
+            ours.recv(64)
+        return (time.perf_counter() - start) / trips * 1e6
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)

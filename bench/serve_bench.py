@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ha_bench import environment, make_keys
-from machine import ForeignCpu, group_seconds
+from machine import ForeignCpu, group_seconds, socket_round_trip_us
 from rawloop import RawMember, Workload
 from rawloop import run as run_raw
 from report import num, table
@@ -58,6 +58,9 @@ VARIANTS = {
     "S2": ("hacli serve, 2-member group", 4),
     "D4": ("member 0's p11-kit server, direct", 4),
 }
+#: the socket hops S1 adds to a signature: one per call python-pkcs11's sign
+#: makes (C_SignInit, C_Sign with no buffer for the length, C_Sign)
+HOPS_PER_SIGNATURE = 3
 GOALS = (("S1", "D", 0.85, "1 member, 1 thread: serve / direct"),
          ("S2", "D", 1.5, "2 members, 4 threads: serve / 1-thread direct"))
 
@@ -110,6 +113,8 @@ class Serve:
 @dataclass
 class Results:
     samples: dict[str, list[Sample]] = field(default_factory=dict)
+    #: one socket round trip between two processes, µs, once per round
+    round_trips: list[float] = field(default_factory=list)
 
     def median(self, v: str, attr: str) -> float | None:
         values = [getattr(s, attr) for s in self.samples.get(v, [])
@@ -158,6 +163,14 @@ def markdown(meta: dict[str, Any], res: Results) -> str:
                  [[title, f"{res.ratio(a, b):.3f}", f">= {goal}",
                    "met" if res.ratio(a, b) >= goal else "missed"]
                   for a, b, goal, title in GOALS], "lrrl")]
+    rtt = statistics.median(res.round_trips)
+    d_us = 1e6 / (res.median("D", "ops_per_s") or 1.0)
+    out += ["", f"One socket round trip between two processes took {rtt:.1f} µs here (median "
+            f"over rounds, measured between them).  S1 makes {HOPS_PER_SIGNATURE} more of "
+            f"them a signature than D (the client's C_SignInit, C_Sign length query and "
+            f"C_Sign each cross one more socket), so even a server that cost nothing "
+            f"would give S1 / D = {d_us:.0f} / ({d_us:.0f} + {HOPS_PER_SIGNATURE} x "
+            f"{rtt:.1f}) = {d_us / (d_us + HOPS_PER_SIGNATURE * rtt):.3f} on this machine."]
     return "\n".join(out) + "\n"
 
 
@@ -210,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 for v, (raw, serve) in plan.items():
                     res.samples.setdefault(v, []).append(
                         measure(raw, serve, VARIANTS[v][1], args.seconds, other))
+                res.round_trips.append(socket_round_trip_us())
                 log(f"round {r}/{args.rounds}")
             for m in (direct, *via):
                 m.close()
@@ -223,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(
             {"meta": meta, "samples": {v: [s.__dict__ for s in ss]
                                        for v, ss in res.samples.items()},
+             "round_trip_us": res.round_trips,
              "goals": {f"{a}/{b}": res.ratio(a, b) for a, b, _g, _t in GOALS}},
             indent=2) + "\n")
     print(markdown(meta, res), end="")
