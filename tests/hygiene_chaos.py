@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from pkcs11 import KeyType, Mechanism
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from hacli.engine import CKRError, Engine
 from hacli.engine.module import kept_libraries
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from enginehelpers import lab_config
 
 SIGN = Mechanism.SHA256_RSA_PKCS
+LABEL = "hygiene-chaos"
 #: Operations started per cycle (each on the member the balancer picks).
 OPS = 4
 
@@ -40,12 +41,22 @@ OPS = 4
 def main() -> int:
     lab_dir, log_dir, cycles = sys.argv[1], sys.argv[2], int(sys.argv[3])
     lab = Lab(lab_dir)
+    # a token key (a member's session objects die with its killed server), made
+    # with time to spare: an RSA key generation on a loaded machine can outlast
+    # the chaos engine's 500 ms on both members (a CI run met that)
+    maker = Engine(lab_config(lab, Path(log_dir), timeout_ms=30000))
+    try:
+        with maker.group().open_session() as s:
+            s.login(lab.pin())
+            s.generate_keypair(KeyType.RSA, 2048, label=LABEL, token=True)
+    finally:
+        maker.close()
     engine = Engine(lab_config(lab, Path(log_dir), timeout_ms=500))
     g = engine.group()
     admin = g.open_session()
     admin.login(lab.pin())
-    # a token key: a member's session objects die with its (killed) server
-    pub, priv = admin.generate_keypair(KeyType.RSA, 2048, label="hygiene-chaos", token=True)
+    pub, priv = (admin.find_objects({Attribute.LABEL: LABEL, Attribute.CLASS: cls})[0]
+                 for cls in (ObjectClass.PUBLIC_KEY, ObjectClass.PRIVATE_KEY))
     serials = [m.serial for m in g.members]
     timeouts = moved = lost = 0
     started = time.monotonic()

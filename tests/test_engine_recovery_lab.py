@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -319,3 +320,42 @@ def test_recover_brings_back_a_member_whose_attempts_are_used_up(healthy_lab, en
     assert [e for s_, e in events if s_ == m1] == [
         "failed", "recovery-failed", "gave-up", "recovered",
         "failed", "recovery-failed", "recovered"]
+
+
+def test_a_member_logged_out_behind_the_group_is_taken_out_and_recovered(
+        healthy_lab, engine_factory) -> None:
+    """A member whose token was logged out behind the group's back (SoftHSM2
+    then drops the handles of private objects) answers a handle error for a
+    key the group knows.  The call is served by the other member, the member
+    that lost its login goes down, and its recovery logs it in again.  (Seen
+    under load in the hygiene chaos: CKR_OBJECT_HANDLE_INVALID reached the
+    application for a key both members held.)"""
+    lab = healthy_lab
+    engine = engine_factory(lab, interval=1)
+    g = engine.group()
+    m1 = g.members[1]
+    data = b"logged out behind the group"
+    mech = Mechanism.SHA256_RSA_PKCS
+    with g.open_session() as s:
+        s.login(lab.pin())
+        pub, priv = s.generate_keypair(KeyType.RSA, 2048, label="logged-out-behind", token=True)
+        try:
+            for _ in range(4):  # idle members take turns: the key is mapped on both
+                s.sign(priv, data, mechanism=mech)
+            first = m1.conn
+            assert set(g._objects.get(priv).real) == {m.serial for m in g.members}
+            # the stand-in for whatever logs a token out: our login session closed
+            m1.run(lambda conn: conn.login.close(), operation="C_Logout")
+            for _ in range(4):  # one of these meets member1: none fails
+                assert s.verify(pub, data, s.sign(priv, data, mechanism=mech), mechanism=mech)
+            assert m1.conn is not first, "member1 was not taken out"
+            assert wait_for(lambda: (s.generate_random(8), m1.alive)[1], timeout=10)
+            # recovered and logged in again: the key signs there, pinned to it
+            with g.open_session(member=m1.serial) as on_m1:
+                assert s.verify(pub, data, on_m1.sign(priv, data, mechanism=mech),
+                                mechanism=mech)
+        finally:
+            s.destroy_object(pub)
+            s.destroy_object(priv)
+    log = (Path(engine.config.settings.ha_log_path) / LOG_NAME).read_text()
+    assert re.search(rf"{m1.serial} failed CKR_(OBJECT|KEY)_HANDLE_INVALID", log), log

@@ -112,8 +112,8 @@ class CKR(enum.StrEnum):
     # PKCS#11's codes up to v3.0 (not all: one missing here is named
     # CKR_0x%08X by ckr_name), every one python-pkcs11 knows.  Kinds: only the eight
     # codes that say the device, its connection or our session on it is gone
-    # are member failures; everything else is the request's (GENERAL_ERROR and
-    # DEVICE_MEMORY being suspects, see is_suspect).
+    # are member failures; everything else is the request's (GENERAL_ERROR,
+    # DEVICE_MEMORY and the two handle codes being suspects, see is_suspect).
     OK = "CKR_OK", 0x000, _OK, "Doing great, no errors", None
     CANCEL = ("CKR_CANCEL", 0x001, _REQ,
               "the application's callback cancelled the call")
@@ -167,7 +167,7 @@ class CKR(enum.StrEnum):
     FUNCTION_NOT_SUPPORTED = ("CKR_FUNCTION_NOT_SUPPORTED", 0x054, _REQ,
                               "this function is not supported here", px.FunctionNotSupported)
     KEY_HANDLE_INVALID = ("CKR_KEY_HANDLE_INVALID", 0x060, _REQ,
-                          "no key has that handle", px.KeyHandleInvalid)
+                          "no key has that handle", px.KeyHandleInvalid, None, _SUSPECT)
     KEY_SIZE_RANGE = ("CKR_KEY_SIZE_RANGE", 0x062, _REQ,
                       "the key size is outside what the mechanism supports", px.KeySizeRange)
     KEY_TYPE_INCONSISTENT = ("CKR_KEY_TYPE_INCONSISTENT", 0x063, _REQ,
@@ -192,7 +192,8 @@ class CKR(enum.StrEnum):
     MECHANISM_PARAM_INVALID = ("CKR_MECHANISM_PARAM_INVALID", 0x071, _REQ,
                                "the mechanism's parameters are wrong", px.MechanismParamInvalid)
     OBJECT_HANDLE_INVALID = ("CKR_OBJECT_HANDLE_INVALID", 0x082, _REQ,
-                             "no object has that handle", px.ObjectHandleInvalid)
+                             "no object has that handle", px.ObjectHandleInvalid, None,
+                             _SUSPECT)
     OPERATION_ACTIVE = ("CKR_OPERATION_ACTIVE", 0x090, _REQ,
                         "another operation is already active in this session",
                         px.OperationActive)
@@ -381,7 +382,11 @@ MEMBER_FAILURE_CODES: frozenset[str] = frozenset(c for c in CKR if c.member_fail
 #: Codes a healthy token also gives to a wrong request: SoftHSM2 behind p11-kit
 #: 0.25 answers ``CKR_GENERAL_ERROR`` to e.g. signing with an AES key under
 #: ``CKM_SHA256_RSA_PKCS``.  Such an error is the request's until the same call
-#: succeeds on another member: only then was the first member sick.
+#: succeeds on another member: only then was the first member sick.  The two
+#: handle codes are here because the engine only ever hands a member a handle
+#: that member gave it for an object the group knows: a member that calls it
+#: invalid has lost state the others kept (SoftHSM2 drops the handles of private
+#: objects when its token is logged out), unless no member has the object.
 SUSPECT_CODES: frozenset[str] = frozenset(c for c in CKR if c.suspect)
 
 _UNMAPPED_RE = re.compile(r"0x([0-9a-fA-F]+)")
