@@ -33,10 +33,11 @@ from hacli.engine.standby import StandbyRoles
 
 
 def _absent_from(vobjs: Sequence[VObject], serial: str, conn_id: int) -> bool:
-    """True when one of ``vobjs`` is known to be absent from that connection."""
+    """True when one of ``vobjs`` is known to be absent from that connection
+    (and the memo is not due for another look)."""
     # a loop, not any(genexpr): no generator object on the call path
     for v in vobjs:  # noqa: SIM110
-        if v.absent.get(serial) == conn_id:
+        if v.absent.get(serial) == conn_id and v.still_absent(serial):
             return True
     return False
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,15 @@ class NotOnMember(Exception):
     """The object does not exist on this member (try another one)."""
 
 
+#: Seconds a member found without an object is not asked for it again (on the
+#: same connection); after that one more search decides.  Tokens change under
+#: the group: another application or process adds the object, or a member's
+#: search came back empty for a moment (a chaos run under load met a member
+#: that was left out of a key's calls for good this way, so every failover of
+#: that key then had nowhere to go).
+ABSENT_RECHECK = 5.0
+
+
 @dataclass(eq=False)
 class VObject:
     """A virtual object: one identity, one real handle per member."""
@@ -38,7 +48,18 @@ class VObject:
     real: dict[str, tuple[int, int]] = field(default_factory=dict)  # serial -> (conn id, handle)
     #: serial -> conn id on which the object was looked for and is absent
     absent: dict[str, int] = field(default_factory=dict)
+    #: serial -> when (time.monotonic) it was last found absent there
+    absent_at: dict[str, float] = field(default_factory=dict)
     replicable: bool = True
+
+    def still_absent(self, serial: str) -> bool:
+        """(``absent`` names this member's connection.)  True until the memo is
+        :data:`ABSENT_RECHECK` s old: then the member is searched again."""
+        return time.monotonic() - self.absent_at.get(serial, 0.0) < ABSENT_RECHECK
+
+    def forget_absence(self, serial: str) -> None:
+        self.absent.pop(serial, None)
+        self.absent_at.pop(serial, None)
 
     @property
     def is_token_object(self) -> bool:
@@ -89,7 +110,7 @@ class ObjectRegistry:
         """Objects were copied to member ``serial``: look for them there again."""
         with self._lock:
             for v in self._objects.values():
-                v.absent.pop(serial, None)
+                v.forget_absence(serial)
 
     def map(self, m: Member, conn: Connection, vobj: VObject, obj: Any) -> None:
         """Record that ``obj`` (on ``m`` through ``conn``) is ``vobj``'s replica."""
@@ -100,7 +121,7 @@ class ObjectRegistry:
             if old is not None:
                 self._by_real.pop((m.serial, old[0], old[1]), None)
             vobj.real[m.serial] = (conn.id, obj.handle)
-            vobj.absent.pop(m.serial, None)
+            vobj.forget_absence(m.serial)
             self._by_real[(m.serial, conn.id, obj.handle)] = vobj
         conn.remember(obj)
 
@@ -116,7 +137,7 @@ class ObjectRegistry:
             obj = conn.objects.get(ent[1])
             if obj is not None:
                 return obj
-        if vobj.absent.get(m.serial) == conn.id:
+        if vobj.absent.get(m.serial) == conn.id and vobj.still_absent(m.serial):
             raise NotOnMember()
         candidates = list(conn.work.get_objects(vobj.ident))
         if ent is not None and ent[0] == conn.id:
@@ -129,6 +150,7 @@ class ObjectRegistry:
             if not free:
                 if m.conn is conn:
                     vobj.absent[m.serial] = conn.id
+                    vobj.absent_at[m.serial] = time.monotonic()
                 raise NotOnMember()
         self.map(m, conn, vobj, free[0])
         return free[0]
@@ -184,4 +206,4 @@ class ObjectRegistry:
                 del self._by_ident[key]
 
 
-__all__ = ["NotOnMember", "ObjectRegistry", "VObject"]
+__all__ = ["ABSENT_RECHECK", "NotOnMember", "ObjectRegistry", "VObject"]
