@@ -494,7 +494,7 @@ def test_a_member_found_without_an_object_is_asked_again_later(
             vobj = g._objects.get(found[0])
             for _ in range(4):  # idle members take turns: member1 is asked and lacks it
                 assert s.get_attribute(found[0], Attribute.VALUE) == b"r"
-            assert vobj.absent.get(m1) == g.members[1].conn.id
+            assert vobj.absent_from(m1, g.members[1].conn.id)
             assert m1 not in vobj.real
             c1.create_data(label, b"r")
             assert wait_for(lambda: (s.get_attribute(found[0], Attribute.VALUE),

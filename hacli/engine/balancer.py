@@ -35,9 +35,10 @@ from hacli.engine.standby import StandbyRoles
 def _absent_from(vobjs: Sequence[VObject], serial: str, conn_id: int) -> bool:
     """True when one of ``vobjs`` is known to be absent from that connection
     (and the memo is not due for another look)."""
-    # a loop, not any(genexpr): no generator object on the call path
+    # a loop, not any(genexpr): no generator object on the call path; the
+    # method only where a memo exists
     for v in vobjs:  # noqa: SIM110
-        if v.absent.get(serial) == conn_id and v.still_absent(serial):
+        if serial in v.absent and v.absent_from(serial, conn_id):
             return True
     return False
 

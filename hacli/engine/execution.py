@@ -106,7 +106,7 @@ class Executor:
                     # (a handle error would tell the application its key is gone)
                     raise GroupDownError(operation, self.label)
                 if vobjs and not failed and not any(
-                        all(v.absent.get(m.serial) != m.conn.id for v in vobjs)
+                        all(not v.absent_from(m.serial, m.conn.id) for v in vobjs)
                         for m in serving if m.conn is not None):
                     missing = True
                 if missing and not failed:

@@ -46,20 +46,18 @@ class VObject:
     cls: Any
     owner: int | None = None  # virtual session owning a session object
     real: dict[str, tuple[int, int]] = field(default_factory=dict)  # serial -> (conn id, handle)
-    #: serial -> conn id on which the object was looked for and is absent
-    absent: dict[str, int] = field(default_factory=dict)
-    #: serial -> when (time.monotonic) it was last found absent there
-    absent_at: dict[str, float] = field(default_factory=dict)
+    #: serial -> (conn id, time.monotonic()) of the search that found the
+    #: object absent from that member's connection
+    absent: dict[str, tuple[int, float]] = field(default_factory=dict)
     replicable: bool = True
 
-    def still_absent(self, serial: str) -> bool:
-        """(``absent`` names this member's connection.)  True until the memo is
-        :data:`ABSENT_RECHECK` s old: then the member is searched again."""
-        return time.monotonic() - self.absent_at.get(serial, 0.0) < ABSENT_RECHECK
-
-    def forget_absence(self, serial: str) -> None:
-        self.absent.pop(serial, None)
-        self.absent_at.pop(serial, None)
+    def absent_from(self, serial: str, conn_id: int) -> bool:
+        """True when the object is known to be absent from that connection,
+        until the memo is :data:`ABSENT_RECHECK` s old (then the member is
+        searched again)."""
+        memo = self.absent.get(serial)
+        return (memo is not None and memo[0] == conn_id
+                and time.monotonic() - memo[1] < ABSENT_RECHECK)
 
     @property
     def is_token_object(self) -> bool:
@@ -110,7 +108,7 @@ class ObjectRegistry:
         """Objects were copied to member ``serial``: look for them there again."""
         with self._lock:
             for v in self._objects.values():
-                v.forget_absence(serial)
+                v.absent.pop(serial, None)
 
     def map(self, m: Member, conn: Connection, vobj: VObject, obj: Any) -> None:
         """Record that ``obj`` (on ``m`` through ``conn``) is ``vobj``'s replica."""
@@ -121,7 +119,7 @@ class ObjectRegistry:
             if old is not None:
                 self._by_real.pop((m.serial, old[0], old[1]), None)
             vobj.real[m.serial] = (conn.id, obj.handle)
-            vobj.forget_absence(m.serial)
+            vobj.absent.pop(m.serial, None)
             self._by_real[(m.serial, conn.id, obj.handle)] = vobj
         conn.remember(obj)
 
@@ -137,7 +135,7 @@ class ObjectRegistry:
             obj = conn.objects.get(ent[1])
             if obj is not None:
                 return obj
-        if vobj.absent.get(m.serial) == conn.id and vobj.still_absent(m.serial):
+        if vobj.absent_from(m.serial, conn.id):
             raise NotOnMember()
         candidates = list(conn.work.get_objects(vobj.ident))
         if ent is not None and ent[0] == conn.id:
@@ -149,8 +147,7 @@ class ObjectRegistry:
                     if self._by_real.get((m.serial, conn.id, c.handle)) in (None, vobj)]
             if not free:
                 if m.conn is conn:
-                    vobj.absent[m.serial] = conn.id
-                    vobj.absent_at[m.serial] = time.monotonic()
+                    vobj.absent[m.serial] = (conn.id, time.monotonic())
                 raise NotOnMember()
         self.map(m, conn, vobj, free[0])
         return free[0]

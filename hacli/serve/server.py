@@ -123,9 +123,9 @@ class Link:
     gives the role up, runs the call and writes its answer.  A thread whose
     call is done takes the role back if nobody holds it (before it writes the
     answer), so a one-thread client's calls all run on one thread with no
-    hand-off.  The role goes to
-    another thread (a waiting member of the team, or a new one, up to
-    :data:`CALLS_PER_CONNECTION`) only when a request is already waiting on the
+    hand-off.  The role goes to another thread (a waiting member of the team,
+    or a new one, up to :data:`CALLS_PER_CONNECTION`) only when a request is
+    already waiting on the
     socket as a call is read, or when a request has arrived since and the
     role has been vacant for :data:`HAND_OFF_AFTER` (the server's
     :class:`HandOffs` calls :meth:`hand_off_if_due`): then a client's other
@@ -234,17 +234,14 @@ class Link:
     def _hand_off(self) -> None:
         """(Under ``_lock``, the role vacant.)  A waiting team thread takes the
         role, or a new one does; if the team is full, the first call to end does."""
-        if self._idle:
-            self._baton = True
-            self._reading = True
-            self.vacant_since = None
-            self._turn.notify()
-            return
-        if self._closed or len(self._team) + 1 >= CALLS_PER_CONNECTION:
-            self.vacant_since = None  # nothing to hand to: stop asking
+        self.vacant_since = None  # handed on, or nothing to hand to: stop asking
+        if self._closed or (not self._idle and len(self._team) + 1 >= CALLS_PER_CONNECTION):
             return
         self._reading = True
-        self.vacant_since = None
+        if self._idle:
+            self._baton = True
+            self._turn.notify()
+            return
         t = threading.Thread(target=self._helper, daemon=True,
                              name=f"{threading.current_thread().name}-{len(self._team) + 1}")
         self._team.append(t)
